@@ -1,0 +1,117 @@
+//! Secondary CPU bring-up (PSCI `CPU_ON` through aarch64-rt's `start_core`)
+//! and a mailbox for running work on a given CPU.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use aarch64_rt::{Stack, start_core};
+use smccc::{Hvc, Smc};
+
+use crate::cpu;
+use crate::exceptions::MAX_CPUS;
+use crate::println;
+
+/// Pages of stack per secondary CPU.
+const STACK_PAGES: usize = 16;
+
+static mut SECONDARY_STACKS: [Stack<STACK_PAGES>; MAX_CPUS - 1] =
+    [const { Stack::new() }; MAX_CPUS - 1];
+
+/// CPUs that have come up, the boot CPU included once [`start_secondaries`]
+/// has run.
+pub static ONLINE: AtomicUsize = AtomicUsize::new(0);
+
+/// Work posted to each CPU: a `fn(usize)` as an address, 0 when idle. The
+/// secondary runs it with its CPU number, then stores 0 again.
+static WORK: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+
+/// Which SMCCC conduit reaches PSCI. QEMU's virt board implements PSCI itself
+/// and takes it by HVC when the guest runs at EL1, but by SMC when it
+/// emulates EL2 (`virtualization=on`), since an HVC at EL2 would trap to
+/// itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conduit {
+    /// `hvc #0`
+    Hvc,
+    /// `smc #0`
+    Smc,
+}
+
+/// The PSCI conduit for the exception level we run at.
+pub fn conduit() -> Conduit {
+    if cpu::current_el() >= 2 {
+        Conduit::Smc
+    } else {
+        Conduit::Hvc
+    }
+}
+
+/// Starts CPUs 1..`cpus` with PSCI `CPU_ON`. Each prints `cpuN: online`,
+/// counts itself in [`ONLINE`] and waits for work. Returns how many `CPU_ON`
+/// calls PSCI accepted; errors are printed.
+pub fn start_secondaries(cpus: usize) -> usize {
+    ONLINE.fetch_add(1, Ordering::SeqCst);
+    let mut started = 0;
+    for cpu in 1..cpus.min(MAX_CPUS) {
+        // SAFETY: each secondary gets its own stack, used by nothing else and
+        // never freed (a static); the initial page table maps it with the
+        // same attributes for both CPUs. `start_core` is called at most once
+        // per CPU (this loop runs once, from `main`).
+        let stack = unsafe { (&raw mut SECONDARY_STACKS[cpu - 1]).cast::<Stack<STACK_PAGES>>() };
+        let entry = move || secondary_main(cpu);
+        // QEMU's virt board: MPIDR affinity 0 is the CPU number.
+        let mpidr = cpu as u64;
+        // SAFETY: see above.
+        let result = unsafe {
+            match conduit() {
+                Conduit::Hvc => start_core::<Hvc, _, STACK_PAGES>(mpidr, stack, entry),
+                Conduit::Smc => start_core::<Smc, _, STACK_PAGES>(mpidr, stack, entry),
+            }
+        };
+        match result {
+            Ok(()) => started += 1,
+            Err(e) => println!("smp: CPU_ON for cpu{cpu} failed: {e:?}"),
+        }
+    }
+    started
+}
+
+fn secondary_main(cpu: usize) -> ! {
+    let actual = cpu::id();
+    assert_eq!(
+        actual, cpu,
+        "started as cpu{cpu} but MPIDR says cpu{actual}"
+    );
+    println!("cpu{cpu}: online");
+    ONLINE.fetch_add(1, Ordering::SeqCst);
+    loop {
+        let work = WORK[cpu].load(Ordering::Acquire);
+        if work == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
+        // SAFETY: only `post` stores non-zero values here, and it stores the
+        // address of a `fn(usize)`.
+        let f: fn(usize) = unsafe { core::mem::transmute::<usize, fn(usize)>(work) };
+        f(cpu);
+        WORK[cpu].store(0, Ordering::Release);
+    }
+}
+
+/// Hands `f` to secondary `cpu`; returns false if it is still busy with
+/// earlier work.
+pub fn post(cpu: usize, f: fn(usize)) -> bool {
+    assert!((1..MAX_CPUS).contains(&cpu), "no secondary cpu{cpu}");
+    WORK[cpu]
+        .compare_exchange(0, f as usize, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+}
+
+/// Whether secondary `cpu` has finished its posted work.
+pub fn idle(cpu: usize) -> bool {
+    WORK[cpu].load(Ordering::Acquire) == 0
+}
+
+/// Waits up to `timeout_ms` for [`ONLINE`] to reach `cpus`.
+pub fn wait_online(cpus: usize, timeout_ms: u64) -> bool {
+    cpu::spin_until(timeout_ms, || ONLINE.load(Ordering::SeqCst) >= cpus)
+}
