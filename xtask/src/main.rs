@@ -1,0 +1,85 @@
+//! `cargo xtask`: the project's build, test and demo harness.
+//!
+//! - `cargo xtask setup`: install what is missing (Debian packages, an aarch64
+//!   standard library).
+//! - `cargo xtask test`: setup, then every test suite, then a summary table.
+//! - `cargo xtask demo`: setup, then boot the arm64 demo kernel on QEMU.
+
+mod cmd;
+mod qemu;
+mod setup;
+mod suites;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Errors are messages for a person: what failed and what to do about it.
+pub type Result<T> = std::result::Result<T, String>;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup   install what is missing: QEMU, the aarch64 cross toolchain, and an
+          aarch64 core/std (a precompiled rustup target, or Debian's rust-src)
+  test    setup, then run every test suite and print a summary table
+  demo    setup, then boot the arm64 demo kernel on the QEMU virt board";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = repo_root();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["setup"] => report(setup::run().map(|_| ExitCode::SUCCESS)),
+        ["test"] => test(&root),
+        ["demo"] => report(setup::run().and_then(|tc| qemu::demo(&root, &tc))),
+        ["help" | "-h" | "--help"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn test(root: &std::path::Path) -> ExitCode {
+    let toolchain = match setup::run() {
+        Ok(tc) => tc,
+        Err(e) => {
+            eprintln!("xtask: setup failed: {e}");
+            println!("xtask: 0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcomes = suites::run_all(root, &toolchain);
+    suites::print_table(&outcomes);
+    let totals = suites::totals(&outcomes);
+    println!("xtask: {} passed, {} failed", totals.passed, totals.failed);
+    if totals.all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn report(result: Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("xtask: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The repository root: the parent of this crate's directory.
+fn repo_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .expect("xtask lives one level below the repository root")
+        .to_path_buf()
+}

@@ -1,0 +1,471 @@
+//! `cargo xtask test`: every test suite, and the summary table.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::qemu::{self, MACHINE_EL1};
+use crate::setup::{BARE, LINUX, Toolchain};
+use crate::{Result, cmd};
+
+/// One suite's result, as a row of the summary table.
+#[derive(Debug)]
+pub struct Outcome {
+    pub suite: &'static str,
+    pub target: String,
+    pub passed: u32,
+    pub failed: u32,
+    pub seconds: f64,
+    /// Why the suite failed, beyond its failed tests; `Skipped` rows did not run.
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Ok,
+    Failed(String),
+    Skipped(String),
+}
+
+/// Tests counted by a suite, and what went wrong besides.
+#[derive(Debug, Default, PartialEq)]
+struct Counts {
+    passed: u32,
+    failed: u32,
+    problems: Vec<String>,
+}
+
+impl Counts {
+    /// One check (a lint, a build) that passed or failed.
+    fn check(&mut self, result: Result<()>) {
+        match result {
+            Ok(()) => self.passed += 1,
+            Err(e) => {
+                self.failed += 1;
+                self.problems.push(e);
+            }
+        }
+    }
+}
+
+/// A virt-board suite: one kernel build booted on one machine.
+struct VirtSuite {
+    name: &'static str,
+    /// QEMU's `-M` option.
+    machine: &'static str,
+    features: &'static [&'static str],
+    /// `true`: the run must fail (a harness self-check).
+    expect_failure: bool,
+    /// A key that must be `true` under `[package.metadata.xtask]` in the
+    /// kernel's Cargo.toml before this suite runs.
+    requires: Option<&'static str>,
+}
+
+const VIRT_SUITES: &[VirtSuite] = &[
+    VirtSuite {
+        name: "virt-el1",
+        machine: MACHINE_EL1,
+        features: &[],
+        expect_failure: false,
+        requires: None,
+    },
+    VirtSuite {
+        name: "virt-negative",
+        machine: MACHINE_EL1,
+        features: &["deliberate-failure"],
+        expect_failure: true,
+        requires: None,
+    },
+    VirtSuite {
+        name: "virt-el2",
+        machine: "virt,virtualization=on",
+        features: &[],
+        expect_failure: false,
+        requires: Some("el2"),
+    },
+];
+
+pub fn run_all(root: &Path, tc: &Toolchain) -> Vec<Outcome> {
+    let host = host_triple();
+    let mut outcomes = vec![
+        timed("host", &host, || host_tests(root)),
+        timed("host-lint", &host, || host_lint(root)),
+        timed("aarch64-linux", LINUX, || linux_tests(root, tc)),
+        timed("aarch64-none", BARE, || bare_checks(root, tc)),
+    ];
+    for suite in VIRT_SUITES {
+        if let Some(key) = suite.requires
+            && !kernel_declares(root, key)
+        {
+            let why =
+                format!("kernel does not declare `{key} = true` under [package.metadata.xtask]");
+            println!("\n==> {}: skipped ({why})", suite.name);
+            outcomes.push(Outcome {
+                suite: suite.name,
+                target: BARE.to_string(),
+                passed: 0,
+                failed: 0,
+                seconds: 0.0,
+                verdict: Verdict::Skipped(why),
+            });
+            continue;
+        }
+        outcomes.push(timed(suite.name, BARE, || virt(root, tc, suite)));
+    }
+    outcomes
+}
+
+fn timed(suite: &'static str, target: &str, run: impl FnOnce() -> Counts) -> Outcome {
+    println!("\n==> {suite} ({target})");
+    let start = Instant::now();
+    let counts = run();
+    let seconds = start.elapsed().as_secs_f64();
+    let mut problems = counts.problems;
+    if counts.passed + counts.failed == 0 && problems.is_empty() {
+        problems.push("ran no tests".to_string());
+    }
+    let verdict = if problems.is_empty() && counts.failed == 0 {
+        Verdict::Ok
+    } else {
+        if problems.is_empty() {
+            problems.push(format!("{} failed", counts.failed));
+        }
+        for p in &problems {
+            println!("{suite}: {p}");
+        }
+        Verdict::Failed(problems.join("; "))
+    };
+    Outcome {
+        suite,
+        target: target.to_string(),
+        passed: counts.passed,
+        failed: counts.failed,
+        seconds,
+        verdict,
+    }
+}
+
+fn host_triple() -> String {
+    cmd::output("rustc", &["-vV"])
+        .ok()
+        .and_then(|v| {
+            v.lines()
+                .find_map(|l| l.strip_prefix("host: ").map(String::from))
+        })
+        .unwrap_or_else(|| "host".to_string())
+}
+
+/// Unit, integration and doc tests of the whole workspace on the host.
+fn host_tests(root: &Path) -> Counts {
+    let mut cargo = cmd::cargo();
+    cargo
+        .current_dir(root)
+        .args(["test", "--workspace", "--no-fail-fast"]);
+    libtest_suite(&mut cargo)
+}
+
+fn host_lint(root: &Path) -> Counts {
+    let mut counts = Counts::default();
+    counts.check(cmd::run(
+        cmd::cargo()
+            .current_dir(root)
+            .args(["fmt", "--all", "--", "--check"]),
+    ));
+    counts.check(cmd::run(cmd::cargo().current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])));
+    counts
+}
+
+/// The library's tests on aarch64 Linux, run by qemu-aarch64 (the runner in
+/// `.cargo/config.toml`).
+fn linux_tests(root: &Path, tc: &Toolchain) -> Counts {
+    let mut cargo = cmd::cargo();
+    cargo.current_dir(root).args([
+        "test",
+        "--package",
+        "static-call",
+        "--no-fail-fast",
+        "--target",
+        LINUX,
+    ]);
+    if tc.needs_build_std(LINUX) {
+        cargo
+            .arg("-Zbuild-std=std,panic_unwind")
+            .env("RUSTC_BOOTSTRAP", "1");
+    }
+    libtest_suite(&mut cargo)
+}
+
+/// The library builds and is clippy-clean for bare metal.
+fn bare_checks(root: &Path, tc: &Toolchain) -> Counts {
+    let mut counts = Counts::default();
+    for subcommand in ["build", "clippy"] {
+        let mut cargo = cmd::cargo();
+        cargo.current_dir(root).args([
+            subcommand,
+            "--package",
+            "static-call",
+            "--lib",
+            "--target",
+            BARE,
+        ]);
+        if tc.needs_build_std(BARE) {
+            cargo.arg("-Zbuild-std=core").env("RUSTC_BOOTSTRAP", "1");
+        }
+        if subcommand == "clippy" {
+            cargo.args(["--", "-D", "warnings"]);
+        }
+        counts.check(cmd::run(&mut cargo));
+    }
+    counts
+}
+
+/// Runs a `cargo test` and counts libtest's results.
+fn libtest_suite(cargo: &mut Command) -> Counts {
+    let (status, stdout) = match cmd::tee(cargo) {
+        Ok(done) => done,
+        Err(e) => {
+            return Counts {
+                problems: vec![e],
+                ..Counts::default()
+            };
+        }
+    };
+    let mut counts = parse_libtest(&stdout);
+    if !status.success() && counts.failed == 0 {
+        counts.problems.push(format!(
+            "cargo test failed ({status}) without a failing test: see above"
+        ));
+    }
+    counts
+}
+
+/// Sums libtest's `test result: ok. N passed; M failed; ...` lines.
+fn parse_libtest(stdout: &str) -> Counts {
+    let mut counts = Counts::default();
+    for line in stdout.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        let Some((_, figures)) = rest.split_once(". ") else {
+            continue;
+        };
+        for figure in figures.split("; ") {
+            let mut words = figure.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u32>() else { continue };
+            match what {
+                "passed" => counts.passed += n,
+                "failed" => counts.failed += n,
+                _ => {}
+            }
+        }
+    }
+    counts
+}
+
+/// Whether the kernel's Cargo.toml sets `key = true` under
+/// `[package.metadata.xtask]` (or `[workspace.metadata.xtask]`).
+fn kernel_declares(root: &Path, key: &str) -> bool {
+    let manifest = root.join(qemu::kernel::DIR).join("Cargo.toml");
+    std::fs::read_to_string(manifest)
+        .map(|text| manifest_declares(&text, key))
+        .unwrap_or(false)
+}
+
+fn manifest_declares(manifest: &str, key: &str) -> bool {
+    let mut in_section = false;
+    for line in manifest.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            in_section = matches!(
+                line,
+                "[package.metadata.xtask]" | "[workspace.metadata.xtask]"
+            );
+        } else if in_section
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            return v.trim() == "true";
+        }
+    }
+    false
+}
+
+fn virt(root: &Path, tc: &Toolchain, suite: &VirtSuite) -> Counts {
+    let mut counts = Counts::default();
+    let elf = match qemu::build_kernel(root, tc, "tests", suite.features) {
+        Ok(elf) => elf,
+        Err(e) => {
+            counts.failed = 1;
+            counts.problems.push(e);
+            return counts;
+        }
+    };
+    let boot = match qemu::boot(&elf, suite.machine, false) {
+        Ok(boot) => boot,
+        Err(e) => {
+            counts.failed = 1;
+            counts.problems.push(e);
+            return counts;
+        }
+    };
+    for line in boot.log.lines() {
+        println!("  uart| {line}");
+    }
+    println!(
+        "  QEMU: status {:?}{} after {:.1} s",
+        boot.status,
+        if boot.timed_out { " (timed out)" } else { "" },
+        boot.seconds
+    );
+    let report = qemu::parse_uart(&boot.log);
+    if suite.expect_failure {
+        // A self-check: the deliberately failing test must fail the run.
+        let problems = report.problems_for_failure(&boot);
+        counts.check(if problems.is_empty() {
+            println!(
+                "  as expected, the run failed: {} FAILED line(s), QEMU status {:?}",
+                report.failed.len(),
+                boot.status
+            );
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        });
+    } else {
+        counts.passed = report.passed.len() as u32;
+        counts.failed = report.failed.len() as u32;
+        counts.problems = report.problems_for_pass(&boot);
+        // Failed tests are already counted; list only the other problems.
+        counts.problems.retain(|p| !p.starts_with("test "));
+    }
+    counts
+}
+
+pub fn print_table(outcomes: &[Outcome]) {
+    println!();
+    println!(
+        "{:<15} {:<26} {:>7} {:>7} {:>8}  result",
+        "suite", "target", "passed", "failed", "seconds"
+    );
+    for o in outcomes {
+        let result = match &o.verdict {
+            Verdict::Ok => "ok".to_string(),
+            Verdict::Failed(why) => format!("FAILED: {why}"),
+            Verdict::Skipped(why) => format!("skipped: {why}"),
+        };
+        println!(
+            "{:<15} {:<26} {:>7} {:>7} {:>8.1}  {result}",
+            o.suite, o.target, o.passed, o.failed, o.seconds
+        );
+    }
+}
+
+pub struct Totals {
+    pub passed: u32,
+    pub failed: u32,
+    pub all_ok: bool,
+}
+
+/// Test totals. A suite that failed without a failed test (a build error, a
+/// hang, zero tests) counts as one failure, so the totals never read
+/// "0 failed" for a failing run.
+pub fn totals(outcomes: &[Outcome]) -> Totals {
+    let mut totals = Totals {
+        passed: 0,
+        failed: 0,
+        all_ok: true,
+    };
+    for o in outcomes {
+        totals.passed += o.passed;
+        totals.failed += o.failed;
+        if let Verdict::Failed(_) = o.verdict {
+            totals.all_ok = false;
+            if o.failed == 0 {
+                totals.failed += 1;
+            }
+        }
+    }
+    totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_results_are_summed() {
+        let out = "\
+running 3 tests
+test a ... ok
+test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s
+
+running 2 tests
+test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s
+
+test result: ok. 0 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.00s
+";
+        let counts = parse_libtest(out);
+        assert_eq!((counts.passed, counts.failed), (4, 1));
+        assert_eq!(parse_libtest("test x ... ok\n"), Counts::default());
+    }
+
+    #[test]
+    fn manifest_metadata_is_read() {
+        let toml = "[package]\nname = \"k\"\n\n[package.metadata.xtask]\n# boots at EL2 too\nel2 = true # yes\n";
+        assert!(manifest_declares(toml, "el2"));
+        assert!(!manifest_declares(toml, "el3"));
+        assert!(!manifest_declares(
+            "[package.metadata.xtask]\nel2 = false\n",
+            "el2"
+        ));
+        assert!(!manifest_declares("[features]\nel2 = true\n", "el2"));
+    }
+
+    fn outcome(failed: u32, verdict: Verdict) -> Outcome {
+        Outcome {
+            suite: "s",
+            target: "t".to_string(),
+            passed: 2,
+            failed,
+            seconds: 0.0,
+            verdict,
+        }
+    }
+
+    #[test]
+    fn a_failed_suite_without_failed_tests_still_counts_as_a_failure() {
+        let t = totals(&[
+            outcome(0, Verdict::Ok),
+            outcome(0, Verdict::Failed("build".into())),
+            outcome(0, Verdict::Skipped("el2".into())),
+        ]);
+        assert_eq!((t.passed, t.failed, t.all_ok), (6, 1, false));
+        let t = totals(&[
+            outcome(0, Verdict::Ok),
+            outcome(3, Verdict::Failed("3 failed".into())),
+        ]);
+        assert_eq!((t.passed, t.failed, t.all_ok), (4, 3, false));
+        assert!(totals(&[outcome(0, Verdict::Ok)]).all_ok);
+    }
+
+    #[test]
+    fn zero_tests_fail_a_suite() {
+        let o = timed("empty", "t", Counts::default);
+        assert!(matches!(o.verdict, Verdict::Failed(ref why) if why.contains("ran no tests")));
+        let o = timed("one", "t", || Counts {
+            passed: 1,
+            ..Counts::default()
+        });
+        assert_eq!(o.verdict, Verdict::Ok);
+    }
+}
