@@ -1,0 +1,252 @@
+//! The trampoline's bytes: checking its shape and planning a patch.
+//! Pure functions, unit-tested on every host.
+
+use super::insn::{self, BR_X16, BTI_C, NOP, RET};
+use crate::Error;
+
+/// Alignment of the patch window (literal + first two instructions).
+pub const WINDOW_ALIGN: usize = 16;
+/// Bytes from the literal through the final `ret`.
+pub const TRAMPOLINE_LEN: usize = 32;
+
+/// Offsets of each field from the start of the window (the literal).
+const BRANCH_OFFSET: usize = 12;
+/// `ldr x16, <literal>` as it sits at `tramp + 8`: 16 bytes back.
+const LDR_X16_LITERAL: u32 = 0x58ff_ff90;
+/// `cbz x16, <ret>` as it sits at `tramp + 12`: 8 bytes forward.
+const CBZ_X16_RET: u32 = 0xb400_0050;
+
+/// The words a retarget writes: the literal, and `[bti c | branch]` as
+/// one little-endian 64-bit word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patch {
+    /// The target address, 0 for NULL.
+    pub literal: u64,
+    /// `bti c` in the low half, the `b`/`nop` in the high half.
+    pub entry: u64,
+}
+
+impl Patch {
+    /// The branch instruction (`b` or `nop`) this patch installs.
+    pub fn branch_word(&self) -> u32 {
+        (self.entry >> 32) as u32
+    }
+}
+
+/// The patched instruction of a trampoline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    /// `b target`: the direct fast path.
+    B(u64),
+    /// `nop`: fall through to the literal (far target, or NULL).
+    Nop,
+}
+
+/// A decoded, well-formed trampoline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trampoline {
+    /// The literal: the current target, 0 for NULL.
+    pub target: u64,
+    /// The patched instruction.
+    pub branch: Branch,
+    /// The raw branch word.
+    pub branch_word: u32,
+}
+
+impl Trampoline {
+    /// The window as a patch (what is there now).
+    pub fn patch(&self) -> Patch {
+        Patch {
+            literal: self.target,
+            entry: u64::from(BTI_C) | u64::from(self.branch_word) << 32,
+        }
+    }
+}
+
+/// The start of the patch window of the trampoline entered at `tramp`.
+pub fn window_of(tramp: usize) -> Result<usize, Error> {
+    let window = tramp.wrapping_sub(8);
+    if !window.is_multiple_of(WINDOW_ALIGN) {
+        return Err(Error::MisalignedTrampoline {
+            addr: tramp,
+            align: WINDOW_ALIGN,
+        });
+    }
+    Ok(window)
+}
+
+fn word(bytes: &[u8; TRAMPOLINE_LEN], offset: usize) -> u32 {
+    u32::from_le_bytes([
+        bytes[offset],
+        bytes[offset + 1],
+        bytes[offset + 2],
+        bytes[offset + 3],
+    ])
+}
+
+/// The patch currently in the window `bytes` (first 16 bytes).
+pub fn patch_of(bytes: &[u8; TRAMPOLINE_LEN]) -> Patch {
+    let mut lit = [0u8; 8];
+    let mut entry = [0u8; 8];
+    lit.copy_from_slice(&bytes[..8]);
+    entry.copy_from_slice(&bytes[8..16]);
+    Patch {
+        literal: u64::from_le_bytes(lit),
+        entry: u64::from_le_bytes(entry),
+    }
+}
+
+/// Checks that `bytes` (read at `tramp - 8`) are a trampoline of exactly
+/// the expected shape, and decodes it.
+///
+/// A `b` must point where the literal does: the two always agree in a
+/// trampoline this crate wrote, so a mismatch means foreign bytes.
+pub fn decode(tramp: usize, bytes: &[u8; TRAMPOLINE_LEN]) -> Result<Trampoline, Error> {
+    let unrecognised = |offset: usize, found: u32| Error::UnrecognisedTrampoline {
+        addr: tramp,
+        offset,
+        found: u64::from(found),
+    };
+    for (offset, expected) in [
+        (8, BTI_C),
+        (16, LDR_X16_LITERAL),
+        (20, CBZ_X16_RET),
+        (24, BR_X16),
+        (28, RET),
+    ] {
+        let found = word(bytes, offset);
+        if found != expected {
+            return Err(unrecognised(offset, found));
+        }
+    }
+    let target = patch_of(bytes).literal;
+    let branch_word = word(bytes, BRANCH_OFFSET);
+    let branch = if branch_word == NOP {
+        Branch::Nop
+    } else {
+        match insn::decode_b(tramp as u64 + 4, branch_word) {
+            Some(dest) if dest == target => Branch::B(dest),
+            _ => return Err(unrecognised(BRANCH_OFFSET, branch_word)),
+        }
+    };
+    Ok(Trampoline {
+        target,
+        branch,
+        branch_word,
+    })
+}
+
+/// Plans retargeting the trampoline at `tramp` to `target` (0 for NULL):
+/// `b target` when it is within reach of the branch, else `nop` so the
+/// literal is used; the literal is always the target.
+pub fn plan(tramp: u64, target: u64) -> Result<Patch, Error> {
+    if !target.is_multiple_of(4) {
+        return Err(Error::MisalignedTarget {
+            target: target as usize,
+        });
+    }
+    let branch = if target == 0 {
+        NOP
+    } else {
+        insn::encode_b(tramp + 4, target).unwrap_or(NOP)
+    };
+    Ok(Patch {
+        literal: target,
+        entry: u64::from(BTI_C) | u64::from(branch) << 32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRAMP: u64 = 0x4008_1008;
+
+    /// The bytes the assembler emits for a trampoline with this patch.
+    fn image(patch: Patch) -> [u8; TRAMPOLINE_LEN] {
+        let mut b = [0u8; TRAMPOLINE_LEN];
+        b[..8].copy_from_slice(&patch.literal.to_le_bytes());
+        b[8..16].copy_from_slice(&patch.entry.to_le_bytes());
+        for (i, w) in [LDR_X16_LITERAL, CBZ_X16_RET, BR_X16, RET]
+            .iter()
+            .enumerate()
+        {
+            b[16 + 4 * i..20 + 4 * i].copy_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn near_target_gets_a_direct_branch() {
+        let target = TRAMP + 0x1000;
+        let p = plan(TRAMP, target).unwrap();
+        assert_eq!(p.literal, target);
+        assert_eq!(insn::decode_b(TRAMP + 4, p.branch_word()), Some(target));
+        let t = decode(TRAMP as usize, &image(p)).unwrap();
+        assert_eq!(t.branch, Branch::B(target));
+        assert_eq!(t.patch(), p);
+    }
+
+    #[test]
+    fn far_and_null_targets_get_a_nop_and_the_literal() {
+        let far = TRAMP + (1 << 30);
+        let p = plan(TRAMP, far).unwrap();
+        assert_eq!((p.literal, p.branch_word()), (far, NOP));
+        assert_eq!(
+            decode(TRAMP as usize, &image(p)).unwrap().branch,
+            Branch::Nop
+        );
+        let null = plan(TRAMP, 0).unwrap();
+        assert_eq!((null.literal, null.branch_word()), (0, NOP));
+        assert_eq!(decode(TRAMP as usize, &image(null)).unwrap().target, 0);
+    }
+
+    #[test]
+    fn reach_boundary_is_exact() {
+        let edge = TRAMP + 4 + (1 << 27) - 4;
+        assert_ne!(plan(TRAMP, edge).unwrap().branch_word(), NOP);
+        assert_eq!(plan(TRAMP, edge + 4).unwrap().branch_word(), NOP);
+        let low = TRAMP + 4 - (1 << 27);
+        assert_ne!(plan(TRAMP, low).unwrap().branch_word(), NOP);
+        assert_eq!(plan(TRAMP, low - 4).unwrap().branch_word(), NOP);
+    }
+
+    #[test]
+    fn every_corrupted_word_is_refused_with_its_offset() {
+        let good = image(plan(TRAMP, TRAMP + 64).unwrap());
+        for offset in (8..TRAMPOLINE_LEN).step_by(4) {
+            let mut bad = good;
+            bad[offset] ^= 0x01;
+            let err = decode(TRAMP as usize, &bad).unwrap_err();
+            assert!(
+                matches!(err, Error::UnrecognisedTrampoline { offset: o, .. } if o == offset),
+                "offset {offset}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_branch_that_disagrees_with_the_literal_is_refused() {
+        let mut p = plan(TRAMP, TRAMP + 64).unwrap();
+        p.literal += 4;
+        assert!(matches!(
+            decode(TRAMP as usize, &image(p)),
+            Err(Error::UnrecognisedTrampoline { offset: 12, .. })
+        ));
+    }
+
+    #[test]
+    fn misaligned_windows_and_targets_are_refused() {
+        assert!(window_of(0x1008).is_ok());
+        for bad in [0x1000, 0x1004, 0x100c, 0x1009] {
+            assert!(matches!(
+                window_of(bad),
+                Err(Error::MisalignedTrampoline { align: 16, .. })
+            ));
+        }
+        assert!(matches!(
+            plan(TRAMP, TRAMP + 2),
+            Err(Error::MisalignedTarget { .. })
+        ));
+    }
+}

@@ -1,0 +1,231 @@
+//! The arm64 backend: Ard Biesheuvel's literal-pool trampoline (LKML, 2021).
+//!
+//! ```text
+//!         .balign 16
+//! 0:      .quad   target        // literal, at tramp - 8
+//! tramp:  bti     c             // hint #34
+//!         b       target        // or nop: the only word ever patched
+//!         ldr     x16, 0b
+//!         cbz     x16, 1f       // NULL literal: return
+//!         br      x16
+//! 1:      ret
+//! ```
+//!
+//! The literal and the `[bti c | b/nop]` word share one 16-byte aligned
+//! window, written as two aligned 64-bit stores: literal first, then the
+//! branch word. The literal always holds the current target, so whatever
+//! a CPU fetches while the change propagates is a correct old or new
+//! behaviour:
+//!
+//! | branch word seen | literal seen | the call goes to |
+//! | --- | --- | --- |
+//! | old `b old` | any | old target |
+//! | new `b new` | any | new target |
+//! | `nop` | old | old target (or `ret` if old was NULL) |
+//! | `nop` | new | new target (or `ret` if new is NULL) |
+//!
+//! Instruction fetch and data loads are not coherent on arm64, so a CPU may
+//! see a stale branch with a fresh literal or the reverse; the table covers
+//! every such pairing, and the `cbz` makes a NULL literal a return rather
+//! than a branch to address 0. Only `B` and `NOP` are ever exchanged, both in
+//! the ARM ARM's list of instructions that may be modified while other CPUs
+//! execute them; `RET` is never written.
+
+pub mod insn;
+mod layout;
+
+#[cfg(target_arch = "aarch64")]
+mod cache;
+pub mod ctr;
+
+pub use layout::{
+    Branch, Patch, TRAMPOLINE_LEN, Trampoline, WINDOW_ALIGN, decode, plan, window_of,
+};
+
+#[cfg(target_arch = "aarch64")]
+pub use cache::{flush_icache_range, read_ctr_el0};
+
+use super::Backend;
+use crate::{Error, TextWriter};
+
+/// The arm64 backend.
+#[derive(Debug)]
+pub enum Aarch64 {}
+
+/// arm64 keys keep their whole state in the trampoline.
+#[derive(Debug)]
+pub struct Slot;
+
+impl Slot {
+    /// The (empty) slot; the initial target lives in the trampoline.
+    pub const fn new(_target: *mut ()) -> Self {
+        Slot
+    }
+}
+
+/// Reads the trampoline's bytes (literal window through `ret`).
+///
+/// # Safety
+///
+/// `window..window + TRAMPOLINE_LEN` must be readable.
+#[cfg(target_arch = "aarch64")]
+unsafe fn read_trampoline(window: usize) -> [u8; TRAMPOLINE_LEN] {
+    // SAFETY: readable per the caller; volatile because the text changes
+    // behind the compiler's back.
+    unsafe { core::ptr::read_volatile(window as *const [u8; TRAMPOLINE_LEN]) }
+}
+
+// SAFETY: `retarget` follows the protocol in the module documentation:
+// it checks the shape before writing, writes the literal then the branch
+// word (each one aligned 64-bit store), rolls the literal back if the second
+// store fails, and finishes with cache maintenance to the point of
+// unification before the writer's CPU synchronization.
+#[cfg(target_arch = "aarch64")]
+unsafe impl Backend for Aarch64 {
+    const NAME: &'static str = "aarch64";
+    const WRITES_TEXT: bool = true;
+    type Slot = Slot;
+
+    unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
+        let window = layout::window_of(tramp)?;
+        // SAFETY: the caller passes a live trampoline.
+        let bytes = unsafe { read_trampoline(window) };
+        Ok(decode(tramp, &bytes)?.target as usize)
+    }
+
+    unsafe fn retarget(
+        tramp: usize,
+        _slot: &Slot,
+        target: usize,
+        writer: &dyn TextWriter,
+    ) -> Result<(), Error> {
+        let window = layout::window_of(tramp)?;
+        // SAFETY: the caller passes a live trampoline.
+        let before = unsafe { read_trampoline(window) };
+        let current = decode(tramp, &before)?;
+        let patch = plan(tramp as u64, target as u64)?;
+        if patch == current.patch() {
+            return Ok(());
+        }
+        // SAFETY: the window is this key's trampoline and the caller holds
+        // the patch lock.
+        unsafe { write_patch(window, current.patch(), patch, writer) }
+    }
+}
+
+/// Writes `patch` over `old` in the window at `window` (literal first),
+/// checks it reads back, and makes it visible to instruction fetch.
+///
+/// # Safety
+///
+/// `window` must be a trampoline window this caller may patch, holding
+/// `old`, with the patch lock held.
+#[cfg(target_arch = "aarch64")]
+pub unsafe fn write_patch(
+    window: usize,
+    old: Patch,
+    patch: Patch,
+    writer: &dyn TextWriter,
+) -> Result<(), Error> {
+    // SAFETY (both writes): per this function's contract.
+    unsafe {
+        writer.write(window, &patch.literal.to_le_bytes())?;
+        if let Err(e) = writer.write(window + 8, &patch.entry.to_le_bytes()) {
+            // Put the literal back so the key is exactly as it was. Even if
+            // this fails, (new literal, old branch) is a valid state.
+            let _ = writer.write(window, &old.literal.to_le_bytes());
+            flush_icache_range(window, 16);
+            return Err(e);
+        }
+    }
+    // SAFETY: the window is readable.
+    let now = unsafe { read_trampoline(window) };
+    flush_icache_range(window, 16);
+    if layout::patch_of(&now) != patch {
+        return Err(Error::VerifyFailed { addr: window });
+    }
+    writer.sync_cores()
+}
+
+// Off target the backend still exists (so generic code and docs compile),
+// but cannot touch text: there is no arm64 text to touch.
+// SAFETY: it never writes anything.
+#[cfg(not(target_arch = "aarch64"))]
+unsafe impl Backend for Aarch64 {
+    const NAME: &'static str = "aarch64";
+    const WRITES_TEXT: bool = true;
+    type Slot = Slot;
+
+    unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
+        Err(Error::UnrecognisedTrampoline {
+            addr: tramp,
+            offset: 0,
+            found: 0,
+        })
+    }
+
+    unsafe fn retarget(
+        tramp: usize,
+        _slot: &Slot,
+        _target: usize,
+        _writer: &dyn TextWriter,
+    ) -> Result<(), Error> {
+        Err(Error::UnrecognisedTrampoline {
+            addr: tramp,
+            offset: 0,
+            found: 0,
+        })
+    }
+}
+
+/// Emits a key's trampoline from `asm/aarch64/trampoline.S`. Used by
+/// `static_call!` at module level (`global_asm!` cannot sit in a block).
+#[cfg(target_arch = "aarch64")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_trampoline_asm {
+    ($name:ident null) => {
+        $crate::__static_call_trampoline_asm! { @emit $name 1 "0" }
+    };
+    ($name:ident ret0) => {
+        $crate::__static_call_trampoline_asm! {
+            @emit $name 0 ::core::concat!("__SCR__", ::core::stringify!($name))
+        }
+    };
+    ($name:ident func $init:path) => {
+        $crate::__private::core::arch::global_asm!(
+            $crate::__static_call_asm_aarch64_trampoline!(),
+            ::core::concat!(
+                "static_call_trampoline __SCT__", ::core::stringify!($name), ", 0, {target}"
+            ),
+            ".purgem static_call_trampoline",
+            target = sym $init,
+        );
+    };
+    (@emit $name:ident $null:literal $target:expr) => {
+        $crate::__private::core::arch::global_asm!(
+            $crate::__static_call_asm_aarch64_trampoline!(),
+            ::core::concat!(
+                "static_call_trampoline __SCT__", ::core::stringify!($name), ", ",
+                ::core::stringify!($null), ", ", $target
+            ),
+            ".purgem static_call_trampoline",
+        );
+    };
+}
+
+/// Declares a key's trampoline as `__tramp`. Used by `static_call!`.
+#[cfg(target_arch = "aarch64")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_trampoline {
+    ($name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+        // SAFETY: the trampoline emitted by `__static_call_trampoline_asm!`
+        // tail-calls a function of exactly this signature (or returns, for
+        // a NULL key, whose return type is `()`).
+        unsafe extern "Rust" {
+            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
+            safe fn __tramp($($id: $t),*) $(-> $ret)?;
+        }
+    };
+}

@@ -1,0 +1,72 @@
+//! Static calls for Rust: calls whose target is a direct branch that is
+//! retargeted at run time, in the manner of the Linux kernel's
+//! `static_call()`.
+//!
+//! A key is defined with [`static_call!`]; every call goes through the key's
+//! trampoline, a few instructions emitted with `global_asm!` that branch
+//! straight to the current target. [`StaticCall::update`] rewrites the
+//! trampoline in place, so switching implementations costs nothing on the
+//! calling side: no load of a function pointer, no indirect branch, no
+//! retpoline.
+//!
+//! ```
+//! static_call::static_call! {
+//!     /// How the scheduler reads the clock.
+//!     pub static CLOCK: fn(u32) -> u64 = coarse_clock;
+//! }
+//!
+//! fn coarse_clock(scale: u32) -> u64 { u64::from(scale) * 1000 }
+//! fn fine_clock(scale: u32) -> u64 { u64::from(scale) * 1000 + 7 }
+//!
+//! assert_eq!(CLOCK.call(2), 2000);
+//! # if static_call::DEFAULT_WRITER_AVAILABLE {
+//! CLOCK.update(fine_clock).unwrap();
+//! assert_eq!(CLOCK.call(2), 2007);
+//! # }
+//! ```
+//!
+//! # Backends
+//!
+//! | target | trampoline | retarget |
+//! | --- | --- | --- |
+//! | `aarch64` | literal at `tramp - 8`, `BTI C`, `B target`/`NOP`, `ldr x16`, `cbz`, `br x16` | two aligned 64-bit stores, then cache maintenance |
+//! | `x86_64` | `jmp.d32 target` + `ud1` signature | `int3` protocol or one atomic 8-byte store |
+//! | others | a Rust function calling through an atomic pointer | atomic store |
+//!
+//! The instruction encoders, layout checks and patch plans of every backend
+//! are plain functions compiled on every host, so they are unit-tested
+//! anywhere; only the code that touches real text is limited to its target.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+// Macros expanding to the text of each assembly source in `asm/`.
+include!(concat!(env!("OUT_DIR"), "/asm_sources.rs"));
+
+pub mod arch;
+mod error;
+mod fnptr;
+mod key;
+pub mod writer;
+
+pub use error::Error;
+pub use fnptr::{FnPtr, Ret0Safe};
+pub use key::{NullSafe, StaticCall};
+pub use writer::{TextWriter, set_default_writer};
+
+/// Whether this target has a text writer installed by default, so that
+/// [`StaticCall::update`] works without [`set_default_writer`] (Linux user
+/// space). Bare-metal users install their own writer.
+pub const DEFAULT_WRITER_AVAILABLE: bool = writer::PLATFORM_DEFAULT_AVAILABLE;
+
+/// Items the macros expand to. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::arch::active::Slot;
+    pub use crate::key::{assert_null_safe, assert_ret0_safe};
+    pub use core;
+    pub use core::ops::Deref;
+}

@@ -1,0 +1,98 @@
+//! Text writers: how a retarget gets its bytes into executable memory.
+//!
+//! Backends never store to text themselves. They hand each store to a
+//! [`TextWriter`], so the same patching code serves a kernel with text mapped
+//! read-only (a writable alias, as Linux's `text_poke` uses), a kernel with
+//! the MMU off, and a Linux process that must stay W^X.
+
+mod bare;
+#[cfg(target_os = "linux")]
+pub mod linux;
+
+pub use bare::{Alias, Direct};
+
+use crate::Error;
+use spin::Mutex;
+
+/// Writes to executable memory on behalf of a backend, and optionally makes
+/// every CPU see the result.
+///
+/// All calls happen with the crate's patch lock held, so a writer never sees
+/// two writes at once.
+///
+/// # Safety
+///
+/// Implementors promise that [`write`](TextWriter::write), when it returns
+/// `Ok`, has stored exactly `bytes` into the memory that executes at
+/// `addr..addr + bytes.len()` and nothing else, and that when `bytes.len()`
+/// is 1, 2, 4 or 8 and `addr` is aligned to it, the store is a single
+/// single-copy-atomic store, so a concurrent instruction fetch or load sees
+/// either the old or the new value, never a mix. When it returns `Err` it
+/// must have stored nothing.
+pub unsafe trait TextWriter: Sync {
+    /// Stores `bytes` into the text that executes at `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `addr..addr + bytes.len()` must be text the caller owns for patching
+    /// (a trampoline or call site), and the caller must hold the patch lock.
+    unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error>;
+
+    /// Makes every CPU that may run the patched text discard instructions it
+    /// fetched before the last write (a context synchronization event on
+    /// each: `membarrier(SYNC_CORE)` in Linux user space, an IPI in a
+    /// kernel). Called after the backend's own cache maintenance.
+    ///
+    /// The default does nothing: other CPUs then pick up a change at their
+    /// next context synchronization event, and meanwhile run either the old
+    /// or the new instruction, which every backend's patch protocol allows.
+    fn sync_cores(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// The patch lock, holding the default writer. Every retarget takes it, so
+/// patches of the same text never interleave; calls never take it.
+static PATCH: Mutex<Option<&'static dyn TextWriter>> = Mutex::new(None);
+
+/// Whether [`default_writer`] has a platform writer to fall back to.
+pub(crate) const PLATFORM_DEFAULT_AVAILABLE: bool = cfg!(target_os = "linux");
+
+/// Installs the writer that [`crate::StaticCall::update`] uses.
+///
+/// Kernels call this once at boot with a writer that knows their mappings.
+///
+/// ```
+/// static WRITER: static_call::writer::Direct = static_call::writer::Direct;
+/// # fn boot() {
+/// static_call::set_default_writer(&WRITER);
+/// # }
+/// ```
+pub fn set_default_writer(writer: &'static dyn TextWriter) {
+    *PATCH.lock() = Some(writer);
+}
+
+/// Runs `f` with the patch lock held and the writer to use: `explicit` if
+/// given, else the installed default, else the platform's own.
+pub(crate) fn with_patch_lock<T>(
+    explicit: Option<&dyn TextWriter>,
+    f: impl FnOnce(&dyn TextWriter) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let guard = PATCH.lock();
+    let writer: &dyn TextWriter = match (explicit, *guard) {
+        (Some(w), _) => w,
+        (None, Some(w)) => w,
+        (None, None) => platform_default().ok_or(Error::NoTextWriter)?,
+    };
+    f(writer)
+}
+
+#[cfg(target_os = "linux")]
+fn platform_default() -> Option<&'static dyn TextWriter> {
+    Some(&linux::Remap)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn platform_default() -> Option<&'static dyn TextWriter> {
+    None
+}
