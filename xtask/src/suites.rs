@@ -16,15 +16,14 @@ pub struct Outcome {
     pub passed: u32,
     pub failed: u32,
     pub seconds: f64,
-    /// Why the suite failed, beyond its failed tests; `Skipped` rows did not run.
     pub verdict: Verdict,
 }
 
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
     Ok,
+    /// Why the suite failed: its failed tests, or what else went wrong.
     Failed(String),
-    Skipped(String),
 }
 
 /// Tests counted by a suite, and what went wrong besides.
@@ -56,32 +55,29 @@ struct VirtSuite {
     features: &'static [&'static str],
     /// `true`: the run must fail (a harness self-check).
     expect_failure: bool,
-    /// A key that must be `true` under `[package.metadata.xtask]` in the
-    /// kernel's Cargo.toml before this suite runs.
-    requires: Option<&'static str>,
 }
 
+/// The kernel's `tests` binary boots at EL1 and, with `virtualization=on`,
+/// at EL2 (it detects its exception level at run time).
 const VIRT_SUITES: &[VirtSuite] = &[
     VirtSuite {
         name: "virt-el1",
         machine: MACHINE_EL1,
         features: &[],
         expect_failure: false,
-        requires: None,
-    },
-    VirtSuite {
-        name: "virt-negative",
-        machine: MACHINE_EL1,
-        features: &["deliberate-failure"],
-        expect_failure: true,
-        requires: None,
     },
     VirtSuite {
         name: "virt-el2",
         machine: "virt,virtualization=on",
         features: &[],
         expect_failure: false,
-        requires: Some("el2"),
+    },
+    // Last, so the two runs above share one kernel build.
+    VirtSuite {
+        name: "virt-negative",
+        machine: MACHINE_EL1,
+        features: &["deliberate-failure"],
+        expect_failure: true,
     },
 ];
 
@@ -94,22 +90,6 @@ pub fn run_all(root: &Path, tc: &Toolchain) -> Vec<Outcome> {
         timed("aarch64-none", BARE, || bare_checks(root, tc)),
     ];
     for suite in VIRT_SUITES {
-        if let Some(key) = suite.requires
-            && !kernel_declares(root, key)
-        {
-            let why =
-                format!("kernel does not declare `{key} = true` under [package.metadata.xtask]");
-            println!("\n==> {}: skipped ({why})", suite.name);
-            outcomes.push(Outcome {
-                suite: suite.name,
-                target: BARE.to_string(),
-                passed: 0,
-                failed: 0,
-                seconds: 0.0,
-                verdict: Verdict::Skipped(why),
-            });
-            continue;
-        }
         outcomes.push(timed(suite.name, BARE, || virt(root, tc, suite)));
     }
     outcomes
@@ -272,34 +252,6 @@ fn parse_libtest(stdout: &str) -> Counts {
     counts
 }
 
-/// Whether the kernel's Cargo.toml sets `key = true` under
-/// `[package.metadata.xtask]` (or `[workspace.metadata.xtask]`).
-fn kernel_declares(root: &Path, key: &str) -> bool {
-    let manifest = root.join(qemu::kernel::DIR).join("Cargo.toml");
-    std::fs::read_to_string(manifest)
-        .map(|text| manifest_declares(&text, key))
-        .unwrap_or(false)
-}
-
-fn manifest_declares(manifest: &str, key: &str) -> bool {
-    let mut in_section = false;
-    for line in manifest.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.starts_with('[') {
-            in_section = matches!(
-                line,
-                "[package.metadata.xtask]" | "[workspace.metadata.xtask]"
-            );
-        } else if in_section
-            && let Some((k, v)) = line.split_once('=')
-            && k.trim() == key
-        {
-            return v.trim() == "true";
-        }
-    }
-    false
-}
-
 fn virt(root: &Path, tc: &Toolchain, suite: &VirtSuite) -> Counts {
     let mut counts = Counts::default();
     let elf = match qemu::build_kernel(root, tc, "tests", suite.features) {
@@ -361,7 +313,6 @@ pub fn print_table(outcomes: &[Outcome]) {
         let result = match &o.verdict {
             Verdict::Ok => "ok".to_string(),
             Verdict::Failed(why) => format!("FAILED: {why}"),
-            Verdict::Skipped(why) => format!("skipped: {why}"),
         };
         println!(
             "{:<15} {:<26} {:>7} {:>7} {:>8.1}  {result}",
@@ -419,18 +370,6 @@ test result: ok. 0 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; fini
         assert_eq!(parse_libtest("test x ... ok\n"), Counts::default());
     }
 
-    #[test]
-    fn manifest_metadata_is_read() {
-        let toml = "[package]\nname = \"k\"\n\n[package.metadata.xtask]\n# boots at EL2 too\nel2 = true # yes\n";
-        assert!(manifest_declares(toml, "el2"));
-        assert!(!manifest_declares(toml, "el3"));
-        assert!(!manifest_declares(
-            "[package.metadata.xtask]\nel2 = false\n",
-            "el2"
-        ));
-        assert!(!manifest_declares("[features]\nel2 = true\n", "el2"));
-    }
-
     fn outcome(failed: u32, verdict: Verdict) -> Outcome {
         Outcome {
             suite: "s",
@@ -447,9 +386,8 @@ test result: ok. 0 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; fini
         let t = totals(&[
             outcome(0, Verdict::Ok),
             outcome(0, Verdict::Failed("build".into())),
-            outcome(0, Verdict::Skipped("el2".into())),
         ]);
-        assert_eq!((t.passed, t.failed, t.all_ok), (6, 1, false));
+        assert_eq!((t.passed, t.failed, t.all_ok), (4, 1, false));
         let t = totals(&[
             outcome(0, Verdict::Ok),
             outcome(3, Verdict::Failed("3 failed".into())),
