@@ -106,6 +106,10 @@ fn syndrome() -> (u64, u64) {
 struct Handlers;
 
 impl ExceptionHandlers for Handlers {
+    extern "C" fn irq_current(_state: RegisterStateRef) {
+        crate::gic::handle_irq();
+    }
+
     extern "C" fn sync_current(mut state: RegisterStateRef) {
         let (esr, far) = syndrome();
         let cpu = cpu::id();

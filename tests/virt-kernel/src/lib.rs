@@ -16,7 +16,9 @@ extern crate alloc;
 pub mod console;
 pub mod cpu;
 pub mod exceptions;
+pub mod gic;
 pub mod heap;
+pub mod mmu;
 pub mod runner;
 pub mod smp;
 
@@ -48,9 +50,13 @@ initial_pagetable!({
 });
 
 /// Common start-up for the boot CPU: console first, so everything after can
-/// report.
+/// report, then the kernel's own page tables (read-only text, BTI guarded).
+/// Call before [`smp::start_secondaries`]: secondaries switch to the same
+/// tables as they come up.
 pub fn init() {
     console::init();
+    mmu::init();
+    gic::init_this_cpu();
 }
 
 /// Ends the QEMU run with `code` as its exit status (semihosting `SYS_EXIT`).

@@ -23,6 +23,15 @@ pub struct Test {
     pub run: fn() -> TestResult,
 }
 
+/// A slice of [`Test`]s named after their functions; attributes such as
+/// `#[cfg(...)]` may precede each name.
+#[macro_export]
+macro_rules! tests {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        &[$($(#[$attr])* $crate::runner::Test { name: stringify!($name), run: $name }),*]
+    };
+}
+
 /// Fails the current test with a formatted reason unless `cond` holds.
 #[macro_export]
 macro_rules! check {

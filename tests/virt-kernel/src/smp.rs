@@ -1,7 +1,7 @@
 //! Secondary CPU bring-up (PSCI `CPU_ON` through aarch64-rt's `start_core`)
 //! and a mailbox for running work on a given CPU.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use aarch64_rt::{Stack, start_core};
 use smccc::{Hvc, Smc};
@@ -19,6 +19,11 @@ static mut SECONDARY_STACKS: [Stack<STACK_PAGES>; MAX_CPUS - 1] =
 /// CPUs that have come up, the boot CPU included once [`start_secondaries`]
 /// has run.
 pub static ONLINE: AtomicUsize = AtomicUsize::new(0);
+
+/// Per CPU, as it came up: whether it runs on the kernel's page tables.
+pub static MMU_ON: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Per CPU, as it came up: its SCTLR_ELx.
+pub static SCTLR: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
 /// Work posted to each CPU: a `fn(usize)` as an address, 0 when idle. The
 /// secondary runs it with its CPU number, then stores 0 again.
@@ -50,6 +55,8 @@ pub fn conduit() -> Conduit {
 /// calls PSCI accepted; errors are printed.
 pub fn start_secondaries(cpus: usize) -> usize {
     ONLINE.fetch_add(1, Ordering::SeqCst);
+    MMU_ON[0].store(crate::mmu::active_on_this_cpu(), Ordering::SeqCst);
+    SCTLR[0].store(crate::mmu::sctlr() as usize, Ordering::SeqCst);
     let mut started = 0;
     for cpu in 1..cpus.min(MAX_CPUS) {
         // SAFETY: each secondary gets its own stack, used by nothing else and
@@ -81,12 +88,20 @@ fn secondary_main(cpu: usize) -> ! {
         actual, cpu,
         "started as cpu{cpu} but MPIDR says cpu{actual}"
     );
+    // aarch64-rt started us on its initial identity map.
+    crate::mmu::switch_this_cpu();
+    MMU_ON[cpu].store(crate::mmu::active_on_this_cpu(), Ordering::SeqCst);
+    SCTLR[cpu].store(crate::mmu::sctlr() as usize, Ordering::SeqCst);
+    crate::gic::init_this_cpu();
     println!("cpu{cpu}: online");
     ONLINE.fetch_add(1, Ordering::SeqCst);
     loop {
         let work = WORK[cpu].load(Ordering::Acquire);
         if work == 0 {
-            core::hint::spin_loop();
+            // Sleep until an interrupt: `post` sends one after storing work,
+            // and a pending interrupt ends WFI at once, so no wake-up is
+            // lost. A sleeping vCPU leaves the host's cores to the others.
+            aarch64_cpu::asm::wfi();
             continue;
         }
         // SAFETY: only `post` stores non-zero values here, and it stores the
@@ -101,9 +116,13 @@ fn secondary_main(cpu: usize) -> ! {
 /// earlier work.
 pub fn post(cpu: usize, f: fn(usize)) -> bool {
     assert!((1..MAX_CPUS).contains(&cpu), "no secondary cpu{cpu}");
-    WORK[cpu]
+    let posted = WORK[cpu]
         .compare_exchange(0, f as usize, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
+        .is_ok();
+    if posted {
+        crate::gic::wake(cpu);
+    }
+    posted
 }
 
 /// Whether secondary `cpu` has finished its posted work.

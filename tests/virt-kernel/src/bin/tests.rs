@@ -8,9 +8,13 @@ extern crate alloc;
 
 use core::sync::atomic::Ordering;
 
+use core::arch::global_asm;
+
 use virt_kernel::cpu::{self, CacheGeometry};
-use virt_kernel::runner::{self, Test, TestResult};
-use virt_kernel::{check, check_eq, println, smp};
+use virt_kernel::exceptions::{self, Recovery};
+use virt_kernel::runner::{self, TestResult};
+use virt_kernel::{check, check_eq, println, smp, tests};
+use virt_kernel::{gic, mmu};
 
 /// CPUs the harness starts QEMU with (`-smp 4`).
 const CPUS: usize = 4;
@@ -29,28 +33,20 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     );
     let started = smp::start_secondaries(CPUS);
     println!("kernel: PSCI CPU_ON accepted for {started} secondaries");
-    runner::run(&[
-        Test {
-            name: "smp_all_cpus_online",
-            run: smp_all_cpus_online,
-        },
-        Test {
-            name: "ctr_el0_reports_cache_geometry",
-            run: ctr_el0_reports_cache_geometry,
-        },
-        Test {
-            name: "bti_implemented",
-            run: bti_implemented,
-        },
-        Test {
-            name: "current_el",
-            run: current_el,
-        },
+    runner::run(tests![
+        smp_all_cpus_online,
+        ctr_el0_reports_cache_geometry,
+        bti_implemented,
+        current_el,
+        mmu_on_every_cpu_with_bti,
+        text_is_read_only,
+        text_alias_writes_reach_text,
+        bti_landing_pad_accepted,
+        bti_blocks_branch_to_non_landing_pad,
+        far_text_is_out_of_branch_range,
+        sync_all_cpus_ipi,
         #[cfg(feature = "deliberate-failure")]
-        Test {
-            name: "deliberate_failure",
-            run: deliberate_failure,
-        },
+        deliberate_failure,
     ])
 }
 
@@ -106,6 +102,248 @@ fn current_el() -> TestResult {
     println!("el: running at EL{el}");
     check!(el == 1 || el == 2, "unexpected exception level EL{el}");
     Ok(())
+}
+
+// Probes for the MMU and BTI tests, in the kernel's text:
+// - `probe_bti`: a proper landing pad, returns 0x42.
+// - `probe_no_bti`: the same without the landing pad; an indirect call to it
+//   must take a Branch Target exception.
+// - `probe_patch`: `mov x0, #1` that the alias test rewrites to `mov x0, #2`.
+global_asm!(
+    ".pushsection .text.vk_probes, \"ax\", %progbits",
+    ".balign 16",
+    ".globl probe_bti",
+    "probe_bti:",
+    "    bti c",
+    "    mov x0, #0x42",
+    "    ret",
+    ".balign 16",
+    ".globl probe_no_bti",
+    "probe_no_bti:",
+    "    mov x0, #0x42",
+    "    ret",
+    ".balign 16",
+    ".globl probe_patch",
+    "probe_patch:",
+    "    bti c",
+    "    mov x0, #1",
+    "    ret",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    safe fn probe_bti() -> u64;
+    safe fn probe_no_bti() -> u64;
+    safe fn probe_patch() -> u64;
+}
+
+/// `mov x0, #1` and `mov x0, #2`.
+const MOV_X0_1: u32 = 0xd280_0020;
+const MOV_X0_2: u32 = 0xd280_0040;
+
+/// Calls `f` through a pointer the compiler cannot see through, so the call
+/// is a real `blr` (BTI-checked), not a direct `bl`.
+fn call_indirect(f: extern "C" fn() -> u64) -> u64 {
+    core::hint::black_box(f)()
+}
+
+/// Every CPU switched to the kernel's tables and has SCTLR_ELx.BT set.
+fn mmu_on_every_cpu_with_bti() -> TestResult {
+    let l = mmu::layout();
+    println!(
+        "mmu: text {:#x}..{:#x} RX+GP, rodata {:#x}..{:#x} RO, far text {:#x}..{:#x} RX+GP, alias +{:#x} RW",
+        l.text.start,
+        l.text.end,
+        l.rodata.start,
+        l.rodata.end,
+        l.far_text.start,
+        l.far_text.end,
+        mmu::ALIAS_OFFSET
+    );
+    for c in 0..CPUS {
+        let on = smp::MMU_ON[c].load(Ordering::SeqCst);
+        let sctlr = smp::SCTLR[c].load(Ordering::SeqCst) as u64;
+        check!(on, "cpu{c} does not run on the kernel's page tables");
+        check!(sctlr & 1 != 0, "cpu{c}: MMU off (SCTLR={sctlr:#x})");
+        check!(
+            sctlr & (1 << 36) != 0,
+            "cpu{c}: SCTLR.BT clear (SCTLR={sctlr:#x})"
+        );
+    }
+    Ok(())
+}
+
+/// A store to the executable mapping faults (permission fault) and changes
+/// nothing.
+fn text_is_read_only() -> TestResult {
+    let addr = probe_patch as *const () as usize + 4;
+    // SAFETY: reading kernel text is allowed (it is mapped readable).
+    let before = unsafe { core::ptr::read_volatile(addr as *const u32) };
+    let fault = exceptions::catch_fault(Recovery::SkipInstruction, || {
+        // SAFETY: not safe in general: this store must fault, which the
+        // test checks; the handler then skips it.
+        unsafe { core::ptr::write_volatile(addr as *mut u32, MOV_X0_2) };
+    });
+    // SAFETY: as above.
+    let after = unsafe { core::ptr::read_volatile(addr as *const u32) };
+    let Some(fault) = fault else {
+        return Err(alloc::format!("store to text at {addr:#x} did not fault"));
+    };
+    println!(
+        "mmu: store to text {addr:#x} faulted: ESR={:#x} (EC={:#x}, DFSC={:#x}) FAR={:#x}",
+        fault.esr,
+        fault.class(),
+        fault.esr & 0x3f,
+        fault.far
+    );
+    check_eq!(fault.class(), exceptions::EC_DATA_ABORT_SAME_EL);
+    // DFSC 0b0011xx: permission fault.
+    check!(
+        fault.esr & 0x3c == 0x0c,
+        "not a permission fault: ESR={:#x}",
+        fault.esr
+    );
+    check_eq!(fault.far as usize, addr);
+    check_eq!(after, before);
+    Ok(())
+}
+
+/// Writing through the alias, then the cache maintenance the library does,
+/// changes what the executable mapping runs.
+fn text_alias_writes_reach_text() -> TestResult {
+    let insn = probe_patch as *const () as usize + 4;
+    let alias = mmu::text_alias(insn).ok_or("probe not in text")?;
+    check_eq!(mmu::translate_read(alias), mmu::translate_read(insn));
+    check_eq!(call_indirect(probe_patch), 1);
+    let patch = |word: u32| {
+        // SAFETY: `alias` maps `insn` writable; nothing else runs or patches
+        // `probe_patch` meanwhile (this test is its only user).
+        unsafe { core::ptr::write_volatile(alias as *mut u32, word) };
+        sync_icache(insn);
+    };
+    patch(MOV_X0_2);
+    let patched = call_indirect(probe_patch);
+    patch(MOV_X0_1);
+    let restored = call_indirect(probe_patch);
+    println!("mmu: probe via alias {alias:#x}: 1 -> {patched} -> {restored}");
+    check_eq!(patched, 2);
+    check_eq!(restored, 1);
+    Ok(())
+}
+
+/// Cache maintenance after writing code: clean the line to the point of
+/// unification, invalidate it from the I-cache, synchronize this CPU.
+fn sync_icache(addr: usize) {
+    // SAFETY: cache maintenance by VA on a mapped address has no effect on
+    // memory contents.
+    unsafe {
+        core::arch::asm!(
+            "dc cvau, {a}", "dsb ish", "ic ivau, {a}", "dsb ish", "isb",
+            a = in(reg) addr, options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Positive control: an indirect call to a `bti c` landing pad works.
+fn bti_landing_pad_accepted() -> TestResult {
+    let mut value = 0;
+    let fault = exceptions::catch_fault(Recovery::ReturnToLink, || {
+        value = call_indirect(probe_bti);
+    });
+    check!(
+        fault.is_none(),
+        "call to a BTI landing pad faulted: {fault:x?}"
+    );
+    check_eq!(value, 0x42);
+    Ok(())
+}
+
+/// Negative control: an indirect call to code without a landing pad in a
+/// guarded page takes a Branch Target exception (EC 0x0d) at the target.
+fn bti_blocks_branch_to_non_landing_pad() -> TestResult {
+    let fault = exceptions::catch_fault(Recovery::ReturnToLink, || {
+        call_indirect(probe_no_bti);
+    });
+    let Some(fault) = fault else {
+        return Err("indirect call to a non-BTI target did not fault: BTI not enforced".into());
+    };
+    println!(
+        "bti: blr to non-landing-pad {:#x} faulted: ESR={:#x} (EC={:#x}, BTYPE={}) ELR={:#x}",
+        probe_no_bti as *const () as usize,
+        fault.esr,
+        fault.class(),
+        fault.esr & 0b11,
+        fault.elr
+    );
+    check_eq!(fault.class(), exceptions::EC_BRANCH_TARGET);
+    check_eq!(fault.elr as usize, probe_no_bti as *const () as usize);
+    // A direct call needs no landing pad.
+    check_eq!(probe_no_bti(), 0x42);
+    Ok(())
+}
+
+/// Code in the far section is more than 128 MiB (B/BL range) from the kernel
+/// text and runs, through a pointer, under BTI.
+fn far_text_is_out_of_branch_range() -> TestResult {
+    let far = far_probe as *const () as usize;
+    let l = mmu::layout();
+    check!(
+        l.far_text.contains(&far),
+        "far_probe at {far:#x} is not in the far section"
+    );
+    let distance = far - l.text.start;
+    println!(
+        "mmu: far_probe at {far:#x}, {} MiB above text",
+        distance >> 20
+    );
+    check!(
+        distance > 128 << 20,
+        "far text only {distance:#x} bytes from text"
+    );
+    let fault = exceptions::catch_fault(Recovery::ReturnToLink, || {
+        check_eq_far(call_indirect(far_probe));
+    });
+    check!(fault.is_none(), "calling far text faulted: {fault:x?}");
+    Ok(())
+}
+
+/// The "synchronize all CPUs" IPI reaches every other CPU, every time.
+fn sync_all_cpus_ipi() -> TestResult {
+    check_eq!(gic::ready_cpus(), CPUS);
+    const ROUNDS: u64 = 200;
+    let start = cpu::now_ms();
+    for round in 0..ROUNDS {
+        if let Err(e) = gic::sync_all_cpus(1000) {
+            return Err(alloc::format!(
+                "round {round}: cpu{} did not answer the sync IPI",
+                e.cpu
+            ));
+        }
+    }
+    let elapsed = cpu::now_ms() - start;
+    let generation = gic::sync_count();
+    for c in 1..CPUS {
+        check!(
+            gic::acked(c) >= generation,
+            "cpu{c} answered up to {} of {generation}",
+            gic::acked(c)
+        );
+    }
+    println!(
+        "sync: GICv{} SGI {ROUNDS} rounds to {} CPUs in {elapsed} ms",
+        gic::version(),
+        CPUS - 1
+    );
+    Ok(())
+}
+
+fn check_eq_far(value: u64) {
+    assert_eq!(value, 0xfa5, "far_probe returned {value:#x}");
+}
+
+#[unsafe(link_section = ".far_text.probe")]
+extern "C" fn far_probe() -> u64 {
+    0xfa5
 }
 
 /// Fails on purpose so the harness can check that a failure fails the run.
