@@ -15,12 +15,14 @@ use crate::{Error, TextWriter, writer};
 ///
 /// ```
 /// static_call::static_call! {
-///     pub static LOG: fn(&str) = quiet;
+///     pub static LOG: fn(&'static str) = quiet;
 /// }
 /// fn quiet(_: &str) {}
 ///
+/// # fn main() {
 /// LOG.call("hello");
 /// assert_eq!(LOG.name(), "LOG");
+/// # }
 /// ```
 pub struct StaticCall<F: FnPtr> {
     tramp: F,
@@ -48,7 +50,9 @@ impl<F: FnPtr> StaticCall<F> {
     ///
     /// ```
     /// static_call::static_call! { static HOOK: fn() = NULL; }
+    /// # fn main() {
     /// assert_eq!(HOOK.name(), "HOOK");
+    /// # }
     /// ```
     pub fn name(&self) -> &'static str {
         self.name
@@ -62,8 +66,10 @@ impl<F: FnPtr> StaticCall<F> {
     /// static_call::static_call! { static DOUBLE: fn(u32) -> u32 = double; }
     /// fn double(x: u32) -> u32 { x * 2 }
     ///
+    /// # fn main() {
     /// let f: fn(u32) -> u32 = DOUBLE.trampoline();
     /// assert_eq!(f(21), 42);
+    /// # }
     /// ```
     pub fn trampoline(&self) -> F {
         self.tramp
@@ -73,7 +79,9 @@ impl<F: FnPtr> StaticCall<F> {
     ///
     /// ```
     /// static_call::static_call! { static HOOK: fn() = NULL; }
+    /// # fn main() {
     /// assert_ne!(HOOK.trampoline_addr(), 0);
+    /// # }
     /// ```
     pub fn trampoline_addr(&self) -> usize {
         self.tramp.addr()
@@ -91,9 +99,11 @@ impl<F: FnPtr> StaticCall<F> {
     /// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
     /// fn inc(x: u32) -> u32 { x + 1 }
     ///
+    /// # fn main() {
     /// let f = OP.query().unwrap();
     /// assert_eq!(f(1), 2);
     /// assert_eq!(f as usize, inc as fn(u32) -> u32 as usize);
+    /// # }
     /// ```
     pub fn query(&self) -> Option<F> {
         // SAFETY: the trampoline and slot are this key's (constructor
@@ -109,8 +119,10 @@ impl<F: FnPtr> StaticCall<F> {
     ///
     /// ```
     /// static_call::static_call! { static COUNT: fn() -> u64 = RET0; }
+    /// # fn main() {
     /// assert!(COUNT.is_ret0());
     /// assert_eq!(COUNT.call(), 0);
+    /// # }
     /// ```
     pub fn is_ret0(&self) -> bool {
         self.query().is_some_and(|f| f.addr() == self.ret0.addr())
@@ -133,9 +145,11 @@ impl<F: FnPtr> StaticCall<F> {
     /// fn inc(x: u32) -> u32 { x + 1 }
     /// fn dec(x: u32) -> u32 { x - 1 }
     ///
+    /// # fn main() {
     /// # if static_call::DEFAULT_WRITER_AVAILABLE {
     /// OP.update(dec).unwrap();
     /// assert_eq!(OP.call(5), 4);
+    /// # }
     /// # }
     /// ```
     pub fn update(&self, f: F) -> Result<(), Error> {
@@ -149,9 +163,11 @@ impl<F: FnPtr> StaticCall<F> {
     /// fn inc(x: u32) -> u32 { x + 1 }
     /// fn dec(x: u32) -> u32 { x - 1 }
     ///
+    /// # fn main() {
     /// # #[cfg(target_os = "linux")] {
     /// OP.update_with(dec, &static_call::writer::linux::Remap).unwrap();
     /// assert_eq!(OP.call(5), 4);
+    /// # }
     /// # }
     /// ```
     pub fn update_with(&self, f: F, writer: &dyn TextWriter) -> Result<(), Error> {
@@ -183,10 +199,12 @@ where
     /// static_call::static_call! { static HOOK: fn(u32) = log; }
     /// fn log(_: u32) {}
     ///
+    /// # fn main() {
     /// # if static_call::DEFAULT_WRITER_AVAILABLE {
     /// HOOK.update_null().unwrap();
     /// HOOK.call(1); // returns at once
     /// assert!(HOOK.query().is_none());
+    /// # }
     /// # }
     /// ```
     pub fn update_null(&self) -> Result<(), Error> {
@@ -213,9 +231,11 @@ where
     /// static_call::static_call! { static COUNT: fn() -> u64 = one; }
     /// fn one() -> u64 { 1 }
     ///
+    /// # fn main() {
     /// # if static_call::DEFAULT_WRITER_AVAILABLE {
     /// COUNT.update_ret0().unwrap();
     /// assert_eq!(COUNT.call(), 0);
+    /// # }
     /// # }
     /// ```
     pub fn update_ret0(&self) -> Result<(), Error> {
@@ -273,15 +293,21 @@ where
 /// }
 /// fn default_tick(scale: u32) -> u64 { u64::from(scale) }
 ///
+/// # fn main() {
 /// assert_eq!(TICK.call(3), 3);
 /// ON_IDLE.call(1);
 /// assert_eq!(EVENTS.call(), 0);
+/// # }
 /// ```
 ///
 /// Each key is a `static` with a `call` method taking the signature's
 /// arguments; `call` is a direct call of the key's trampoline. The key
 /// dereferences to [`StaticCall`] for `update`, `query` and `trampoline`.
-/// Signatures are Rust-ABI `fn` types with up to eight arguments. `NULL`
+/// Signatures are Rust-ABI `fn` types with up to eight arguments, without
+/// elided lifetimes: `fn(&str)` is higher-ranked (`for<'a> fn(&'a str)`)
+/// and not supported, so pass `&'static` references, raw pointers or owned
+/// values. Keys are module-level items (their trampoline is module-level
+/// assembly), not statements inside a function body. `NULL`
 /// keys need a `()` return type and `RET0` keys a [`Ret0Safe`] one; both
 /// are checked at compile time.
 ///
@@ -323,7 +349,9 @@ macro_rules! static_call {
 ///     static_call::declare_static_call! { pub static IRQ_HOOK: fn(u32) -> u32; }
 ///     pub fn handle(irq: u32) -> u32 { IRQ_HOOK.call(irq) }
 /// }
+/// # fn main() {
 /// assert_eq!(core_kernel::handle(7), 7);
+/// # }
 /// ```
 #[macro_export]
 macro_rules! declare_static_call {

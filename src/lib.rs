@@ -18,10 +18,12 @@
 //! fn coarse_clock(scale: u32) -> u64 { u64::from(scale) * 1000 }
 //! fn fine_clock(scale: u32) -> u64 { u64::from(scale) * 1000 + 7 }
 //!
+//! # fn main() {
 //! assert_eq!(CLOCK.call(2), 2000);
 //! # if static_call::DEFAULT_WRITER_AVAILABLE {
 //! CLOCK.update(fine_clock).unwrap();
 //! assert_eq!(CLOCK.call(2), 2007);
+//! # }
 //! # }
 //! ```
 //!

@@ -72,6 +72,27 @@ pub fn set_default_writer(writer: &'static dyn TextWriter) {
     *PATCH.lock() = Some(writer);
 }
 
+/// The patch lock, held: no static call is retargeted while it lives.
+///
+/// Kernels that patch other text of their own (or tests that write
+/// trampolines by hand) take it so their writes never interleave with a
+/// retarget, in particular with a page-copying writer such as
+/// [`linux::Remap`] working on the same page.
+///
+/// ```
+/// let guard = static_call::writer::patch_lock();
+/// // ... write text ...
+/// drop(guard);
+/// ```
+pub struct PatchLock(
+    #[allow(dead_code)] spin::MutexGuard<'static, Option<&'static dyn TextWriter>>,
+);
+
+/// Takes the patch lock (spinning while an update holds it).
+pub fn patch_lock() -> PatchLock {
+    PatchLock(PATCH.lock())
+}
+
 /// Runs `f` with the patch lock held and the writer to use: `explicit` if
 /// given, else the installed default, else the platform's own.
 pub(crate) fn with_patch_lock<T>(

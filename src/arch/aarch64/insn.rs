@@ -66,6 +66,16 @@ pub fn encode_add_x_uxtw(rd: u32, rn: u32, rm: u32) -> u32 {
     0x8b20_4000 | (rm & 31) << 16 | (rn & 31) << 5 | (rd & 31)
 }
 
+/// Encodes `add x<rd>, x<rn>, x<rm>`.
+pub fn encode_add_x(rd: u32, rn: u32, rm: u32) -> u32 {
+    0x8b00_0000 | (rm & 31) << 16 | (rn & 31) << 5 | (rd & 31)
+}
+
+/// Encodes `str x<rt>, [x<rn>]`.
+pub fn encode_str_x(rt: u32, rn: u32) -> u32 {
+    0xf900_0000 | (rn & 31) << 5 | (rt & 31)
+}
+
 fn encode_imm19(opcode: u32, rt: u32, offset: i64) -> Option<u32> {
     if offset % 4 != 0 || !(-(1 << 20)..(1 << 20)).contains(&offset) || rt > 31 {
         return None;
@@ -108,6 +118,8 @@ mod tests {
         assert_eq!(encode_movz_x(0, 0x1234, 0), 0xd282_4680);
         assert_eq!(encode_movk_x(1, 0xbeef, 1), 0xf2b7_dde1);
         assert_eq!(encode_add_x_uxtw(0, 1, 0), 0x8b20_4020);
+        assert_eq!(encode_add_x(2, 2, 1), 0x8b01_0042);
+        assert_eq!(encode_str_x(2, 0), 0xf900_0002);
         assert_eq!(decode_b(0x1000, NOP), None);
     }
 

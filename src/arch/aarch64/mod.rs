@@ -47,6 +47,8 @@ pub use cache::{flush_icache_range, read_ctr_el0};
 
 use super::Backend;
 use crate::{Error, TextWriter};
+#[cfg(target_arch = "aarch64")]
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The arm64 backend.
 #[derive(Debug)]
@@ -87,10 +89,14 @@ unsafe impl Backend for Aarch64 {
     type Slot = Slot;
 
     unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
+        // The literal alone is the current target, and it is written first;
+        // query takes no lock, so it must not insist that the branch word
+        // already agrees.
         let window = layout::window_of(tramp)?;
-        // SAFETY: the caller passes a live trampoline.
-        let bytes = unsafe { read_trampoline(window) };
-        Ok(decode(tramp, &bytes)?.target as usize)
+        // SAFETY: the caller passes a live trampoline, whose literal is an
+        // aligned u64 at `window`, only ever written by atomic stores.
+        let literal = unsafe { (*(window as *const AtomicU64)).load(Ordering::Acquire) };
+        Ok(literal as usize)
     }
 
     unsafe fn retarget(
@@ -127,7 +133,7 @@ pub unsafe fn write_patch(
     patch: Patch,
     writer: &dyn TextWriter,
 ) -> Result<(), Error> {
-    // SAFETY (both writes): per this function's contract.
+    // SAFETY: both writes target this window, per this function's contract.
     unsafe {
         writer.write(window, &patch.literal.to_le_bytes())?;
         if let Err(e) = writer.write(window + 8, &patch.entry.to_le_bytes()) {
