@@ -122,9 +122,9 @@ pub struct Boot {
     pub seconds: f64,
 }
 
-/// Boots `elf` on the virt board. With `echo`, the UART is streamed to our
-/// standard output as it arrives.
-pub fn boot(elf: &Path, machine: &str, echo: bool) -> Result<Boot> {
+/// Boots `elf` on the virt board, killing QEMU after `timeout`. With `echo`,
+/// the UART is streamed to our standard output as it arrives.
+pub fn boot(elf: &Path, machine: &str, echo: bool, timeout: Duration) -> Result<Boot> {
     let mut qemu = Command::new("qemu-system-aarch64");
     qemu.args([
         "-M",
@@ -148,7 +148,7 @@ pub fn boot(elf: &Path, machine: &str, echo: bool) -> Result<Boot> {
         .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"))?;
     let uart = reader(child.stdout.take().expect("piped"), echo);
     let stderr = reader(child.stderr.take().expect("piped"), false);
-    let deadline = start + TIMEOUT;
+    let deadline = start + timeout;
     let mut timed_out = false;
     let status = loop {
         match child.try_wait() {
@@ -294,7 +294,7 @@ impl Report {
 /// exits with QEMU's status.
 pub fn demo(root: &Path, tc: &Toolchain) -> Result<ExitCode> {
     let elf = build_kernel(root, tc, "demo", &[])?;
-    let boot = boot(&elf, MACHINE_EL1, true)?;
+    let boot = boot(&elf, MACHINE_EL1, true, TIMEOUT)?;
     if boot.timed_out {
         return Err(format!("demo killed after {} s timeout", TIMEOUT.as_secs()));
     }
@@ -401,6 +401,54 @@ kernel: 2 passed, 0 failed\r
     fn lines_that_merely_look_alike_are_ignored() {
         let log = "the test foo ... ok\ntest bar ... running\ncpuX: online\nkernel: ready\n";
         assert_eq!(parse_uart(log), Report::default());
+    }
+
+    /// Writes a raw arm64 image (QEMU loads a file that is not an ELF as a
+    /// raw kernel image and jumps to its start).
+    fn raw_image(name: &str, words: &[u32], data: &[u64]) -> PathBuf {
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.extend(data.iter().flat_map(|d| d.to_le_bytes()));
+        let path = std::env::temp_dir().join(format!("xtask-{}-{name}.bin", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn require_qemu() {
+        assert!(
+            cmd::exists("qemu-system-aarch64"),
+            "qemu-system-aarch64 is not installed: run `cargo xtask setup` first"
+        );
+    }
+
+    #[test]
+    fn a_hung_boot_is_killed_at_the_timeout() {
+        require_qemu();
+        let image = raw_image("hang", &[0x1400_0000 /* b . */], &[]);
+        let boot = boot(&image, MACHINE_EL1, false, Duration::from_secs(1)).unwrap();
+        let _ = std::fs::remove_file(&image);
+        assert!(boot.timed_out);
+        assert_eq!(boot.status, None);
+        assert!((1.0..30.0).contains(&boot.seconds), "{}", boot.seconds);
+    }
+
+    #[test]
+    fn the_semihosting_exit_status_is_qemus_status() {
+        require_qemu();
+        let image = raw_image(
+            "exit3",
+            &[
+                0xd280_0300, // mov x0, #0x18 (SYS_EXIT)
+                0x1000_0061, // adr x1, block (12 bytes on)
+                0xd45e_0000, // hlt #0xf000
+                0x1400_0000, // b .
+            ],
+            // block: ADP_Stopped_ApplicationExit, exit code 3
+            &[0x20026, 3],
+        );
+        let boot = boot(&image, MACHINE_EL1, false, TIMEOUT).unwrap();
+        let _ = std::fs::remove_file(&image);
+        assert!(!boot.timed_out);
+        assert_eq!(boot.status, Some(3));
     }
 
     #[test]

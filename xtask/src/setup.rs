@@ -104,7 +104,7 @@ fn packages() -> Result<()> {
     if !is_root() {
         return Err(format!(
             "installing packages needs root; run these, then retry:\n  \
-             sudo apt-get update\n  sudo {install}"
+             sudo apt-get update\n  sudo env {install}"
         ));
     }
     cmd::run(Command::new("apt-get").args(["update", "-q"]))?;

@@ -262,7 +262,7 @@ fn virt(root: &Path, tc: &Toolchain, suite: &VirtSuite) -> Counts {
             return counts;
         }
     };
-    let boot = match qemu::boot(&elf, suite.machine, false) {
+    let boot = match qemu::boot(&elf, suite.machine, false, qemu::TIMEOUT) {
         Ok(boot) => boot,
         Err(e) => {
             counts.failed = 1;
