@@ -4,6 +4,12 @@ use core::fmt;
 
 /// Why a retarget was refused. When an update returns an error, the text it
 /// would have patched is unchanged.
+///
+/// ```
+/// use static_call::Error;
+/// let e = Error::MisalignedTarget { target: 0x1002 };
+/// assert_eq!(e.to_string(), "target 0x1002 is not an instruction address");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {

@@ -4,6 +4,15 @@
 /// A function-pointer type a static call can target: `fn(A, B, ..) -> R`
 /// (Rust or `extern "C"` ABI, up to eight arguments).
 ///
+/// ```
+/// use static_call::FnPtr;
+/// fn add_one(x: u32) -> u32 { x + 1 }
+/// let f: fn(u32) -> u32 = add_one;
+/// // SAFETY: the address came from a function of this very type.
+/// let g = unsafe { <fn(u32) -> u32>::from_addr(f.addr()) };
+/// assert_eq!(g(1), 2);
+/// ```
+///
 /// # Safety
 ///
 /// Implementors must be plain function-pointer types: `Copy`, the size of a
@@ -24,9 +33,16 @@ pub unsafe trait FnPtr: Copy + Send + Sync + 'static {
     unsafe fn from_addr(addr: usize) -> Self;
 }
 
-/// Return types for which "all return registers zero" is a valid value, so a
-/// key of this return type may be a RET0 key (a call returns zero without
-/// calling anything).
+/// Return types for which the all-zero value is valid, so a key of this
+/// return type may be a RET0 key (a call returns zero without calling the
+/// previous target).
+///
+/// ```
+/// fn zero_ok<T: static_call::Ret0Safe>() {}
+/// zero_ok::<u64>();
+/// zero_ok::<Option<&'static u8>>();
+/// zero_ok::<*const u8>();
+/// ```
 ///
 /// # Safety
 ///

@@ -212,6 +212,18 @@ where
     }
 
     /// As [`update_null`](Self::update_null), through `writer`.
+    ///
+    /// ```
+    /// static_call::static_call! { static HOOK: fn(u32) = log; }
+    /// fn log(_: u32) {}
+    ///
+    /// # fn main() {
+    /// # #[cfg(target_os = "linux")] {
+    /// HOOK.update_null_with(&static_call::writer::linux::Remap).unwrap();
+    /// assert!(HOOK.query().is_none());
+    /// # }
+    /// # }
+    /// ```
     pub fn update_null_with(&self, writer: &dyn TextWriter) -> Result<(), Error> {
         self.retarget(0, Some(writer))
     }
@@ -243,6 +255,18 @@ where
     }
 
     /// As [`update_ret0`](Self::update_ret0), through `writer`.
+    ///
+    /// ```
+    /// static_call::static_call! { static COUNT: fn() -> u64 = one; }
+    /// fn one() -> u64 { 1 }
+    ///
+    /// # fn main() {
+    /// # #[cfg(target_os = "linux")] {
+    /// COUNT.update_ret0_with(&static_call::writer::linux::Remap).unwrap();
+    /// assert_eq!(COUNT.call(), 0);
+    /// # }
+    /// # }
+    /// ```
     pub fn update_ret0_with(&self, writer: &dyn TextWriter) -> Result<(), Error> {
         self.retarget(self.ret0.addr(), Some(writer))
     }
@@ -259,6 +283,11 @@ impl<F: FnPtr> core::fmt::Debug for StaticCall<F> {
 
 /// Return types a NULL key may have: only `()`, since a NULL call returns
 /// without producing a value.
+///
+/// ```
+/// fn null_ok<T: static_call::NullSafe>() {}
+/// null_ok::<()>();
+/// ```
 #[diagnostic::on_unimplemented(
     message = "a NULL static call must return `()`, not `{Self}`",
     label = "NULL keys need a `()` return type; use RET0 for a zero result"
@@ -311,6 +340,20 @@ where
 /// keys need a `()` return type and `RET0` keys a [`Ret0Safe`] one; both
 /// are checked at compile time.
 ///
+/// A NULL key that would have to return a value does not compile:
+///
+/// ```compile_fail
+/// static_call::static_call! { static BAD: fn() -> u64 = NULL; }
+/// # fn main() {}
+/// ```
+///
+/// nor does a RET0 key whose return type has no zero value:
+///
+/// ```compile_fail
+/// static_call::static_call! { static BAD: fn() -> &'static u8 = RET0; }
+/// # fn main() {}
+/// ```
+///
 /// Key names are link-level symbols, as in Linux: two keys of the same name
 /// in one program fail to link. Another crate may call a key through
 /// [`declare_static_call!`](crate::declare_static_call).
@@ -352,6 +395,18 @@ macro_rules! static_call {
 /// # fn main() {
 /// assert_eq!(core_kernel::handle(7), 7);
 /// # }
+/// ```
+///
+/// A declaration with another signature does not link:
+///
+/// ```compile_fail
+/// static_call::static_call! { pub static IRQ_HOOK: fn(u32) -> u32 = ack; }
+/// fn ack(irq: u32) -> u32 { irq }
+/// mod core_kernel {
+///     static_call::declare_static_call! { pub static IRQ_HOOK: fn(u64) -> u32; }
+///     pub fn handle(irq: u64) -> u32 { IRQ_HOOK.call(irq) }
+/// }
+/// fn main() { core_kernel::handle(7); }
 /// ```
 #[macro_export]
 macro_rules! declare_static_call {

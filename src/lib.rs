@@ -62,6 +62,10 @@ pub use writer::{TextWriter, set_default_writer};
 /// Whether this target has a text writer installed by default, so that
 /// [`StaticCall::update`] works without [`set_default_writer`] (Linux user
 /// space). Bare-metal users install their own writer.
+///
+/// ```
+/// assert_eq!(static_call::DEFAULT_WRITER_AVAILABLE, cfg!(target_os = "linux"));
+/// ```
 pub const DEFAULT_WRITER_AVAILABLE: bool = writer::PLATFORM_DEFAULT_AVAILABLE;
 
 /// Items the macros expand to. Not part of the public API.

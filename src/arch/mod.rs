@@ -15,6 +15,11 @@ use crate::{Error, TextWriter};
 ///
 /// Generic code over architectures names `static_call::arch::active::Active`.
 ///
+/// ```
+/// use static_call::arch::{Backend, active::Active};
+/// println!("static calls on this target use the {} backend", Active::NAME);
+/// ```
+///
 /// # Safety
 ///
 /// Implementations must keep every call through the key's trampoline

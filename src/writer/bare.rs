@@ -10,6 +10,11 @@ use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 ///
 /// It has no `sync_cores` step; wrap it if your kernel can interrupt other
 /// CPUs.
+///
+/// ```
+/// static WRITER: static_call::writer::Direct = static_call::writer::Direct;
+/// static_call::set_default_writer(&WRITER);
+/// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Direct;
 

@@ -88,6 +88,18 @@ fn page_span(addr: usize, len: usize) -> (usize, usize) {
 ///
 /// The page becomes anonymous memory (it no longer shares the executable
 /// file's page cache), exactly as a copy-on-write text relocation would.
+/// Text that something else patches without the
+/// [patch lock](super::patch_lock) must not share its page with a key.
+///
+/// ```
+/// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
+/// fn inc(x: u32) -> u32 { x + 1 }
+/// fn dec(x: u32) -> u32 { x - 1 }
+/// # fn main() {
+/// OP.update_with(dec, &static_call::writer::linux::Remap).unwrap();
+/// assert_eq!(OP.call(1), 0);
+/// # }
+/// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Remap;
 
@@ -159,6 +171,16 @@ unsafe impl TextWriter for Remap {
 /// the store, then read+execute again. Simpler than [`Remap`] and keeps the
 /// page file-backed, but it briefly breaks W^X, which hardened kernels
 /// (PaX, SELinux `execmod`) refuse: such a refusal is returned as an error.
+///
+/// ```
+/// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
+/// fn inc(x: u32) -> u32 { x + 1 }
+/// fn dec(x: u32) -> u32 { x - 1 }
+/// # fn main() {
+/// OP.update_with(dec, &static_call::writer::linux::Mprotect).unwrap();
+/// assert_eq!(OP.call(1), 0);
+/// # }
+/// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Mprotect;
 

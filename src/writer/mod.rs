@@ -20,6 +20,30 @@ use spin::Mutex;
 /// All calls happen with the crate's patch lock held, so a writer never sees
 /// two writes at once.
 ///
+/// A kernel's writer typically maps the page through a temporary writable
+/// alias, stores, and unmaps (Linux's `text_poke`); its `sync_cores`
+/// interrupts the other CPUs:
+///
+/// ```
+/// use static_call::{Error, TextWriter};
+///
+/// struct KernelWriter;
+///
+/// // SAFETY: `write` stores exactly `bytes`, atomically for aligned
+/// // 1/2/4/8-byte writes (it delegates to `Direct` in this sketch).
+/// unsafe impl TextWriter for KernelWriter {
+///     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+///         // map_alias(addr); ...
+///         // SAFETY: forwarded from the caller.
+///         unsafe { static_call::writer::Direct.write(addr, bytes) }
+///     }
+///     fn sync_cores(&self) -> Result<(), Error> {
+///         // send_ipi_to_all_and_wait();
+///         Ok(())
+///     }
+/// }
+/// ```
+///
 /// # Safety
 ///
 /// Implementors promise that [`write`](TextWriter::write), when it returns

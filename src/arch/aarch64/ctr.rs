@@ -24,6 +24,12 @@ mod fields {
 }
 
 /// A decoded CTR_EL0 value.
+///
+/// ```
+/// use static_call::arch::aarch64::ctr::CacheType;
+/// let ctr = CacheType::new(0x8444_c004);
+/// assert_eq!((ctr.dcache_line(), ctr.icache_line()), (64, 64));
+/// ```
 #[derive(Clone, Copy)]
 pub struct CacheType(LocalRegisterCopy<u64, CTR_EL0::Register>);
 

@@ -20,6 +20,12 @@ pub const B_RANGE: core::ops::RangeInclusive<i64> = -(1 << 27)..=((1 << 27) - 4)
 
 /// Encodes `b target` placed at `pc`, or `None` when the target is out of the
 /// branch's ±128 MiB reach or either address is not word aligned.
+///
+/// ```
+/// use static_call::arch::aarch64::insn::encode_b;
+/// assert_eq!(encode_b(0x1000, 0x1008), Some(0x1400_0002));
+/// assert_eq!(encode_b(0x1000, 0x1000 + (128 << 20)), None);
+/// ```
 pub fn encode_b(pc: u64, target: u64) -> Option<u32> {
     if !pc.is_multiple_of(4) || !target.is_multiple_of(4) {
         return None;

@@ -101,6 +101,15 @@ pub fn patch_of(bytes: &[u8; TRAMPOLINE_LEN]) -> Patch {
 ///
 /// A `b` must point where the literal does: the two always agree in a
 /// trampoline this crate wrote, so a mismatch means foreign bytes.
+///
+/// ```
+/// use static_call::{Error, arch::aarch64::decode};
+/// let zeros = [0u8; 32];
+/// assert!(matches!(
+///     decode(0x1008, &zeros),
+///     Err(Error::UnrecognisedTrampoline { offset: 8, .. })
+/// ));
+/// ```
 pub fn decode(tramp: usize, bytes: &[u8; TRAMPOLINE_LEN]) -> Result<Trampoline, Error> {
     let unrecognised = |offset: usize, found: u32| Error::UnrecognisedTrampoline {
         addr: tramp,
@@ -139,6 +148,15 @@ pub fn decode(tramp: usize, bytes: &[u8; TRAMPOLINE_LEN]) -> Result<Trampoline, 
 /// Plans retargeting the trampoline at `tramp` to `target` (0 for NULL):
 /// `b target` when it is within reach of the branch, else `nop` so the
 /// literal is used; the literal is always the target.
+///
+/// ```
+/// use static_call::arch::aarch64::{insn, plan};
+/// let tramp = 0x4008_0008;
+/// let near = plan(tramp, 0x4010_0000).unwrap();
+/// assert_eq!(insn::decode_b(tramp + 4, near.branch_word()), Some(0x4010_0000));
+/// let far = plan(tramp, 0x8_0000_0000).unwrap();
+/// assert_eq!((far.literal, far.branch_word()), (0x8_0000_0000, insn::NOP));
+/// ```
 pub fn plan(tramp: u64, target: u64) -> Result<Patch, Error> {
     if !target.is_multiple_of(4) {
         return Err(Error::MisalignedTarget {
