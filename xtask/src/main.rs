@@ -22,7 +22,10 @@ usage: cargo xtask <command>
 commands:
   setup   install what is missing: QEMU, the aarch64 cross toolchain, and an
           aarch64 core/std (a precompiled rustup target, or Debian's rust-src)
-  test    setup, then run every test suite and print a summary table
+  test [SUITE...]
+          setup, then run every test suite (or only those named) and print
+          a summary table; suites: host, host-lint, aarch64-linux,
+          aarch64-none, virt-el1, virt-el2, virt-negative
   demo    setup, then boot the arm64 demo kernel on the QEMU virt board";
 
 fn main() -> ExitCode {
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["setup"] => report(setup::run().map(|_| ExitCode::SUCCESS)),
-        ["test"] => test(&root),
+        ["test", only @ ..] => test(&root, only),
         ["demo"] => report(setup::run().and_then(|tc| qemu::demo(&root, &tc))),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
@@ -48,7 +51,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn test(root: &std::path::Path) -> ExitCode {
+fn test(root: &std::path::Path, only: &[&str]) -> ExitCode {
+    let known = suites::names();
+    if let Some(unknown) = only.iter().find(|name| !known.contains(name)) {
+        eprintln!("xtask: no suite `{unknown}`; suites: {}", known.join(", "));
+        return ExitCode::from(2);
+    }
+    let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
     let toolchain = match setup::run() {
         Ok(tc) => tc,
         Err(e) => {
@@ -57,7 +66,7 @@ fn test(root: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcomes = suites::run_all(root, &toolchain);
+    let outcomes = suites::run_all(root, &toolchain, &only);
     suites::print_table(&outcomes);
     let totals = suites::totals(&outcomes);
     println!("xtask: {} passed, {} failed", totals.passed, totals.failed);
@@ -82,4 +91,14 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("xtask lives one level below the repository root")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usage_lists_every_suite() {
+        for name in crate::suites::names() {
+            assert!(super::USAGE.contains(name), "USAGE does not mention {name}");
+        }
+    }
 }
