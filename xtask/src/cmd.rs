@@ -10,7 +10,16 @@ use crate::Result;
 
 /// A `Command` for the same cargo that runs this harness.
 pub fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // A caller's relative CARGO_TARGET_DIR means the same directory for the
+    // kernel build, which runs in another working directory.
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from)
+        && dir.is_relative()
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        cargo.env("CARGO_TARGET_DIR", cwd.join(dir));
+    }
+    cargo
 }
 
 /// The command line, as a person would type it (environment first).
