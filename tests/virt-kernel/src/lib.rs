@@ -19,8 +19,10 @@ pub mod exceptions;
 pub mod gic;
 pub mod heap;
 pub mod mmu;
+pub mod patching;
 pub mod runner;
 pub mod smp;
+pub mod stress;
 
 use core::panic::PanicInfo;
 
@@ -57,6 +59,7 @@ pub fn init() {
     console::init();
     mmu::init();
     gic::init_this_cpu();
+    patching::install();
 }
 
 /// Ends the QEMU run with `code` as its exit status (semihosting `SYS_EXIT`).

@@ -45,6 +45,7 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         bti_blocks_branch_to_non_landing_pad,
         far_text_is_out_of_branch_range,
         sync_all_cpus_ipi,
+        static_call_smp_stress,
         #[cfg(feature = "deliberate-failure")]
         deliberate_failure,
     ])
@@ -333,6 +334,64 @@ fn sync_all_cpus_ipi() -> TestResult {
         "sync: GICv{} SGI {ROUNDS} rounds to {} CPUs in {elapsed} ms",
         gic::version(),
         CPUS - 1
+    );
+    Ok(())
+}
+
+/// CPUs 1..3 call two keys (directly and through the trampoline pointer)
+/// while CPU 0 retargets them near -> far -> NULL -> RET0 -> near ten times:
+/// every result must be right, and no call that starts after an update has
+/// returned may reach the previous target.
+fn static_call_smp_stress() -> TestResult {
+    use virt_kernel::stress::{self, COUNTERS};
+    const STEPS: usize = 40;
+    let faults_before = exceptions::faults_caught();
+    let syncs_before = gic::sync_count();
+    let start = cpu::now_ms();
+    stress::run(CPUS, STEPS, 200, 10_000, |_| {})?;
+    let elapsed = cpu::now_ms() - start;
+    let syncs = gic::sync_count() - syncs_before;
+    let faults =
+        exceptions::faults_caught() - faults_before + exceptions::UNEXPECTED.load(Ordering::SeqCst);
+    let load = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
+    let mut total_calls = 0;
+    for c in 1..CPUS {
+        let calls = load(&COUNTERS.calls[c]);
+        total_calls += calls;
+        let hook = COUNTERS.hook_seen[c].each_ref().map(load);
+        let tick = COUNTERS.tick_seen[c].each_ref().map(load);
+        let stale = load(&COUNTERS.stale[c]);
+        let wrong = load(&COUNTERS.wrong[c]);
+        println!(
+            "stress: cpu{c}: {calls} calls; HOOK near/far/none {}/{}/{}; TICK near/far/ret0 {}/{}/{}; stale {stale}; wrong {wrong}",
+            hook[0], hook[1], hook[2], tick[0], tick[1], tick[2]
+        );
+        if stale != 0 {
+            let f = stress::FIRST_STALE[c].load(Ordering::SeqCst);
+            println!(
+                "stress: cpu{c} first stale call: g0 {} g1 {} seen {} tag {}",
+                f >> 32,
+                (f >> 8) & 0xff_ffff,
+                (f >> 4) & 0xf,
+                f & 0xf
+            );
+        }
+        check_eq!(stale, 0);
+        check_eq!(wrong, 0);
+        check!(
+            hook.iter().chain(tick.iter()).all(|&n| n > 0),
+            "cpu{c} did not see every target: HOOK {hook:?} TICK {tick:?}"
+        );
+    }
+    println!(
+        "stress: {} updates ({STEPS} steps x 2 keys), {syncs} sync IPIs, {total_calls} calls on {} CPUs in {elapsed} ms, faults {faults}",
+        2 * STEPS,
+        CPUS - 1
+    );
+    check_eq!(faults, 0);
+    check!(
+        syncs >= STEPS as u64,
+        "only {syncs} sync IPIs for {STEPS} steps"
     );
     Ok(())
 }

@@ -1,0 +1,88 @@
+//! The kernel's static-call text writer: static-call's `Alias` writer over
+//! the text alias that `mmu` maps, with the GIC sync IPI as its "synchronize
+//! all CPUs" step.
+//!
+//! QEMU workaround (no effect on real hardware): QEMU 7.2's multi-threaded
+//! TCG can keep executing the *old* bytes of a patched trampoline on every
+//! vCPU, indefinitely, after the write, the cache maintenance and the sync
+//! IPI. The stress test saw this: memory read back new, yet 100,000 further
+//! calls on each worker still ran the old target. QEMU does no I-cache
+//! emulation; it drops translated code when the page is written, and a
+//! translation that was in flight during the write is evidently kept with the
+//! old bytes. So after the IPI (when no vCPU can still be translating from
+//! before the write: each has since taken an interrupt) the writer stores
+//! the same bytes again, which makes QEMU drop that stale translation. The
+//! architectural state does not change, so no second sync is needed.
+
+use alloc::boxed::Box;
+
+use spin::mutex::SpinMutex;
+use static_call::writer::Alias;
+use static_call::{Error, TextWriter};
+
+use crate::{gic, mmu};
+
+/// How long a sync waits for every CPU to take the IPI.
+const SYNC_TIMEOUT_MS: u64 = 2000;
+
+/// At most this many writes are replayed per sync (an update makes two).
+const REPLAY: usize = 8;
+
+/// `Alias` plus the replay of the writes since the last sync.
+pub struct KernelWriter {
+    alias: Alias,
+    written: SpinMutex<([(usize, usize); REPLAY], usize)>,
+}
+
+// SAFETY: `write` delegates to `Alias::write`, which keeps the trait's
+// promises; the replay in `sync_cores` stores, through the same alias, the
+// bytes that the executable mapping already holds at that moment, so it
+// changes nothing anyone can observe.
+unsafe impl TextWriter for KernelWriter {
+    unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { self.alias.write(addr, bytes) }?;
+        let mut w = self.written.lock();
+        let (list, n) = &mut *w;
+        if *n < REPLAY {
+            list[*n] = (addr, bytes.len());
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    fn sync_cores(&self) -> Result<(), Error> {
+        gic::sync_all_cpus(SYNC_TIMEOUT_MS).map_err(|_| Error::WriterFailed {
+            what: "synchronize all CPUs (a CPU did not take the sync IPI in time)",
+            errno: 0,
+        })?;
+        let mut w = self.written.lock();
+        let (list, n) = &mut *w;
+        for &(addr, len) in &list[..*n] {
+            let mut buf = [0u8; 16];
+            let len = len.min(buf.len());
+            for (i, b) in buf[..len].iter_mut().enumerate() {
+                // SAFETY: `addr..addr + len` was just written by this writer,
+                // so it is mapped (readable) text.
+                *b = unsafe { core::ptr::read_volatile((addr + i) as *const u8) };
+            }
+            // SAFETY: the same range, the same bytes: the patch lock is still
+            // held by our caller (sync_cores runs inside the update).
+            unsafe { self.alias.write(addr, &buf[..len]) }?;
+        }
+        *n = 0;
+        Ok(())
+    }
+}
+
+/// Builds the writer for the kernel's text and installs it as static-call's
+/// default. Call after `mmu::init`.
+pub fn install() -> &'static KernelWriter {
+    let text = mmu::layout().text;
+    let writer: &'static KernelWriter = Box::leak(Box::new(KernelWriter {
+        alias: Alias::new(text.start, text.start + mmu::ALIAS_OFFSET, text.len()),
+        written: SpinMutex::new(([(0, 0); REPLAY], 0)),
+    }));
+    static_call::set_default_writer(writer);
+    writer
+}
