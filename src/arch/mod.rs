@@ -7,8 +7,10 @@
 
 pub mod aarch64;
 pub mod generic;
+pub mod x86_64;
 
 use crate::{Error, TextWriter};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 /// What an architecture provides to the key API: how to read a key's
 /// current target and how to retarget it.
@@ -64,6 +66,138 @@ pub unsafe trait Backend {
 pub mod active {
     #[cfg(target_arch = "aarch64")]
     pub use super::aarch64::{Aarch64 as Active, Slot};
-    #[cfg(not(target_arch = "aarch64"))]
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
     pub use super::generic::{Generic as Active, Slot};
+    #[cfg(target_arch = "x86_64")]
+    pub use super::x86_64::{Slot, X86_64 as Active};
+}
+
+/// How a backend that has more than one patch protocol retargets. Only
+/// x86-64 has a choice today; other backends ignore it.
+///
+/// Chosen, most specific first: per update by passing a [`WithStrategy`]
+/// writer to `update_with`; per program with [`set_default_strategy`]; per
+/// build with the `strategy-atomic-store` cargo feature, which makes
+/// [`AtomicStore`](Strategy::AtomicStore) the initial default instead of
+/// [`Breakpoint`](Strategy::Breakpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// The breakpoint protocol (x86-64: Linux's `text_poke_bp`, `int3`
+    /// over the first byte, CPUs synchronized between stores, trapped
+    /// calls steered to the new target). The protocol CPU vendors document
+    /// for modifying code other CPUs may be running. Needs a trap handler:
+    /// installed automatically in Linux user space; see
+    /// [`x86_64::declare_breakpoint_hook`] for kernels.
+    Breakpoint,
+    /// One aligned single-copy-atomic store of the patched word. Simpler
+    /// and trap-free, but on x86-64 it relies on instruction fetch never
+    /// seeing half of an aligned 8-byte store, which CPUs do in practice and
+    /// the Intel SDM does not promise.
+    AtomicStore,
+}
+
+impl Strategy {
+    /// `writer`, asking for this strategy: shorthand for
+    /// [`WithStrategy::new`].
+    pub fn with<'a>(self, writer: &'a dyn TextWriter) -> WithStrategy<'a> {
+        WithStrategy::new(self, writer)
+    }
+}
+
+const BREAKPOINT: u8 = 0;
+const ATOMIC_STORE: u8 = 1;
+
+static DEFAULT_STRATEGY: AtomicU8 = AtomicU8::new(if cfg!(feature = "strategy-atomic-store") {
+    ATOMIC_STORE
+} else {
+    BREAKPOINT
+});
+
+/// The strategy updates use when their writer does not ask for one.
+///
+/// ```
+/// use static_call::arch::{Strategy, default_strategy};
+/// # if !cfg!(feature = "strategy-atomic-store") {
+/// assert_eq!(default_strategy(), Strategy::Breakpoint);
+/// # }
+/// ```
+pub fn default_strategy() -> Strategy {
+    match DEFAULT_STRATEGY.load(Ordering::Relaxed) {
+        ATOMIC_STORE => Strategy::AtomicStore,
+        _ => Strategy::Breakpoint,
+    }
+}
+
+/// Sets the strategy updates use when their writer does not ask for one.
+/// Takes effect for updates that start afterwards.
+///
+/// ```no_run
+/// use static_call::arch::{Strategy, set_default_strategy};
+/// // This program never lets a call trap; it accepts the SDM caveat.
+/// set_default_strategy(Strategy::AtomicStore);
+/// ```
+pub fn set_default_strategy(strategy: Strategy) {
+    let v = match strategy {
+        Strategy::Breakpoint => BREAKPOINT,
+        Strategy::AtomicStore => ATOMIC_STORE,
+    };
+    DEFAULT_STRATEGY.store(v, Ordering::Relaxed);
+}
+
+/// A writer that asks for a [`Strategy`]: pass it to `update_with` (and
+/// the other `_with` methods) to choose the strategy for that update only.
+/// Writes and syncs go to the wrapped writer.
+///
+/// ```
+/// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
+/// fn inc(x: u32) -> u32 { x + 1 }
+/// fn dec(x: u32) -> u32 { x - 1 }
+///
+/// # fn main() {
+/// # #[cfg(target_os = "linux")] {
+/// use static_call::arch::Strategy;
+/// use static_call::writer::linux::Remap;
+/// OP.update_with(dec, &Strategy::AtomicStore.with(&Remap)).unwrap();
+/// assert_eq!(OP.call(5), 4);
+/// OP.update_with(inc, &Strategy::Breakpoint.with(&Remap)).unwrap();
+/// assert_eq!(OP.call(5), 6);
+/// # }
+/// # }
+/// ```
+#[derive(Clone, Copy)]
+pub struct WithStrategy<'a> {
+    strategy: Strategy,
+    writer: &'a dyn TextWriter,
+}
+
+impl<'a> WithStrategy<'a> {
+    /// `writer`, asking for `strategy`.
+    pub fn new(strategy: Strategy, writer: &'a dyn TextWriter) -> Self {
+        WithStrategy { strategy, writer }
+    }
+}
+
+impl core::fmt::Debug for WithStrategy<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("WithStrategy")
+            .field("strategy", &self.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: every write and sync is the wrapped writer's, which keeps the
+// trait's promises.
+unsafe impl TextWriter for WithStrategy<'_> {
+    unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        // SAFETY: the caller's contract is the wrapped writer's.
+        unsafe { self.writer.write(addr, bytes) }
+    }
+
+    fn sync_cores(&self) -> Result<(), Error> {
+        self.writer.sync_cores()
+    }
+
+    fn strategy(&self) -> Option<Strategy> {
+        Some(self.strategy)
+    }
 }

@@ -1,0 +1,417 @@
+//! The x86-64 backend: Linux's static-call trampoline, retargeted with the
+//! int3 protocol or one atomic store, with a literal for far targets.
+//!
+//! ```text
+//!         .balign 16                    // in .static_call.text
+//! tramp:  jmp.d32 target                // e9 rel32   \ the entry word:
+//!         ud1     %esp, %ecx            // 0f b9 cc   / the only code patched
+//!         .quad   target                // the literal
+//! ```
+//!
+//! The entry word takes one of three forms ([`Form`]):
+//! `jmp.d32 target` + `ud1` (near), `ret` + `int3` padding + `ud1` (NULL),
+//! or `jmp *literal(%rip)` + `int3` padding (far: a target beyond the
+//! ±2 GiB reach of `rel32`, typically in a shared library). A RET0 key
+//! jumps to its own return-zero function, a real function of the key's
+//! signature. `ud1` stops straight-line speculation and is the signature
+//! checked (with the rest of the shape) before anything is written.
+//!
+//! The literal always holds the current target (the shared NULL stub, a
+//! lone `ret`, for NULL) and is written first in every update; the far form
+//! jumps through it, and the int3 handler steers through it. The assembler
+//! leaves it 0 (an absolute address in text would need a text relocation,
+//! so executables stay position-independent); the first update fills it.
+//!
+//! # Strategies
+//!
+//! Chosen per update with [`WithStrategy`](crate::arch::WithStrategy), per
+//! program with [`set_default_strategy`](crate::arch::set_default_strategy),
+//! or per build with the `strategy-atomic-store` feature (default: int3):
+//!
+//! - [`Strategy::Breakpoint`](crate::arch::Strategy::Breakpoint), Linux's
+//!   `text_poke_bp`: publish the literal; `int3` over the first byte; sync
+//!   all CPUs; the other seven bytes; sync; the new first byte; sync. A CPU
+//!   that enters the trampoline meanwhile traps and is steered to the new
+//!   target (see the rule in [`handle_breakpoint`]). Linux user space: a
+//!   SIGTRAP handler, installed once, chaining to the one before it; sync is
+//!   the writer's `membarrier(SYNC_CORE)`. Bare metal: the kernel calls
+//!   [`handle_breakpoint`] from its #BP handler and supplies the sync.
+//! - [`Strategy::AtomicStore`](crate::arch::Strategy::AtomicStore): publish
+//!   the literal, then one aligned 8-byte store of the entry word. No trap,
+//!   but it relies on instruction fetch never seeing half of an aligned
+//!   8-byte store, which CPUs do in practice and the SDM does not promise.
+//!
+//! Far-to-far retargets change only the literal, which is data: no
+//! instruction is modified.
+
+pub mod insn;
+mod layout;
+pub mod protocol;
+#[cfg(target_arch = "x86_64")]
+mod trap;
+
+pub use layout::{
+    FAR_ENTRY, Form, Image, LITERAL_OFFSET, NULL_ENTRY, TRAMPOLINE_ALIGN, TRAMPOLINE_LEN,
+    Trampoline, check_alignment, current_target, decode, plan,
+};
+#[cfg(target_arch = "x86_64")]
+pub use trap::{hooks as __test_hooks, traps_steered};
+
+#[cfg(not(target_arch = "x86_64"))]
+use super::Backend;
+#[cfg(not(target_arch = "x86_64"))]
+use crate::{Error, TextWriter};
+use core::sync::atomic::{AtomicPtr, AtomicUsize};
+
+/// The x86-64 backend.
+#[derive(Debug)]
+pub enum X86_64 {}
+
+/// Per-key state: a link in the list of trampolines that have had an
+/// `int3` written, so the trap handler recognises them. The target itself
+/// lives in the trampoline.
+#[derive(Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub struct Slot {
+    /// The trampoline, once armed; 0 before.
+    tramp: AtomicUsize,
+    /// The slot armed before this one.
+    next: AtomicPtr<Slot>,
+}
+
+impl Slot {
+    /// A slot not yet armed; the initial target lives in the trampoline.
+    pub const fn new(_target: *mut ()) -> Self {
+        Slot {
+            tramp: AtomicUsize::new(0),
+            next: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+}
+
+/// A trap frame as a kernel's #BP handler sees it, for
+/// [`handle_breakpoint`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakpointFrame {
+    /// The saved instruction pointer: the address after the `int3`.
+    pub rip: u64,
+    /// The saved stack pointer (unchanged by trampolines, which only
+    /// `jmp` or `ret`; part of the frame for call-site patching).
+    pub rsp: u64,
+}
+
+/// The NULL stub: where a NULL trampoline's literal points, so a CPU
+/// steered (or jumping through the literal) while a key becomes NULL
+/// returns to its caller.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+extern "C" fn null_stub() {
+    core::arch::naked_asm!("ret", "int3")
+}
+
+/// The NULL stub's address.
+#[cfg(target_arch = "x86_64")]
+pub fn null_stub_addr() -> u64 {
+    null_stub as extern "C" fn() as usize as u64
+}
+
+/// The #BP hook for kernels: call it first from the #BP (int3) handler with
+/// the trap's saved RIP and RSP. If the trap is at a trampoline this crate
+/// is patching (or has patched), it edits `frame.rip` to where the call
+/// must continue and returns `true`: return from the exception to the
+/// edited frame. Otherwise it returns `false` and changes nothing.
+///
+/// # The rule it guarantees
+///
+/// The destination is read from the trapped trampoline's own literal, which
+/// every update writes (and syncs) before it places an `int3`, which only
+/// ever holds targets of that key, and which is never freed. So a CPU that
+/// stalls anywhere in the handler, across any number of later updates of
+/// this or other keys, continues at the target of the update it trapped in
+/// or of a later one of the same key: never a stale stub, another key's
+/// target, or freed memory (the races of seeds 000 and 001 cannot happen).
+///
+/// It is async-signal-safe and lock-free: it only reads static memory.
+///
+/// ```
+/// use static_call::arch::x86_64::{BreakpointFrame, handle_breakpoint};
+/// // A breakpoint that is not at a trampoline is left to the kernel.
+/// let mut frame = BreakpointFrame { rip: 0x1001, rsp: 0x8000 };
+/// assert!(!handle_breakpoint(&mut frame));
+/// assert_eq!(frame.rip, 0x1001);
+/// ```
+#[cfg(target_arch = "x86_64")]
+pub fn handle_breakpoint(frame: &mut BreakpointFrame) -> bool {
+    match trap::steer(frame.rip as usize) {
+        Some(dest) => {
+            frame.rip = dest as u64;
+            true
+        }
+        None => false,
+    }
+}
+
+/// [`handle_breakpoint`] with a C ABI and an unmangled name, for kernels
+/// whose #BP handler is written in assembly or C.
+///
+/// # Safety
+///
+/// `frame` must point to a valid, writable [`BreakpointFrame`].
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn static_call_handle_breakpoint(frame: *mut BreakpointFrame) -> bool {
+    // SAFETY: the caller passes a valid frame.
+    handle_breakpoint(unsafe { &mut *frame })
+}
+
+/// Declares that breakpoints reach [`handle_breakpoint`] without this
+/// crate's help: a kernel's #BP handler calls it, or a process routes its
+/// own SIGTRAP handler to it. Required for
+/// [`Strategy::Breakpoint`](crate::arch::Strategy::Breakpoint) on bare
+/// metal; on Linux it stops the crate from installing its SIGTRAP handler.
+///
+/// # Safety
+///
+/// From now on every `int3` trap must be offered to [`handle_breakpoint`]
+/// (and its edited RIP honoured) before anything else handles it;
+/// otherwise a CPU that enters a trampoline during an update traps with
+/// nobody to steer it.
+///
+/// ```no_run
+/// # fn boot() {
+/// // In the kernel's #BP handler: `if handle_breakpoint(&mut frame) { return; }`
+/// // SAFETY: our #BP handler calls handle_breakpoint first.
+/// unsafe { static_call::arch::x86_64::declare_breakpoint_hook() };
+/// # }
+/// ```
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn declare_breakpoint_hook() {
+    trap::declare_routed();
+}
+
+#[cfg(target_arch = "x86_64")]
+mod live {
+    use super::layout::{self, Image, LITERAL_OFFSET};
+    use super::protocol::{self, Plan, Store};
+    use super::{Slot, X86_64, insn::INT3, null_stub_addr, trap};
+    use crate::arch::{Backend, Strategy, default_strategy};
+    use crate::{Error, TextWriter};
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// Reads the trampoline's entry word and literal, each with one
+    /// aligned 8-byte load (entry first).
+    ///
+    /// # Safety
+    ///
+    /// `tramp` must be an 8-byte aligned, readable trampoline.
+    unsafe fn read_image(tramp: usize) -> Image {
+        // SAFETY: aligned and readable per the caller; the text changes
+        // behind the compiler's back, only through single aligned stores.
+        unsafe {
+            let entry = (*(tramp as *const AtomicU64)).load(Ordering::Acquire);
+            let literal = (*((tramp + LITERAL_OFFSET) as *const AtomicU64)).load(Ordering::Acquire);
+            Image::from_words(entry, literal)
+        }
+    }
+
+    /// Makes one store of a plan through the writer.
+    ///
+    /// # Safety
+    ///
+    /// The trampoline at `tramp` is the caller's to patch, lock held.
+    unsafe fn store(tramp: usize, s: Store, writer: &dyn TextWriter) -> Result<(), Error> {
+        let (bytes, len) = s.bytes();
+        // SAFETY: per this function's contract; the store is 1 byte or an
+        // aligned 8, so the writer makes it single-copy atomic.
+        unsafe { writer.write(tramp + s.offset(), &bytes[..len]) }
+    }
+
+    /// Makes the plan's stores, each followed by a read-back and a sync of
+    /// all CPUs. On any failure, undoes the stores made so far in reverse
+    /// (each undo also synced), so the trampoline is as it was.
+    ///
+    /// # Safety
+    ///
+    /// The trampoline at `tramp` holds `start` and is the caller's to
+    /// patch, with the patch lock held.
+    unsafe fn execute(
+        tramp: usize,
+        start: Image,
+        plan: &Plan,
+        writer: &dyn TextWriter,
+    ) -> Result<(), Error> {
+        let mut done: [Option<(Store, Image)>; 4] = [None; 4];
+        let mut image = start;
+        for (i, &s) in plan.stores().iter().enumerate() {
+            // SAFETY: per this function's contract.
+            if let Err(e) = unsafe { store(tramp, s, writer) } {
+                // The writer stored nothing.
+                // SAFETY: as above.
+                unsafe { rollback(tramp, &done[..i], writer) };
+                return Err(e);
+            }
+            done[i] = Some((s, image));
+            image = s.apply(image);
+            // SAFETY: the trampoline is aligned and readable.
+            let verified = if unsafe { read_image(tramp) } == image {
+                Ok(())
+            } else {
+                Err(Error::VerifyFailed {
+                    addr: tramp + s.offset(),
+                })
+            };
+            if let Err(e) = verified.and_then(|()| writer.sync_cores()) {
+                // SAFETY: as above; includes this store.
+                unsafe { rollback(tramp, &done[..=i], writer) };
+                return Err(e);
+            }
+            trap::hooks::after_store(tramp, i, s);
+        }
+        Ok(())
+    }
+
+    /// Writes back, newest first, what each store overwrote; best effort
+    /// (every intermediate state is a valid one, so a failure to undo
+    /// leaves calls working, at worst through the trap handler).
+    ///
+    /// # Safety
+    ///
+    /// As for [`execute`].
+    unsafe fn rollback(tramp: usize, done: &[Option<(Store, Image)>], writer: &dyn TextWriter) {
+        for (s, before) in done.iter().rev().flatten() {
+            // SAFETY: per this function's contract.
+            let _ = unsafe { store(tramp, s.undo(before), writer) };
+            let _ = writer.sync_cores();
+        }
+    }
+
+    // SAFETY: `retarget` checks alignment and the exact shape before
+    // writing, and only makes the stores of a `protocol` plan, every one of
+    // whose intermediate states runs the old or the new target (int3 traps
+    // are steered through the literal, published first); on failure it
+    // undoes what it wrote.
+    unsafe impl Backend for X86_64 {
+        const NAME: &'static str = "x86_64";
+        const WRITES_TEXT: bool = true;
+        type Slot = Slot;
+
+        unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
+            layout::check_alignment(tramp)?;
+            // SAFETY: the caller passes a live, aligned trampoline.
+            let image = unsafe { read_image(tramp) };
+            layout::current_target(tramp as u64, &image, null_stub_addr()).map(|t| t as usize)
+        }
+
+        unsafe fn retarget(
+            tramp: usize,
+            slot: &Slot,
+            target: usize,
+            writer: &dyn TextWriter,
+        ) -> Result<(), Error> {
+            layout::check_alignment(tramp)?;
+            let stub = null_stub_addr();
+            // SAFETY: the caller passes a live, aligned trampoline.
+            let old = unsafe { read_image(tramp) };
+            layout::decode(tramp as u64, &old, stub)?;
+            let new = layout::plan(tramp as u64, target as u64, stub);
+            let plan = match writer.strategy().unwrap_or_else(default_strategy) {
+                Strategy::Breakpoint => protocol::breakpoint(&old, &new),
+                Strategy::AtomicStore => protocol::atomic_store(&old, &new),
+            };
+            if plan.stores().contains(&Store::First(INT3)) {
+                trap::ensure_handler()?;
+                // SAFETY: the slot is the key's static slot (the caller's
+                // contract) and the patch lock is held.
+                unsafe { trap::arm(tramp, slot) };
+            }
+            // SAFETY: the trampoline holds `old`; the lock is held.
+            unsafe { execute(tramp, old, &plan, writer) }
+        }
+    }
+}
+
+// Off target the backend still exists (so generic code and docs compile),
+// but cannot touch text: there is no x86-64 text to touch.
+// SAFETY: it never writes anything.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe impl Backend for X86_64 {
+    const NAME: &'static str = "x86_64";
+    const WRITES_TEXT: bool = true;
+    type Slot = Slot;
+
+    unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
+        Err(Error::UnrecognisedTrampoline {
+            addr: tramp,
+            offset: 0,
+            found: 0,
+        })
+    }
+
+    unsafe fn retarget(
+        tramp: usize,
+        _slot: &Slot,
+        _target: usize,
+        _writer: &dyn TextWriter,
+    ) -> Result<(), Error> {
+        Err(Error::UnrecognisedTrampoline {
+            addr: tramp,
+            offset: 0,
+            found: 0,
+        })
+    }
+}
+
+/// Emits a key's trampoline from `asm/x86_64/trampoline.S`. Used by
+/// `static_call!` at module level (`global_asm!` cannot sit in a block).
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_trampoline_asm {
+    ($name:ident null) => {
+        $crate::__static_call_trampoline_asm! { @emit $name 1 "0" }
+    };
+    ($name:ident ret0) => {
+        $crate::__static_call_trampoline_asm! {
+            @emit $name 0 ::core::concat!("__SCR__", ::core::stringify!($name))
+        }
+    };
+    ($name:ident func $init:path) => {
+        $crate::__private::core::arch::global_asm!(
+            $crate::__static_call_asm_x86_64_trampoline!(),
+            ::core::concat!(
+                "static_call_trampoline __SCT__", ::core::stringify!($name), ", 0, {target}"
+            ),
+            ".purgem static_call_trampoline",
+            target = sym $init,
+            options(att_syntax),
+        );
+    };
+    (@emit $name:ident $null:literal $target:expr) => {
+        $crate::__private::core::arch::global_asm!(
+            $crate::__static_call_asm_x86_64_trampoline!(),
+            ::core::concat!(
+                "static_call_trampoline __SCT__", ::core::stringify!($name), ", ",
+                ::core::stringify!($null), ", ", $target
+            ),
+            ".purgem static_call_trampoline",
+            options(att_syntax),
+        );
+    };
+}
+
+/// Declares a key's trampoline as `__tramp`. Used by `static_call!`.
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_trampoline {
+    ($name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+        // SAFETY: the trampoline emitted by `__static_call_trampoline_asm!`
+        // jumps to a function of exactly this signature (or returns, for a
+        // NULL key, whose return type is `()`).
+        unsafe extern "Rust" {
+            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
+            safe fn __tramp($($id: $t),*) $(-> $ret)?;
+        }
+    };
+}

@@ -1,0 +1,347 @@
+//! Steering a CPU that hits a trampoline's `int3` during an update.
+//!
+//! # The rule
+//!
+//! A call that traps on the `int3` at a trampoline continues at the value
+//! the trampoline's own literal holds when the handler reads it. Every
+//! update writes the literal (and synchronizes all CPUs) before it puts an
+//! `int3` in place, the literal only ever holds targets of that key (or the
+//! shared NULL stub), it lives in the trampoline and is never freed or
+//! reused, and the handler keeps nothing after it returns: it only edits
+//! the trapped context's RIP. So a call parked anywhere inside the handler,
+//! for however long and across however many later updates, reaches the
+//! target of the update it trapped in or of a later one of the same key:
+//! a target that was valid for it, exactly as if it had run the new `jmp`.
+//!
+//! This is what makes the two historical races impossible:
+//! - seed 000 (Peter Zijlstra, 2018): the handler sent the CPU to a shared
+//!   stub that read a *global* destination after the handler returned; a
+//!   later update of another site rewrote the global before the stub ran.
+//!   Here there is no global destination and no stub: the destination is
+//!   read from the trapped trampoline and put straight into RIP.
+//! - seed 001 (Linus Torvalds, 2019): per-call stubs generated for the
+//!   handler to return to could be freed or reused while a preempted CPU was
+//!   still in one. Here the handler returns to the target itself, and the
+//!   only memory it reads (the trampoline, the list of armed slots) is
+//!   static.
+//!
+//! The trampolines only ever `jmp` or `ret`, so the handler emulates by
+//! setting RIP alone: the new target, or the NULL stub (a `ret`), reached
+//! with the caller's return address still on the stack.
+//!
+//! A trap is recognised as ours only if the address before the trapped RIP
+//! is a trampoline this crate has armed (an intrusive, append-only list
+//! through the keys' static slots); any other SIGTRAP goes to the handler
+//! that was installed before ours.
+
+use super::Slot;
+use super::layout::LITERAL_OFFSET;
+use crate::Error;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+/// Newest slot whose trampoline has had an `int3` written; each slot links
+/// to the one armed before it. Append-only: slots are statics.
+static ARMED: AtomicPtr<Slot> = AtomicPtr::new(ptr::null_mut());
+
+/// How many traps have been steered (for tests and diagnostics).
+static STEERED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the environment routes breakpoints to `handle_breakpoint`
+/// itself (a kernel's #BP handler, or a process's own SIGTRAP handler).
+static ROUTED_BY_USER: AtomicBool = AtomicBool::new(false);
+
+/// Adds the slot of the trampoline at `tramp` to the armed list, once, so
+/// the handler recognises traps there. Must happen before the first `int3`
+/// is written at `tramp`.
+///
+/// # Safety
+///
+/// `slot` must be the `'static` slot of the trampoline at `tramp`, and the
+/// caller must hold the patch lock (the list has one writer at a time).
+pub(super) unsafe fn arm(tramp: usize, slot: &Slot) {
+    if slot.tramp.load(Ordering::Relaxed) == tramp {
+        return;
+    }
+    debug_assert_eq!(
+        slot.tramp.load(Ordering::Relaxed),
+        0,
+        "slot of two trampolines"
+    );
+    slot.next
+        .store(ARMED.load(Ordering::Relaxed), Ordering::Relaxed);
+    slot.tramp.store(tramp, Ordering::Relaxed);
+    // Release: a handler that finds this slot sees its fields.
+    ARMED.store(ptr::from_ref(slot).cast_mut(), Ordering::Release);
+}
+
+/// Whether `tramp` is an armed trampoline. Async-signal-safe: atomic loads
+/// of static memory only.
+fn is_armed(tramp: usize) -> bool {
+    let mut node = ARMED.load(Ordering::Acquire);
+    while !node.is_null() {
+        // SAFETY: every node is a `'static` slot put there by `arm`.
+        let slot = unsafe { &*node };
+        if slot.tramp.load(Ordering::Relaxed) == tramp {
+            return true;
+        }
+        node = slot.next.load(Ordering::Acquire);
+    }
+    false
+}
+
+/// Where a CPU that trapped with `rip` (the address after the `int3`)
+/// continues, or `None` if the trap is not at an armed trampoline.
+/// Async-signal-safe.
+pub(super) fn steer(rip: usize) -> Option<usize> {
+    let tramp = rip.wrapping_sub(1);
+    if !is_armed(tramp) {
+        return None;
+    }
+    hooks::on_trap(hooks::TrapPoint::Recognised, tramp, 0);
+    // SAFETY: an armed trampoline's literal is an aligned u64 of static
+    // text, only ever written by single aligned stores.
+    let literal =
+        unsafe { (*((tramp + LITERAL_OFFSET) as *const AtomicU64)).load(Ordering::Acquire) };
+    // A literal of 0 was never written; no armed trampoline has one, since
+    // the literal is written before the first int3. Should it happen, run
+    // the trampoline again: it traps until the update completes.
+    let dest = if literal == 0 {
+        tramp
+    } else {
+        literal as usize
+    };
+    hooks::on_trap(hooks::TrapPoint::Steering, tramp, dest);
+    STEERED.fetch_add(1, Ordering::Relaxed);
+    Some(dest)
+}
+
+/// How many calls have trapped on an `int3` and been steered since the
+/// program started.
+pub fn traps_steered() -> u64 {
+    STEERED.load(Ordering::Relaxed)
+}
+
+/// See [`super::declare_breakpoint_hook`].
+pub(super) fn declare_routed() {
+    ROUTED_BY_USER.store(true, Ordering::Release);
+}
+
+/// Makes sure a trap at an armed trampoline will reach [`steer`]: on Linux
+/// by installing the SIGTRAP handler (once), elsewhere by the declaration
+/// of the kernel. The caller holds the patch lock.
+pub(super) fn ensure_handler() -> Result<(), Error> {
+    if ROUTED_BY_USER.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        sigtrap::ensure_installed()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err(Error::WriterFailed {
+            what: "use the int3 protocol: the kernel must call \
+                   arch::x86_64::handle_breakpoint from its #BP handler and say so \
+                   with declare_breakpoint_hook (or use Strategy::AtomicStore)",
+            errno: 0,
+        })
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod sigtrap {
+    use super::steer;
+    use crate::Error;
+    use core::cell::UnsafeCell;
+    use core::ffi::{c_int, c_void};
+    use core::mem::MaybeUninit;
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+    /// The SIGTRAP action that was in place before ours, for traps that are
+    /// not at a trampoline. Written once, before our handler is installed.
+    struct Previous(UnsafeCell<MaybeUninit<libc::sigaction>>);
+    // SAFETY: written once under the patch lock before any handler of ours
+    // can run (INSTALLED orders it), read-only afterwards.
+    unsafe impl Sync for Previous {}
+    static PREVIOUS: Previous = Previous(UnsafeCell::new(MaybeUninit::uninit()));
+
+    fn errno() -> i32 {
+        // SAFETY: `__errno_location` returns the calling thread's errno slot.
+        unsafe { *libc::__errno_location() }
+    }
+
+    fn current() -> Result<libc::sigaction, Error> {
+        // SAFETY: all-zero is a valid `sigaction` to be overwritten.
+        let mut cur: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: reads the disposition into our local.
+        if unsafe { libc::sigaction(libc::SIGTRAP, core::ptr::null(), &mut cur) } != 0 {
+            return Err(Error::WriterFailed {
+                what: "read the SIGTRAP disposition",
+                errno: errno(),
+            });
+        }
+        Ok(cur)
+    }
+
+    /// Installs the handler once, chaining to the action found in place;
+    /// afterwards checks it is still installed, so that an update never
+    /// arms an `int3` nobody would steer.
+    pub(super) fn ensure_installed() -> Result<(), Error> {
+        let cur = current()?;
+        let ours = on_sigtrap as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
+        if INSTALLED.load(Ordering::Acquire) {
+            return if cur.sa_sigaction == ours {
+                Ok(())
+            } else {
+                Err(Error::WriterFailed {
+                    what: "use the int3 protocol: another SIGTRAP handler replaced ours \
+                           (install yours first, or call handle_breakpoint from it and \
+                           declare_breakpoint_hook, or use Strategy::AtomicStore)",
+                    errno: 0,
+                })
+            };
+        }
+        // SAFETY: no handler of ours is installed yet, so nothing reads it;
+        // the patch lock excludes other writers.
+        unsafe { (*PREVIOUS.0.get()).write(cur) };
+        // SAFETY: all-zero is a valid `sigaction` to fill in.
+        let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+        act.sa_sigaction = ours;
+        // SIGINFO for the context; ONSTACK to honour sigaltstack; NODEFER so
+        // a static call made from another SIGTRAP handler can trap too.
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
+        // SAFETY: `act` is a valid action whose handler is async-signal-safe.
+        if unsafe { libc::sigaction(libc::SIGTRAP, &act, core::ptr::null_mut()) } != 0 {
+            return Err(Error::WriterFailed {
+                what: "install the SIGTRAP handler",
+                errno: errno(),
+            });
+        }
+        INSTALLED.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The SIGTRAP handler: steers traps at armed trampolines by editing
+    /// the saved RIP, and passes every other trap on.
+    extern "C" fn on_sigtrap(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+        // SAFETY: the kernel passes a valid siginfo and ucontext to an
+        // SA_SIGINFO handler.
+        unsafe {
+            // An int3 is reported with si_code SI_KERNEL; signals sent by
+            // kill/tgkill (si_code <= 0) say nothing about RIP.
+            if (*info).si_code > 0 {
+                let uc = ctx.cast::<libc::ucontext_t>();
+                let rip = &mut (*uc).uc_mcontext.gregs[libc::REG_RIP as usize];
+                if let Some(dest) = steer(*rip as usize) {
+                    *rip = dest as i64;
+                    return;
+                }
+            }
+            chain(sig, info, ctx);
+        }
+    }
+
+    /// Hands a trap that is not ours to the action installed before ours.
+    ///
+    /// # Safety
+    ///
+    /// Called from the SIGTRAP handler with its arguments.
+    unsafe fn chain(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+        // SAFETY: written before our handler was installed.
+        let prev = unsafe { (*PREVIOUS.0.get()).assume_init_ref() };
+        match prev.sa_sigaction {
+            libc::SIG_IGN => {}
+            libc::SIG_DFL => {
+                // Reinstate the default action and raise again, so the
+                // process ends as it would have without us.
+                // SAFETY: all-zero with SIG_DFL (= 0) is the default action;
+                // sigaction and raise are async-signal-safe.
+                unsafe {
+                    let dfl: libc::sigaction = core::mem::zeroed();
+                    libc::sigaction(libc::SIGTRAP, &dfl, core::ptr::null_mut());
+                    libc::raise(libc::SIGTRAP);
+                }
+            }
+            h if prev.sa_flags & libc::SA_SIGINFO != 0 => {
+                // SAFETY: with SA_SIGINFO the handler has this signature.
+                let f = unsafe {
+                    core::mem::transmute::<
+                        usize,
+                        extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void),
+                    >(h)
+                };
+                f(sig, info, ctx);
+            }
+            h => {
+                // SAFETY: without SA_SIGINFO the handler has this signature.
+                let f = unsafe { core::mem::transmute::<usize, extern "C" fn(c_int)>(h) };
+                f(sig);
+            }
+        }
+    }
+}
+
+/// Test hooks: let a test park a trapped call inside the handler, or an
+/// update between two stores. Not part of the API.
+#[doc(hidden)]
+pub mod hooks {
+    use super::super::protocol::Store;
+    use core::sync::atomic::{AtomicPtr, Ordering};
+
+    /// Where in the handler [`set_on_trap`]'s hook runs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum TrapPoint {
+        /// The trap is at an armed trampoline; the literal is not read yet.
+        Recognised,
+        /// The destination is read and about to be put in RIP.
+        Steering,
+    }
+
+    /// A hook run inside the trap handler: (where, trampoline, destination).
+    pub type TrapHook = fn(TrapPoint, usize, usize);
+    /// A hook run by an update after each store and sync: (trampoline,
+    /// index of the store in the plan, store).
+    pub type StoreHook = fn(usize, usize, Store);
+
+    static ON_TRAP: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+    static AFTER_STORE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Installs (or with `None` removes) the trap hook. It runs in signal
+    /// context: it must be async-signal-safe.
+    pub fn set_on_trap(hook: Option<TrapHook>) {
+        ON_TRAP.store(
+            hook.map_or(core::ptr::null_mut(), |h| h as *mut ()),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Installs (or with `None` removes) the after-store hook. It runs with
+    /// the patch lock held.
+    pub fn set_after_store(hook: Option<StoreHook>) {
+        AFTER_STORE.store(
+            hook.map_or(core::ptr::null_mut(), |h| h as *mut ()),
+            Ordering::SeqCst,
+        );
+    }
+
+    pub(in super::super) fn on_trap(point: TrapPoint, tramp: usize, dest: usize) {
+        let h = ON_TRAP.load(Ordering::SeqCst);
+        if !h.is_null() {
+            // SAFETY: only `set_on_trap` stores here, from a `TrapHook`.
+            let h = unsafe { core::mem::transmute::<*mut (), TrapHook>(h) };
+            h(point, tramp, dest);
+        }
+    }
+
+    pub(in super::super) fn after_store(tramp: usize, index: usize, store: Store) {
+        let h = AFTER_STORE.load(Ordering::SeqCst);
+        if !h.is_null() {
+            // SAFETY: only `set_after_store` stores here, from a `StoreHook`.
+            let h = unsafe { core::mem::transmute::<*mut (), StoreHook>(h) };
+            h(tramp, index, store);
+        }
+    }
+}
