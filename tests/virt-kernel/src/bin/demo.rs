@@ -70,6 +70,65 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
             "not implemented"
         }
     );
+    let code = live_retargeting();
     println!("demo: done");
-    virt_kernel::exit(0)
+    virt_kernel::exit(code)
+}
+
+/// CPUs 1..3 hammer `HOOK` (and `TICK`) while CPU 0 retargets them near ->
+/// far -> NULL -> RET0 -> near; after each step, the trampoline before and
+/// after and what each CPU's calls reached during the step.
+fn live_retargeting() -> u32 {
+    use virt_kernel::stress::{self, COUNTERS, State};
+
+    println!(
+        "demo: static call HOOK: fn(u32), trampoline at {:#x}",
+        stress::HOOK.trampoline_addr()
+    );
+    for (name, addr) in stress::targets() {
+        println!("demo:   target {name} at {addr:#x}");
+    }
+    let read = |c: usize| {
+        COUNTERS.hook_seen[c]
+            .each_ref()
+            .map(|a| a.load(Ordering::SeqCst))
+    };
+    let mut previous: [[u64; 3]; CPUS] = core::array::from_fn(read);
+    let result = stress::run(CPUS, 4, 100_000, 10_000, |step| {
+        let what = match step.state {
+            State::Near => "near target (B, in range)",
+            State::Far => "far target (192 MiB away: NOP + literal)",
+            State::Null => "NULL (literal 0: cbz -> ret)",
+            State::Ret0 => "RET0 (the key's return-zero function)",
+        };
+        println!("demo: step {}: HOOK -> {what}", step.step);
+        println!("demo:   before: {}", step.hook.0);
+        println!("demo:   after:  {}", step.hook.1);
+        for (c, previous) in previous.iter_mut().enumerate().skip(1) {
+            let now = read(c);
+            println!(
+                "demo:   cpu{c}: {} calls reached hook_near, {} hook_far, {} nothing",
+                now[0] - previous[0],
+                now[1] - previous[1],
+                now[2] - previous[2]
+            );
+            *previous = now;
+        }
+    });
+    let load = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
+    let stale: u64 = COUNTERS.stale.iter().map(load).sum();
+    let wrong: u64 = COUNTERS.wrong.iter().map(load).sum();
+    let calls: u64 = COUNTERS.calls.iter().map(load).sum();
+    println!(
+        "demo: {calls} calls on {} CPUs, 8 updates, stale calls {stale}, wrong results {wrong}",
+        CPUS - 1
+    );
+    match result {
+        Ok(()) if stale == 0 && wrong == 0 => 0,
+        Ok(()) => 1,
+        Err(e) => {
+            println!("demo: FAILED: {e}");
+            1
+        }
+    }
 }
