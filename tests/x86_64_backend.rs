@@ -80,8 +80,9 @@ static_call::static_call! {
 
 type EffectKey = StaticCall<fn(*mut u64, u64)>;
 
-/// Tests that patch while others watch (the race and the stress) run one at
-/// a time so their timing and counts mean something.
+/// Tests that update a shared key, or watch one (the race, the stress),
+/// run one at a time, so each sees only its own updates and its timing and
+/// counts mean something.
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -241,6 +242,7 @@ fn ret0_addr<F: static_call::FnPtr>(key: &StaticCall<F>, set: impl Fn()) -> u64 
 
 #[test]
 fn calls_are_direct_jumps_through_the_trampoline() {
+    let _serial = serial();
     assert_eq!(VALUE.call(5), 1005);
     assert_eq!(VALUE.trampoline()(6), 1006);
     let t = decoded(VALUE.trampoline_addr());
@@ -345,6 +347,7 @@ fn the_binary_is_a_pie_without_text_relocations() {
 
 #[test]
 fn every_transition_in_both_directions_calls_the_right_target() {
+    let _serial = serial();
     let tour = tour();
     assert_eq!(tour.len(), 31);
     let ret0 = ret0_addr(&EFFECT, || EFFECT.update_ret0().unwrap());
@@ -746,7 +749,7 @@ fn parked_call(park_at: usize) -> (u64, usize) {
 /// call parked before reading reaches a newer one (park_c); never another
 /// key's target (unicorn), a stub or garbage.
 #[test]
-fn a_call_parked_in_the_trap_handler_reaches_a_target_valid_for_it() {
+fn seed_000_a_call_parked_in_the_trap_handler_reaches_a_target_valid_for_it() {
     let _serial = serial();
     let (result, dest) = parked_call(1);
     assert_eq!(
@@ -1017,9 +1020,44 @@ fn stress(strategy: Strategy) -> StressReport {
     }
 }
 
+/// Every destination the trap handler produced for `STRESS` during the
+/// stress, checked in the handler itself (async-signal-safe: atomics only).
+static STRESS_ALLOWED: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
+static STRESS_TRAPS: AtomicU64 = AtomicU64::new(0);
+static STRESS_BAD_DEST: AtomicU64 = AtomicU64::new(0);
+
+fn check_stress_dest(point: hooks::TrapPoint, tramp: usize, dest: usize) {
+    if point != hooks::TrapPoint::Steering || tramp != STRESS.trampoline_addr() {
+        return;
+    }
+    STRESS_TRAPS.fetch_add(1, Ordering::Relaxed);
+    if !STRESS_ALLOWED
+        .iter()
+        .any(|a| a.load(Ordering::Relaxed) == dest)
+    {
+        STRESS_BAD_DEST.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Seeds 000 and 001 under load: every one of the calls that trapped during
+/// the int3 stress was sent straight to one of the key's own targets or to
+/// the static NULL stub (a `ret` that is never written, freed or reused):
+/// there are no per-update stubs for a preempted CPU to be left in.
 #[test]
 fn every_core_calls_while_another_thread_retargets() {
     let _serial = serial();
+    let ret0 = ret0_addr(&STRESS, || STRESS.update_ret0().unwrap());
+    for (slot, a) in STRESS_ALLOWED.iter().zip([
+        addr(near_effect as fn(*mut u64, u64)),
+        addr(near2_effect as fn(*mut u64, u64)),
+        addr(far_code().effect),
+        addr(far_code().effect2),
+        x86::null_stub_addr(),
+        ret0,
+    ]) {
+        slot.store(a as usize, Ordering::Relaxed);
+    }
+    hooks::set_on_trap(Some(check_stress_dest));
     let callers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut totals = (0, 0, 0);
     for strategy in STRATEGIES {
@@ -1036,9 +1074,162 @@ fn every_core_calls_while_another_thread_retargets() {
         }
         totals = (totals.0 + r.updates, totals.1 + r.calls, totals.2 + r.wrong);
     }
+    hooks::set_on_trap(None);
+    let (traps, bad) = (
+        STRESS_TRAPS.load(Ordering::Relaxed),
+        STRESS_BAD_DEST.load(Ordering::Relaxed),
+    );
     println!(
-        "x86_64 stress total: {} updates, {} calls, {} wrong, 0 faults",
+        "x86_64 stress total: {} updates, {} calls, {} wrong, 0 faults; \
+         {traps} trapped calls steered, {bad} to anything but the key's targets",
         totals.0, totals.1, totals.2
     );
+    assert!(
+        traps > 0,
+        "no call ever trapped: the int3 path was not exercised"
+    );
+    assert_eq!(
+        bad, 0,
+        "the handler sent a call somewhere other than a target"
+    );
     set_effect(&STRESS, Near, Strategy::Breakpoint).unwrap();
+}
+
+/// Seed 001 at a NULL transition: a call parked in the handler while its
+/// key becomes NULL is sent to the static NULL stub, which returns to the
+/// caller, however many updates run before it resumes.
+#[test]
+fn seed_001_a_call_parked_on_a_null_update_returns_through_the_static_stub() {
+    let _serial = serial();
+    let bp = Strategy::Breakpoint.with(&Remap);
+    EFFECT.update_with(near_effect, &bp).unwrap();
+    for f in [&NULL_ARMED, &NULL_IN_HANDLER, &NULL_RELEASE] {
+        f.store(false, Ordering::SeqCst);
+    }
+    hooks::set_on_trap(Some(park_null_call));
+    hooks::set_after_store(Some(hold_null_update));
+    let first = std::thread::spawn(|| {
+        EFFECT
+            .update_null_with(&Strategy::Breakpoint.with(&Remap))
+            .unwrap()
+    });
+    let caller = std::thread::spawn(|| {
+        wait_for(&NULL_ARMED);
+        call_effect(&EFFECT, 5)
+    });
+    wait_for(&NULL_IN_HANDLER);
+    first.join().unwrap();
+    hooks::set_after_store(None);
+    // Reuse everything a stub-based design would reuse.
+    for to in [Near2, Null, Far, Ret0, Null] {
+        set_effect(&EFFECT, to, Strategy::Breakpoint).unwrap();
+    }
+    NULL_RELEASE.store(true, Ordering::SeqCst);
+    assert_eq!(caller.join().expect("the parked call faulted"), UNTOUCHED);
+    hooks::set_on_trap(None);
+    assert_eq!(
+        NULL_DEST.load(Ordering::SeqCst) as u64,
+        x86::null_stub_addr()
+    );
+    // The stub is a lone `ret` in ordinary text, never written.
+    let stub = x86::null_stub_addr() as *const [u8; 2];
+    // SAFETY: the stub is two readable bytes of text.
+    assert_eq!(unsafe { stub.read() }, [insn::RET, insn::INT3]);
+    EFFECT.update(near_effect).unwrap();
+}
+
+static NULL_ARMED: AtomicBool = AtomicBool::new(false);
+static NULL_IN_HANDLER: AtomicBool = AtomicBool::new(false);
+static NULL_RELEASE: AtomicBool = AtomicBool::new(false);
+static NULL_DEST: AtomicUsize = AtomicUsize::new(0);
+
+fn park_null_call(point: hooks::TrapPoint, tramp: usize, dest: usize) {
+    if tramp == EFFECT.trampoline_addr()
+        && point == hooks::TrapPoint::Steering
+        && !NULL_IN_HANDLER.load(Ordering::SeqCst)
+    {
+        NULL_DEST.store(dest, Ordering::SeqCst);
+        NULL_IN_HANDLER.store(true, Ordering::SeqCst);
+        wait_for(&NULL_RELEASE);
+    }
+}
+
+fn hold_null_update(tramp: usize, _index: usize, store: x86::protocol::Store) {
+    if tramp == EFFECT.trampoline_addr()
+        && store == x86::protocol::Store::First(insn::INT3)
+        && !NULL_ARMED.load(Ordering::SeqCst)
+    {
+        NULL_ARMED.store(true, Ordering::SeqCst);
+        wait_for(&NULL_IN_HANDLER);
+    }
+}
+
+/// Seed 002 (Josh Poimboeuf's v3): the atomic strategy changes code with
+/// exactly one store, of the 8-byte aligned entry word (so it never spans a
+/// cache line), after the literal; it relies on instruction fetch seeing
+/// that store whole, which the SDM does not promise (see `Strategy`). The
+/// stress above runs it against every core.
+#[test]
+fn seed_002_the_atomic_strategy_is_one_aligned_8_byte_code_store() {
+    let _serial = serial();
+    let tramp = EFFECT.trampoline_addr();
+    let tour = tour();
+    set_effect(&EFFECT, tour[0], Strategy::AtomicStore).unwrap();
+    for &to in &tour[1..] {
+        let rec = Recorder::new(usize::MAX);
+        let w = Strategy::AtomicStore.with(&rec);
+        match to {
+            Near => EFFECT.update_with(near_effect, &w),
+            Near2 => EFFECT.update_with(near2_effect, &w),
+            Far => EFFECT.update_with(far_code().effect, &w),
+            Far2 => EFFECT.update_with(far_code().effect2, &w),
+            Null => EFFECT.update_null_with(&w),
+            Ret0 => EFFECT.update_ret0_with(&w),
+        }
+        .unwrap();
+        let code: Vec<_> = rec.writes().into_iter().filter(|w| w.0 == tramp).collect();
+        assert!(code.len() <= 1, "{to:?}: {code:?}");
+        assert!(code.iter().all(|&(_, len)| len == 8), "{to:?}: {code:?}");
+        assert_eq!(call_effect(&EFFECT, 1), effect_of(to, 1));
+    }
+    assert_eq!(tramp % 8, 0);
+    EFFECT.update(near_effect).unwrap();
+}
+
+/// Seed 004 (patching call sites that may cross a cache line): nothing but
+/// the trampoline's own 16 bytes is ever written, never a call site (calls
+/// are the compiler's `call __SCT__X`, left alone), and every store is one
+/// byte or an aligned 8 that cannot cross a cache line; the first byte is
+/// the only one the int3 protocol changes alone.
+#[test]
+fn seed_004_only_aligned_stores_to_the_trampoline_window_are_made() {
+    let _serial = serial();
+    let tramp = EFFECT.trampoline_addr();
+    let tour = tour();
+    for strategy in STRATEGIES {
+        let rec = Recorder::new(usize::MAX);
+        let w = strategy.with(&rec);
+        set_effect(&EFFECT, tour[0], strategy).unwrap();
+        for &to in &tour[1..] {
+            match to {
+                Near => EFFECT.update_with(near_effect, &w),
+                Near2 => EFFECT.update_with(near2_effect, &w),
+                Far => EFFECT.update_with(far_code().effect, &w),
+                Far2 => EFFECT.update_with(far_code().effect2, &w),
+                Null => EFFECT.update_null_with(&w),
+                Ret0 => EFFECT.update_ret0_with(&w),
+            }
+            .unwrap();
+        }
+        let writes = rec.writes();
+        assert!(writes.len() >= tour.len(), "{strategy:?}: {writes:?}");
+        for (a, len) in writes {
+            assert!(
+                (a, len) == (tramp, 1) || ((a == tramp || a == tramp + 8) && len == 8),
+                "{strategy:?}: wrote {len} bytes at {a:#x} (trampoline {tramp:#x})"
+            );
+            assert_eq!(a / 64, (a + len - 1) / 64, "crosses a cache line");
+        }
+    }
+    EFFECT.update(near_effect).unwrap();
 }

@@ -231,8 +231,8 @@ mod sigtrap {
         // SA_SIGINFO handler.
         unsafe {
             // An int3 is reported with si_code SI_KERNEL; signals sent by
-            // kill/tgkill (si_code <= 0) say nothing about RIP.
-            if (*info).si_code > 0 {
+            // kill/tgkill, or traps of other kinds, say nothing about RIP.
+            if (*info).si_code == libc::SI_KERNEL {
                 let uc = ctx.cast::<libc::ucontext_t>();
                 let rip = &mut (*uc).uc_mcontext.gregs[libc::REG_RIP as usize];
                 if let Some(dest) = steer(*rip as usize) {
