@@ -201,3 +201,50 @@ unsafe impl TextWriter for WithStrategy<'_> {
         Some(self.strategy)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::Direct;
+
+    #[test]
+    fn writers_ask_for_no_strategy_unless_wrapped() {
+        assert_eq!(Direct.strategy(), None);
+        for s in [Strategy::Breakpoint, Strategy::AtomicStore] {
+            let w = s.with(&Direct);
+            assert_eq!(w.strategy(), Some(s));
+            // Wrapping again: the outermost request wins.
+            let other = match s {
+                Strategy::Breakpoint => Strategy::AtomicStore,
+                Strategy::AtomicStore => Strategy::Breakpoint,
+            };
+            assert_eq!(WithStrategy::new(other, &w).strategy(), Some(other));
+        }
+    }
+
+    #[test]
+    fn the_default_strategy_round_trips() {
+        let initial = default_strategy();
+        let expected = if cfg!(feature = "strategy-atomic-store") {
+            Strategy::AtomicStore
+        } else {
+            Strategy::Breakpoint
+        };
+        assert_eq!(initial, expected);
+        for s in [Strategy::AtomicStore, Strategy::Breakpoint] {
+            set_default_strategy(s);
+            assert_eq!(default_strategy(), s);
+        }
+        set_default_strategy(initial);
+    }
+
+    #[test]
+    fn wrapped_writes_reach_the_inner_writer() {
+        let mut buf = [0u64; 1];
+        let w = Strategy::AtomicStore.with(&Direct);
+        // SAFETY: `buf` is live, writable and aligned.
+        unsafe { w.write(buf.as_mut_ptr() as usize, &7u64.to_ne_bytes()) }.unwrap();
+        w.sync_cores().unwrap();
+        assert_eq!(buf, [7]);
+    }
+}

@@ -33,6 +33,14 @@ pub fn reaches(pc: u64, target: u64) -> bool {
 }
 
 /// Encodes `jmp rel32` placed at `pc`, or `None` when `target` is out of reach.
+///
+/// ```
+/// use static_call::arch::x86_64::insn::{decode_jmp_rel32, encode_jmp_rel32};
+/// let jmp = encode_jmp_rel32(0x1000, 0x1010).unwrap();
+/// assert_eq!(jmp, [0xe9, 0x0b, 0, 0, 0]);
+/// assert_eq!(decode_jmp_rel32(0x1000, &jmp), Some(0x1010));
+/// assert_eq!(encode_jmp_rel32(0x1000, 0x1000 + (4 << 30)), None);
+/// ```
 pub fn encode_jmp_rel32(pc: u64, target: u64) -> Option<[u8; JMP_REL32_LEN]> {
     let d = rel32(pc, target)?.to_le_bytes();
     Some([JMP_REL32, d[0], d[1], d[2], d[3]])

@@ -224,6 +224,17 @@ pub fn current_target(tramp: u64, image: &Image, null_stub: u64) -> Result<u64, 
 ///
 /// Every target is reachable on x86-64 (the far form reaches anything), and
 /// instructions have no alignment, so no target is refused.
+///
+/// ```
+/// use static_call::arch::x86_64::{FAR_ENTRY, Form, NULL_ENTRY, decode, plan};
+/// let (tramp, stub) = (0x5555_0000_1000, 0x5555_0000_2000);
+/// let near = plan(tramp, tramp + 0x100, stub);
+/// assert_eq!(near.entry, [0xe9, 0xfb, 0, 0, 0, 0x0f, 0xb9, 0xcc]);
+/// assert_eq!(decode(tramp, &near, stub).unwrap().form, Form::Near(tramp + 0x100));
+/// let far = plan(tramp, tramp + (8 << 30), stub);
+/// assert_eq!((far.entry, far.literal), (FAR_ENTRY, tramp + (8 << 30)));
+/// assert_eq!(plan(tramp, 0, stub).entry, NULL_ENTRY);
+/// ```
 pub fn plan(tramp: u64, target: u64, null_stub: u64) -> Image {
     if target == 0 {
         return Image {

@@ -43,6 +43,47 @@
 //!
 //! Far-to-far retargets change only the literal, which is data: no
 //! instruction is modified.
+//!
+//! # Limits
+//!
+//! - The int3 protocol is only as strong as the writer's
+//!   [`sync_cores`](crate::TextWriter::sync_cores): the Linux writers use
+//!   `membarrier(SYNC_CORE)`; a kernel supplies an IPI (for example through
+//!   [`Alias::with_sync`](crate::writer::Alias::with_sync)). A writer that
+//!   does not synchronize (`Direct`) is fine on one CPU only.
+//! - In Linux user space, a call that traps with SIGTRAP blocked (inside a
+//!   signal handler whose mask blocks everything, say) is killed by the
+//!   kernel instead of being steered. Code that calls static calls there
+//!   should update them with [`Strategy::AtomicStore`](crate::arch::Strategy::AtomicStore).
+//! - A SIGTRAP handler installed after ours must chain to it (or call
+//!   [`handle_breakpoint`]); if ours is found replaced, int3 updates fail
+//!   with [`Error::WriterFailed`](crate::Error::WriterFailed) before
+//!   writing anything.
+//! - Only trampolines are ever patched; call sites are the compiler's
+//!   `call __SCT__NAME` and are never written.
+//!
+//! ```
+//! static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
+//! fn inc(x: u32) -> u32 { x + 1 }
+//! fn dec(x: u32) -> u32 { x - 1 }
+//!
+//! # fn main() {
+//! # #[cfg(all(target_arch = "x86_64", target_os = "linux"))] {
+//! use static_call::arch::x86_64::{Form, decode, null_stub_addr};
+//! OP.update(dec).unwrap(); // int3 protocol, unless configured otherwise
+//! let tramp = OP.trampoline_addr();
+//! // SAFETY: a live trampoline: 16 readable bytes, 8-byte aligned.
+//! let bytes = unsafe { core::ptr::read_volatile(tramp as *const [u8; 16]) };
+//! let image = static_call::arch::x86_64::Image {
+//!     entry: bytes[..8].try_into().unwrap(),
+//!     literal: u64::from_le_bytes(bytes[8..].try_into().unwrap()),
+//! };
+//! let t = decode(tramp as u64, &image, null_stub_addr()).unwrap();
+//! assert_eq!(t.form, Form::Near(dec as fn(u32) -> u32 as u64));
+//! assert_eq!(OP.call(5), 4);
+//! # }
+//! # }
+//! ```
 
 pub mod insn;
 mod layout;
@@ -64,6 +105,11 @@ use crate::{Error, TextWriter};
 use core::sync::atomic::{AtomicPtr, AtomicUsize};
 
 /// The x86-64 backend.
+///
+/// ```
+/// use static_call::arch::{Backend, x86_64::X86_64};
+/// assert_eq!(X86_64::NAME, "x86_64");
+/// ```
 #[derive(Debug)]
 pub enum X86_64 {}
 
@@ -110,7 +156,13 @@ extern "C" fn null_stub() {
     core::arch::naked_asm!("ret", "int3")
 }
 
-/// The NULL stub's address.
+/// The NULL stub's address: what a NULL trampoline's literal holds.
+///
+/// ```
+/// let stub = static_call::arch::x86_64::null_stub_addr();
+/// // SAFETY: the stub is two readable bytes of text.
+/// assert_eq!(unsafe { *(stub as *const [u8; 2]) }, [0xc3, 0xcc]); // ret; int3
+/// ```
 #[cfg(target_arch = "x86_64")]
 pub fn null_stub_addr() -> u64 {
     null_stub as extern "C" fn() as usize as u64

@@ -105,6 +105,23 @@ impl Plan {
 /// and is steered to the literal, which already holds the new target.
 /// A far-to-far retarget only changes the literal, which the entry word
 /// loads as data: no instruction is modified at all.
+///
+/// ```
+/// use static_call::arch::x86_64::{plan, protocol::{Store, breakpoint}};
+/// let (tramp, stub) = (0x5555_0000_1000, 0x5555_0000_2000);
+/// let old = plan(tramp, tramp + 0x100, stub);
+/// let new = plan(tramp, 0, stub); // to NULL
+/// let p = breakpoint(&old, &new);
+/// assert_eq!(
+///     p.stores(),
+///     [
+///         Store::Literal(stub),
+///         Store::First(0xcc),
+///         Store::Entry([0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0x0f, 0xb9, 0xcc]),
+///         Store::First(0xc3),
+///     ]
+/// );
+/// ```
 pub fn breakpoint(old: &Image, new: &Image) -> Plan {
     let mut plan = Plan::new();
     if old.literal != new.literal {
@@ -130,6 +147,17 @@ pub fn breakpoint(old: &Image, new: &Image) -> Plan {
 /// in practice, but the Intel SDM does not promise it: its rules for
 /// cross-modifying code require the executing CPU to serialize before it
 /// runs modified bytes, which is what the int3 protocol arranges.
+///
+/// ```
+/// use static_call::arch::x86_64::{plan, protocol::{Store, atomic_store}};
+/// let (tramp, stub) = (0x5555_0000_1000, 0x5555_0000_2000);
+/// let old = plan(tramp, tramp + 0x100, stub);
+/// let new = plan(tramp, tramp + 0x200, stub);
+/// assert_eq!(
+///     atomic_store(&old, &new).stores(),
+///     [Store::Literal(new.literal), Store::Entry(new.entry)]
+/// );
+/// ```
 pub fn atomic_store(old: &Image, new: &Image) -> Plan {
     let mut plan = Plan::new();
     if old.literal != new.literal {

@@ -117,7 +117,12 @@ pub(super) fn steer(rip: usize) -> Option<usize> {
 }
 
 /// How many calls have trapped on an `int3` and been steered since the
-/// program started.
+/// program started: a measure of how often updates race with calls.
+///
+/// ```
+/// let before = static_call::arch::x86_64::traps_steered();
+/// assert!(static_call::arch::x86_64::traps_steered() >= before);
+/// ```
 pub fn traps_steered() -> u64 {
     STEERED.load(Ordering::Relaxed)
 }
