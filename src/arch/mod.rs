@@ -99,7 +99,7 @@ pub enum Strategy {
 impl Strategy {
     /// `writer`, asking for this strategy: shorthand for
     /// [`WithStrategy::new`].
-    pub fn with<'a>(self, writer: &'a dyn TextWriter) -> WithStrategy<'a> {
+    pub const fn with<'a>(self, writer: &'a dyn TextWriter) -> WithStrategy<'a> {
         WithStrategy::new(self, writer)
     }
 }
@@ -164,6 +164,18 @@ pub fn set_default_strategy(strategy: Strategy) {
 /// # }
 /// # }
 /// ```
+///
+/// It can also be installed as the default writer, making its strategy
+/// the program's:
+///
+/// ```
+/// # #[cfg(target_os = "linux")] {
+/// use static_call::arch::{Strategy, WithStrategy};
+/// use static_call::writer::linux::Remap;
+/// static WRITER: WithStrategy<'static> = WithStrategy::new(Strategy::AtomicStore, &Remap);
+/// static_call::set_default_writer(&WRITER);
+/// # }
+/// ```
 #[derive(Clone, Copy)]
 pub struct WithStrategy<'a> {
     strategy: Strategy,
@@ -172,7 +184,7 @@ pub struct WithStrategy<'a> {
 
 impl<'a> WithStrategy<'a> {
     /// `writer`, asking for `strategy`.
-    pub fn new(strategy: Strategy, writer: &'a dyn TextWriter) -> Self {
+    pub const fn new(strategy: Strategy, writer: &'a dyn TextWriter) -> Self {
         WithStrategy { strategy, writer }
     }
 }
