@@ -926,6 +926,13 @@ const STRESS_CALLS: u64 = 50_000_000;
 /// Updates per strategy.
 const STRESS_UPDATES: u64 = 50_000;
 
+/// Prints a summary line even when libtest captures output (it captures the
+/// print macros, not the stderr handle), so the counts show in every run.
+fn report(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 struct StressReport {
     updates: u64,
     calls: u64,
@@ -1062,11 +1069,11 @@ fn every_core_calls_while_another_thread_retargets() {
     let mut totals = (0, 0, 0);
     for strategy in STRATEGIES {
         let r = stress(strategy);
-        println!(
+        report(format_args!(
             "x86_64 stress {strategy:?}: {callers} callers, {} updates, {} calls, \
              {} wrong, 0 faults, {} calls steered by the int3 handler, {:.1?}",
             r.updates, r.calls, r.wrong, r.traps, r.elapsed
-        );
+        ));
         assert_eq!(r.wrong, 0, "{strategy:?}: wrong results");
         assert!(r.updates >= STRESS_UPDATES && r.calls >= STRESS_CALLS);
         if strategy == Strategy::AtomicStore {
@@ -1079,11 +1086,11 @@ fn every_core_calls_while_another_thread_retargets() {
         STRESS_TRAPS.load(Ordering::Relaxed),
         STRESS_BAD_DEST.load(Ordering::Relaxed),
     );
-    println!(
+    report(format_args!(
         "x86_64 stress total: {} updates, {} calls, {} wrong, 0 faults; \
          {traps} trapped calls steered, {bad} to anything but the key's targets",
         totals.0, totals.1, totals.2
-    );
+    ));
     assert!(
         traps > 0,
         "no call ever trapped: the int3 path was not exercised"
