@@ -5,7 +5,7 @@
 //!         .balign 16                    // in .static_call.text
 //! tramp:  jmp.d32 target                // e9 rel32   \ the entry word:
 //!         ud1     %esp, %ecx            // 0f b9 cc   / the only code patched
-//!         .quad   target                // the literal
+//!         .quad   target                // the literal (0 until the first update)
 //! ```
 //!
 //! The entry word takes one of three forms ([`Form`]):
@@ -24,20 +24,23 @@
 //!
 //! # Strategies
 //!
-//! Chosen per update with [`WithStrategy`](crate::arch::WithStrategy), per
-//! program with [`set_default_strategy`](crate::arch::set_default_strategy),
-//! or per build with the `strategy-atomic-store` feature (default: int3):
+//! Chosen per update with [`WithStrategy`](crate::arch::WithStrategy) (also
+//! installable as the default writer), per program with
+//! [`set_default_strategy`](crate::arch::set_default_strategy), or per build
+//! with the `strategy-atomic-store` feature (default: int3):
 //!
 //! - [`Strategy::Breakpoint`](crate::arch::Strategy::Breakpoint), Linux's
-//!   `text_poke_bp`: publish the literal; `int3` over the first byte; sync
-//!   all CPUs; the other seven bytes; sync; the new first byte; sync. A CPU
+//!   `text_poke_bp`: publish the literal; sync all CPUs; `int3` over the
+//!   first byte; sync; the other seven bytes; sync; the new first byte;
+//!   sync. A CPU
 //!   that enters the trampoline meanwhile traps and is steered to the new
 //!   target (see the rule in [`handle_breakpoint`]). Linux user space: a
 //!   SIGTRAP handler, installed once, chaining to the one before it; sync is
 //!   the writer's `membarrier(SYNC_CORE)`. Bare metal: the kernel calls
 //!   [`handle_breakpoint`] from its #BP handler and supplies the sync.
 //! - [`Strategy::AtomicStore`](crate::arch::Strategy::AtomicStore): publish
-//!   the literal, then one aligned 8-byte store of the entry word. No trap,
+//!   the literal; sync; one aligned 8-byte store of the entry word; sync.
+//!   No trap,
 //!   but it relies on instruction fetch never seeing half of an aligned
 //!   8-byte store, which CPUs do in practice and the SDM does not promise.
 //!
