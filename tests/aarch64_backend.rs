@@ -1,7 +1,11 @@
 //! The arm64 backend on real trampolines, in Linux user space (run under
 //! qemu-aarch64 on x86-64 hosts): shape, every transition, every torn
 //! state, bad input, and concurrent calls during updates.
-#![cfg(all(target_arch = "aarch64", target_os = "linux"))]
+#![cfg(all(
+    target_arch = "aarch64",
+    target_os = "linux",
+    not(feature = "force-generic")
+))]
 
 use static_call::Error;
 use static_call::arch::Backend;

@@ -1,7 +1,11 @@
 //! The x86-64 backend on real trampolines, natively: shape, every
 //! transition for both strategies, the seed-000 race, trap-handler
 //! chaining, bad input, and every core calling during updates.
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#![cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(feature = "force-generic")
+))]
 
 use static_call::arch::x86_64::{
     self as x86, __test_hooks as hooks, BreakpointFrame, Form, Image, NULL_ENTRY, Slot, X86_64,

@@ -54,7 +54,7 @@ unsafe impl Backend for Generic {
 }
 
 /// Generic keys have no assembly trampoline.
-#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+#[cfg(static_call_backend = "generic")]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline_asm {
@@ -63,7 +63,7 @@ macro_rules! __static_call_trampoline_asm {
 
 /// Emits a key's trampoline as a Rust function that calls through the slot.
 /// Used by `static_call!`.
-#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+#[cfg(static_call_backend = "generic")]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline {

@@ -64,11 +64,11 @@ pub unsafe trait Backend {
 
 /// The backend keys use on this target.
 pub mod active {
-    #[cfg(target_arch = "aarch64")]
+    #[cfg(static_call_backend = "aarch64")]
     pub use super::aarch64::{Aarch64 as Active, Slot};
-    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+    #[cfg(static_call_backend = "generic")]
     pub use super::generic::{Generic as Active, Slot};
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(static_call_backend = "x86_64")]
     pub use super::x86_64::{Slot, X86_64 as Active};
 }
 

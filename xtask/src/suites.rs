@@ -82,7 +82,13 @@ const VIRT_SUITES: &[VirtSuite] = &[
 ];
 
 /// The suites that are not virt-board runs, in the order they run.
-const HOST_SUITES: &[&str] = &["host", "host-lint", "aarch64-linux", "aarch64-none"];
+const HOST_SUITES: &[&str] = &[
+    "host",
+    "host-generic",
+    "host-lint",
+    "aarch64-linux",
+    "aarch64-none",
+];
 
 /// Every suite's name, in the order they run.
 pub fn names() -> Vec<&'static str> {
@@ -98,6 +104,7 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
     for &name in HOST_SUITES.iter().filter(|n| wanted(n)) {
         outcomes.push(match name {
             "host" => timed(name, &host, || host_tests(root)),
+            "host-generic" => timed(name, &host, || generic_tests(root)),
             "host-lint" => timed(name, &host, || host_lint(root)),
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
             _ => timed(name, BARE, || bare_checks(root, tc)),
@@ -155,6 +162,21 @@ fn host_tests(root: &Path) -> Counts {
     cargo
         .current_dir(root)
         .args(["test", "--workspace", "--no-fail-fast"]);
+    libtest_suite(&mut cargo)
+}
+
+/// The library's tests with the generic fallback forced, so the backend of
+/// targets without one of their own is tested on this host too.
+fn generic_tests(root: &Path) -> Counts {
+    let mut cargo = cmd::cargo();
+    cargo.current_dir(root).args([
+        "test",
+        "--package",
+        "static-call",
+        "--features",
+        "force-generic",
+        "--no-fail-fast",
+    ]);
     libtest_suite(&mut cargo)
 }
 

@@ -45,12 +45,15 @@ pub use layout::{
 #[cfg(target_arch = "aarch64")]
 pub use cache::{flush_icache_range, read_ctr_el0};
 
+#[cfg(target_arch = "aarch64")]
 use super::Backend;
+#[cfg(target_arch = "aarch64")]
 use crate::{Error, TextWriter};
 #[cfg(target_arch = "aarch64")]
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// The arm64 backend.
+/// The arm64 backend (implements [`Backend`](super::Backend) on arm64
+/// targets; elsewhere only its pure functions are used).
 #[derive(Debug)]
 pub enum Aarch64 {}
 
@@ -153,40 +156,9 @@ pub unsafe fn write_patch(
     writer.sync_cores()
 }
 
-// Off target the backend still exists (so generic code and docs compile),
-// but cannot touch text: there is no arm64 text to touch.
-// SAFETY: it never writes anything.
-#[cfg(not(target_arch = "aarch64"))]
-unsafe impl Backend for Aarch64 {
-    const NAME: &'static str = "aarch64";
-    const WRITES_TEXT: bool = true;
-    type Slot = Slot;
-
-    unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
-        Err(Error::UnrecognisedTrampoline {
-            addr: tramp,
-            offset: 0,
-            found: 0,
-        })
-    }
-
-    unsafe fn retarget(
-        tramp: usize,
-        _slot: &Slot,
-        _target: usize,
-        _writer: &dyn TextWriter,
-    ) -> Result<(), Error> {
-        Err(Error::UnrecognisedTrampoline {
-            addr: tramp,
-            offset: 0,
-            found: 0,
-        })
-    }
-}
-
 /// Emits a key's trampoline from `asm/aarch64/trampoline.S`. Used by
 /// `static_call!` at module level (`global_asm!` cannot sit in a block).
-#[cfg(target_arch = "aarch64")]
+#[cfg(static_call_backend = "aarch64")]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline_asm {
@@ -221,7 +193,7 @@ macro_rules! __static_call_trampoline_asm {
 }
 
 /// Declares a key's trampoline as `__tramp`. Used by `static_call!`.
-#[cfg(target_arch = "aarch64")]
+#[cfg(static_call_backend = "aarch64")]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline {

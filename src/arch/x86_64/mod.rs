@@ -71,7 +71,7 @@
 //! fn dec(x: u32) -> u32 { x - 1 }
 //!
 //! # fn main() {
-//! # #[cfg(all(target_arch = "x86_64", target_os = "linux"))] {
+//! # #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "force-generic")))] {
 //! use static_call::arch::x86_64::{Form, decode, null_stub_addr};
 //! OP.update(dec).unwrap(); // int3 protocol, unless configured otherwise
 //! let tramp = OP.trampoline_addr();
@@ -101,17 +101,16 @@ pub use layout::{
 #[cfg(target_arch = "x86_64")]
 pub use trap::{hooks as __test_hooks, traps_steered};
 
-#[cfg(not(target_arch = "x86_64"))]
-use super::Backend;
-#[cfg(not(target_arch = "x86_64"))]
-use crate::{Error, TextWriter};
 use core::sync::atomic::{AtomicPtr, AtomicUsize};
 
-/// The x86-64 backend.
+/// The x86-64 backend (implements [`Backend`](super::Backend) on x86-64
+/// targets; elsewhere only its pure functions are used).
 ///
 /// ```
+/// # #[cfg(target_arch = "x86_64")] {
 /// use static_call::arch::{Backend, x86_64::X86_64};
 /// assert_eq!(X86_64::NAME, "x86_64");
+/// # }
 /// ```
 #[derive(Debug)]
 pub enum X86_64 {}
@@ -386,40 +385,9 @@ mod live {
     }
 }
 
-// Off target the backend still exists (so generic code and docs compile),
-// but cannot touch text: there is no x86-64 text to touch.
-// SAFETY: it never writes anything.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe impl Backend for X86_64 {
-    const NAME: &'static str = "x86_64";
-    const WRITES_TEXT: bool = true;
-    type Slot = Slot;
-
-    unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
-        Err(Error::UnrecognisedTrampoline {
-            addr: tramp,
-            offset: 0,
-            found: 0,
-        })
-    }
-
-    unsafe fn retarget(
-        tramp: usize,
-        _slot: &Slot,
-        _target: usize,
-        _writer: &dyn TextWriter,
-    ) -> Result<(), Error> {
-        Err(Error::UnrecognisedTrampoline {
-            addr: tramp,
-            offset: 0,
-            found: 0,
-        })
-    }
-}
-
 /// Emits a key's trampoline from `asm/x86_64/trampoline.S`. Used by
 /// `static_call!` at module level (`global_asm!` cannot sit in a block).
-#[cfg(target_arch = "x86_64")]
+#[cfg(static_call_backend = "x86_64")]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline_asm {
@@ -456,7 +424,7 @@ macro_rules! __static_call_trampoline_asm {
 }
 
 /// Declares a key's trampoline as `__tramp`. Used by `static_call!`.
-#[cfg(target_arch = "x86_64")]
+#[cfg(static_call_backend = "x86_64")]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline {
