@@ -76,3 +76,8 @@ pub mod __private {
     pub use core;
     pub use core::ops::Deref;
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
