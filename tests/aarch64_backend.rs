@@ -332,81 +332,68 @@ fn write_raw(tramp: usize, p: Patch) {
 /// propagate produces the old or the new behaviour.
 #[test]
 fn every_torn_state_behaves_as_old_or_new() {
-    let tramp = TORN_EFFECT.trampoline_addr() as u64;
-    let addr_of = |s: State| match s {
-        Near => addr(near_effect as fn(*mut u64, u64)),
-        Far => addr(far_code().effect),
-        Null => 0,
-        Ret0 => ret0_addr(&TORN_EFFECT) as u64,
-    };
+    let tramp = TORN_EFFECT.trampoline_addr();
+    let ret0 = ret0_addr(&TORN_EFFECT) as u64;
+    let effect_targets = STATES.map(|s| {
+        let target = match s {
+            Near => addr(near_effect as fn(*mut u64, u64)),
+            Far => addr(far_code().effect),
+            Null => 0,
+            Ret0 => ret0,
+        };
+        (target, effect_of(s, 5))
+    });
+    let checked = check_torn_states(tramp, &effect_targets, || call_effect(&TORN_EFFECT, 5));
+    assert_eq!(checked, 48);
+
+    // The value key, whose results tell near, far and RET0 apart.
+    TORN_VALUE.update_ret0().unwrap();
+    let value_targets = [
+        (addr(near_value as fn(u32) -> u64), 1005),
+        (addr(far_code().value), 2005),
+        (addr(TORN_VALUE.query().unwrap()), 0),
+    ];
+    let checked = check_torn_states(TORN_VALUE.trampoline_addr(), &value_targets, || {
+        TORN_VALUE.call(5)
+    });
+    assert_eq!(checked, 24);
+    assert_eq!(TORN_VALUE.call(5), 1005);
+}
+
+/// For every ordered pair of `(target, expected result)` states, writes the
+/// four (literal, branch) combinations into the trampoline and checks that
+/// `call` gives the old or the new result. Leaves the first state in place.
+/// Returns how many combinations were checked.
+fn check_torn_states(tramp: usize, states: &[(u64, u64)], call: impl Fn() -> u64) -> usize {
+    let plan = |target| a64::plan(tramp as u64, target).unwrap();
     let mut checked = 0;
-    for old in STATES {
-        for new in STATES {
+    for &(old, old_result) in states {
+        for &(new, new_result) in states {
             if old == new {
                 continue;
             }
-            let (po, pn) = (
-                a64::plan(tramp, addr_of(old)).unwrap(),
-                a64::plan(tramp, addr_of(new)).unwrap(),
-            );
+            let (po, pn) = (plan(old), plan(new));
             for (lit, entry) in [(po, po), (pn, po), (po, pn), (pn, pn)] {
                 write_raw(
-                    tramp as usize,
+                    tramp,
                     Patch {
                         literal: lit.literal,
                         entry: entry.entry,
                     },
                 );
-                let got = call_effect(&TORN_EFFECT, 5);
+                let got = call();
                 assert!(
-                    got == effect_of(old, 5) || got == effect_of(new, 5),
-                    "{old:?} -> {new:?}, literal of {:?}, branch of {:?}: got {got}",
-                    if lit == po { old } else { new },
-                    if entry == po { old } else { new },
+                    got == old_result || got == new_result,
+                    "{old:#x} -> {new:#x}, literal {:#x}, branch {:#x}: got {got}",
+                    lit.literal,
+                    entry.branch_word(),
                 );
                 checked += 1;
             }
         }
     }
-    assert_eq!(checked, 48);
-    write_raw(tramp as usize, a64::plan(tramp, addr_of(Near)).unwrap());
-
-    // The value key, whose results tell near, far and RET0 apart.
-    let tramp = TORN_VALUE.trampoline_addr() as u64;
-    TORN_VALUE.update_ret0().unwrap();
-    let ret0 = addr(TORN_VALUE.query().unwrap());
-    let targets = [
-        (addr(near_value as fn(u32) -> u64), 1005),
-        (addr(far_code().value), 2005),
-        (ret0, 0),
-    ];
-    for (old, old_res) in targets {
-        for (new, new_res) in targets {
-            if old == new {
-                continue;
-            }
-            let (po, pn) = (
-                a64::plan(tramp, old).unwrap(),
-                a64::plan(tramp, new).unwrap(),
-            );
-            for (lit, entry) in [(po, po), (pn, po), (po, pn), (pn, pn)] {
-                write_raw(
-                    tramp as usize,
-                    Patch {
-                        literal: lit.literal,
-                        entry: entry.entry,
-                    },
-                );
-                let got = TORN_VALUE.call(5);
-                assert!(
-                    got == old_res || got == new_res,
-                    "{old:#x} -> {new:#x}: got {got}"
-                );
-            }
-        }
-    }
-    write_raw(tramp as usize, a64::plan(tramp, targets[0].0).unwrap());
-    assert_eq!(TORN_VALUE.call(5), 1005);
+    write_raw(tramp, plan(states[0].0));
+    checked
 }
 
 /// A writer that fails on its `fail_at`-th write (counting from 0), or
