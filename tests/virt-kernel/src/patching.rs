@@ -14,6 +14,8 @@
 //! the same bytes again, which makes QEMU drop that stale translation. The
 //! architectural state does not change, so no second sync is needed.
 
+use core::sync::atomic::{AtomicPtr, Ordering};
+
 use alloc::boxed::Box;
 
 use spin::mutex::SpinMutex;
@@ -44,8 +46,13 @@ unsafe impl TextWriter for KernelWriter {
         unsafe { self.alias.write(addr, bytes) }?;
         let mut w = self.written.lock();
         let (list, n) = &mut *w;
-        if *n < REPLAY {
-            list[*n] = (addr, bytes.len());
+        // A range already listed is replayed anyway. This keeps the list
+        // short when updates fail before their sync (the bad-input tests):
+        // their writes (literal, then its rollback) stay listed until the
+        // next sync, and must not crowd out that update's own writes.
+        let entry = (addr, bytes.len());
+        if !list[..*n].contains(&entry) && *n < REPLAY {
+            list[*n] = entry;
             *n += 1;
         }
         Ok(())
@@ -75,6 +82,9 @@ unsafe impl TextWriter for KernelWriter {
     }
 }
 
+/// The installed writer; null until [`install`].
+static WRITER: AtomicPtr<KernelWriter> = AtomicPtr::new(core::ptr::null_mut());
+
 /// Builds the writer for the kernel's text and installs it as static-call's
 /// default. Call after `mmu::init`.
 pub fn install() -> &'static KernelWriter {
@@ -84,5 +94,20 @@ pub fn install() -> &'static KernelWriter {
         written: SpinMutex::new(([(0, 0); REPLAY], 0)),
     }));
     static_call::set_default_writer(writer);
+    WRITER.store(core::ptr::from_ref(writer).cast_mut(), Ordering::Release);
     writer
+}
+
+/// The writer [`install`] made (for `update_with` and for writing text by
+/// hand under `static_call::writer::patch_lock`).
+///
+/// # Panics
+///
+/// Before [`install`] (that is, before `virt_kernel::init`).
+pub fn writer() -> &'static KernelWriter {
+    let writer = WRITER.load(Ordering::Acquire);
+    assert!(!writer.is_null(), "patching::install has not run");
+    // SAFETY: non-null only once `install` has stored a leaked, never
+    // freed `KernelWriter`, which is only ever accessed by shared reference.
+    unsafe { &*writer }
 }
