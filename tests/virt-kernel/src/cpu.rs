@@ -1,13 +1,16 @@
 //! CPU identification and feature registers.
 //!
 //! `aarch64-cpu` provides most system registers, but (as of 11.2) neither
-//! `CTR_EL0` nor the BT field of `ID_AA64PFR1_EL1`; those two are read here
-//! with a plain `mrs`.
+//! `CTR_EL0` nor the BT field of `ID_AA64PFR1_EL1`. `CTR_EL0` comes from
+//! static-call's own reader, the one its cache maintenance uses, so the tests
+//! check the values that code really works with; `ID_AA64PFR1_EL1` is read
+//! here with a plain `mrs`.
 
 use core::arch::asm;
 use core::fmt;
 
 use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, CurrentEL, MPIDR_EL1, Readable};
+use static_call::arch::aarch64::ctr::CacheType;
 
 /// The exception level this CPU runs at (1 or 2 on the virt board).
 pub fn current_el() -> u8 {
@@ -18,15 +21,6 @@ pub fn current_el() -> u8 {
 /// numbers 0..n for up to 8 CPUs.
 pub fn id() -> usize {
     (MPIDR_EL1.get() & 0xff) as usize
-}
-
-/// Raw `CTR_EL0`.
-pub fn read_ctr_el0() -> u64 {
-    let value: u64;
-    // SAFETY: reading CTR_EL0 has no side effects; it is readable at EL1 and
-    // EL2 (and at EL0 unless SCTLR_EL1.UCT traps it, irrelevant here).
-    unsafe { asm!("mrs {}, ctr_el0", out(reg) value, options(nomem, nostack, preserves_flags)) };
-    value
 }
 
 /// Raw `ID_AA64PFR1_EL1`.
@@ -62,20 +56,26 @@ pub struct CacheGeometry {
 }
 
 impl CacheGeometry {
-    /// Decodes a `CTR_EL0` value. Line sizes are log2 of 4-byte words.
+    /// Decodes a `CTR_EL0` value with static-call's decoder.
     pub fn from_ctr(raw: u64) -> Self {
-        Self {
-            raw,
-            i_line: 4 << (raw & 0xf),
-            d_line: 4 << ((raw >> 16) & 0xf),
-            idc: raw & (1 << 28) != 0,
-            dic: raw & (1 << 29) != 0,
-        }
+        Self::from(CacheType::new(raw))
     }
 
-    /// This CPU's geometry.
+    /// This CPU's geometry, read by static-call.
     pub fn read() -> Self {
-        Self::from_ctr(read_ctr_el0())
+        Self::from(static_call::arch::aarch64::read_ctr_el0())
+    }
+}
+
+impl From<CacheType> for CacheGeometry {
+    fn from(ctr: CacheType) -> Self {
+        Self {
+            raw: ctr.raw(),
+            i_line: ctr.icache_line(),
+            d_line: ctr.dcache_line(),
+            idc: ctr.clean_not_required(),
+            dic: ctr.invalidate_not_required(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 extern crate alloc;
 
@@ -62,11 +63,31 @@ fn smp_all_cpus_online() -> TestResult {
 }
 
 /// CTR_EL0 line sizes are plausible (16..=2048 bytes; the architecture allows
-/// 4..=64 KiB words but no real core is outside this range), and the same on
-/// every CPU the static-call maintenance loop may run on.
+/// 4..=64 KiB words but no real core is outside this range), static-call's
+/// decoding (the one its cache maintenance uses) agrees with the fields
+/// taken by hand, and the value is the same on every CPU the maintenance
+/// loop may run on.
 fn ctr_el0_reports_cache_geometry() -> TestResult {
     let geometry = CacheGeometry::read();
     println!("cache: {geometry}");
+    let raw = geometry.raw;
+    check_eq!(
+        (geometry.i_line, geometry.d_line, geometry.idc, geometry.dic),
+        (
+            4usize << (raw & 0xf),
+            4usize << ((raw >> 16) & 0xf),
+            raw & (1 << 28) != 0,
+            raw & (1 << 29) != 0
+        )
+    );
+    for c in 1..CPUS {
+        let theirs = smp::run_on(c, 1000, CacheGeometry::read).ok_or("cpu busy")?;
+        check!(
+            theirs == geometry,
+            "cpu{c} reads CTR_EL0 {:#x}, cpu0 {raw:#x}",
+            theirs.raw
+        );
+    }
     check!(
         (16..=2048).contains(&geometry.i_line),
         "IminLine {} bytes out of range",
