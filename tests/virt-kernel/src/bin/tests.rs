@@ -7,6 +7,11 @@
 
 extern crate alloc;
 
+// Beside this file, in a directory of its own: a file in src/bin would be
+// taken for another binary.
+#[path = "tests/static_calls.rs"]
+mod static_calls;
+
 use core::sync::atomic::Ordering;
 
 use core::arch::global_asm;
@@ -16,6 +21,8 @@ use virt_kernel::exceptions::{self, Recovery};
 use virt_kernel::runner::{self, TestResult};
 use virt_kernel::{check, check_eq, println, smp, tests};
 use virt_kernel::{gic, mmu};
+
+use static_calls::{static_call_bad_input, static_call_torn_states, static_call_transitions};
 
 /// CPUs the harness starts QEMU with (`-smp 4`).
 const CPUS: usize = 4;
@@ -46,6 +53,9 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         bti_blocks_branch_to_non_landing_pad,
         far_text_is_out_of_branch_range,
         sync_all_cpus_ipi,
+        static_call_transitions,
+        static_call_torn_states,
+        static_call_bad_input,
         static_call_smp_stress,
         #[cfg(feature = "deliberate-failure")]
         deliberate_failure,

@@ -1,0 +1,883 @@
+//! Static calls on the board, one key state at a time: every transition,
+//! every torn (literal, branch) state, bad input. Every call is made directly (`KEY.call`, a `bl` to the trampoline)
+//! and through the trampoline as a function pointer (a BTI-checked `blr` to
+//! its `bti c`), on CPU 0 and on the secondaries, with faults caught and
+//! reported instead of ending the run.
+
+use core::hint::black_box;
+use core::ops::Deref;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use alloc::format;
+use alloc::string::String;
+
+use static_call::arch::Backend;
+use static_call::arch::aarch64::{self as a64, Aarch64, Branch, Patch, Slot, TRAMPOLINE_LEN, insn};
+use static_call::writer::{Alias, patch_lock};
+use static_call::{Error, FnPtr, Ret0Safe, StaticCall, TextWriter};
+use virt_kernel::exceptions::{self, Recovery};
+use virt_kernel::runner::TestResult;
+use virt_kernel::{check, check_eq, gic, mmu, patching, println, smp};
+
+use crate::CPUS;
+
+/// How long a secondary may take to run one batch of calls.
+const CPU_TIMEOUT_MS: u64 = 2000;
+
+/// Added by the near targets.
+const NEAR: u64 = 1000;
+/// Added by the far targets.
+const FAR: u64 = 2000;
+/// A cell no target wrote (the key was NULL or RET0).
+const UNTOUCHED: u64 = u64::MAX;
+
+type EffectFn = fn(*mut u64, u64);
+type ValueFn = fn(u32) -> u64;
+
+// The targets. Exported under one symbol each: Rust may otherwise emit a
+// local copy of a small function per codegen unit, and then two `f as usize`
+// of the same function differ. The far ones sit in `.far_text`, 191 MiB
+// from the trampolines (out of B range), and call nothing: a call from there
+// back to the kernel's text would need a veneer.
+
+#[unsafe(no_mangle)]
+fn sc_near_effect(out: *mut u64, v: u64) {
+    // SAFETY: every caller passes a pointer to a live local `u64`.
+    unsafe { out.write_volatile(v + NEAR) };
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".far_text.sc_far_effect")]
+fn sc_far_effect(out: *mut u64, v: u64) {
+    // SAFETY: every caller passes a pointer to a live local `u64`.
+    unsafe { out.write_volatile(v + FAR) };
+}
+
+#[unsafe(no_mangle)]
+fn sc_near_value(x: u32) -> u64 {
+    u64::from(x) + NEAR
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".far_text.sc_far_value")]
+fn sc_far_value(x: u32) -> u64 {
+    u64::from(x) + FAR
+}
+
+static_call::static_call! {
+    /// Walked through every transition among near, far, NULL and RET0.
+    static TRANS_EFFECT: fn(*mut u64, u64) = sc_near_effect;
+    /// Walked through every transition among near, far and RET0.
+    static TRANS_VALUE: fn(u32) -> u64 = sc_near_value;
+    /// Written by hand with every torn (literal, branch) pair.
+    static TORN_EFFECT: fn(*mut u64, u64) = sc_near_effect;
+    /// As `TORN_EFFECT`, for a key with a result.
+    static TORN_VALUE: fn(u32) -> u64 = sc_near_value;
+    /// Corrupted and offered failing writers.
+    static BAD: fn(u32) -> u64 = sc_near_value;
+}
+
+/// A key of the effect signature; `direct` is its own `call`.
+trait EffectKey: Deref<Target = StaticCall<EffectFn>> + Sync {
+    fn direct(&self, out: *mut u64, v: u64);
+}
+
+/// A key of the value signature; `direct` is its own `call`.
+trait ValueKey: Deref<Target = StaticCall<ValueFn>> + Sync {
+    fn direct(&self, x: u32) -> u64;
+}
+
+macro_rules! effect_keys {
+    ($($key:ident),*) => {$(
+        impl EffectKey for $key {
+            fn direct(&self, out: *mut u64, v: u64) {
+                self.call(out, v)
+            }
+        }
+    )*};
+}
+
+macro_rules! value_keys {
+    ($($key:ident),*) => {$(
+        impl ValueKey for $key {
+            fn direct(&self, x: u32) -> u64 {
+                self.call(x)
+            }
+        }
+    )*};
+}
+
+effect_keys!(TRANS_EFFECT, TORN_EFFECT);
+value_keys!(TRANS_VALUE, TORN_VALUE, BAD);
+
+/// The states a key can be in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// A function in the kernel's text: `b target`.
+    Near,
+    /// A function in `.far_text`: `nop`, then the literal.
+    Far,
+    /// No target (literal 0): the call returns.
+    Null,
+    /// The key's return-zero function (in the kernel's text: `b`).
+    Ret0,
+}
+use State::*;
+
+const STATES: [State; 4] = [Near, Far, Null, Ret0];
+/// Takes every ordered pair of distinct states exactly once (an Euler
+/// circuit of the complete digraph on the four states).
+const TOUR: [State; 13] = [
+    Near, Far, Null, Ret0, Near, Null, Far, Ret0, Far, Near, Ret0, Null, Near,
+];
+/// The same for a key with a result, which cannot be NULL.
+const VALUE_STATES: [State; 3] = [Near, Far, Ret0];
+const VALUE_TOUR: [State; 7] = [Near, Far, Ret0, Near, Ret0, Far, Near];
+
+/// What an effect call with `v` leaves in its cell in state `s`.
+fn effect_of(s: State, v: u64) -> u64 {
+    match s {
+        Near => v + NEAR,
+        Far => v + FAR,
+        Null | Ret0 => UNTOUCHED,
+    }
+}
+
+/// What a value call with `x` returns in state `s` (never NULL).
+fn value_of(s: State, x: u32) -> u64 {
+    match s {
+        Near => u64::from(x) + NEAR,
+        Far => u64::from(x) + FAR,
+        Null | Ret0 => 0,
+    }
+}
+
+fn addr<F: FnPtr>(f: F) -> u64 {
+    f.addr() as u64
+}
+
+/// Where a key of each signature points in each state; `ret0` is the key's
+/// own return-zero function.
+fn effect_target(s: State, ret0: u64) -> u64 {
+    match s {
+        Near => addr(sc_near_effect as EffectFn),
+        Far => addr(sc_far_effect as EffectFn),
+        Null => 0,
+        Ret0 => ret0,
+    }
+}
+
+fn value_target(s: State, ret0: u64) -> u64 {
+    match s {
+        Near => addr(sc_near_value as ValueFn),
+        Far => addr(sc_far_value as ValueFn),
+        Null => 0,
+        Ret0 => ret0,
+    }
+}
+
+/// Moves an effect key to `s`, through the kernel's writer given explicitly
+/// (`update_with` and friends) when `with` is set, else the default writer.
+fn set_effect<K: EffectKey>(key: &K, s: State, with: bool) -> Result<(), Error> {
+    let w = patching::writer();
+    match (s, with) {
+        (Near, false) => key.update(sc_near_effect),
+        (Near, true) => key.update_with(sc_near_effect, w),
+        (Far, false) => key.update(sc_far_effect),
+        (Far, true) => key.update_with(sc_far_effect, w),
+        (Null, false) => key.update_null(),
+        (Null, true) => key.update_null_with(w),
+        (Ret0, false) => key.update_ret0(),
+        (Ret0, true) => key.update_ret0_with(w),
+    }
+}
+
+/// As [`set_effect`] for a value key (never NULL).
+fn set_value<K: ValueKey>(key: &K, s: State, with: bool) -> Result<(), Error> {
+    let w = patching::writer();
+    match (s, with) {
+        (Near, false) => key.update(sc_near_value),
+        (Near, true) => key.update_with(sc_near_value, w),
+        (Far, false) => key.update(sc_far_value),
+        (Far, true) => key.update_with(sc_far_value, w),
+        (Null, _) => unreachable!("a key with a result cannot be NULL"),
+        (Ret0, false) => key.update_ret0(),
+        (Ret0, true) => key.update_ret0_with(w),
+    }
+}
+
+fn describe(fault: &exceptions::Fault) -> String {
+    format!(
+        "cpu{}: call faulted: ESR={:#x} (EC={:#x}) ELR={:#x} FAR={:#x}",
+        virt_kernel::cpu::id(),
+        fault.esr,
+        fault.class(),
+        fault.elr,
+        fault.far
+    )
+}
+
+/// Calls an effect key with `v` on this CPU, directly and through the
+/// trampoline pointer: what each call left in its cell.
+fn effect_here<K: EffectKey>(key: &K, v: u64) -> Result<[u64; 2], String> {
+    let (mut direct, mut indirect) = (UNTOUCHED, UNTOUCHED);
+    // Every target here is a leaf and the trampoline tail-calls, so a fault
+    // in either leaves x30 at the caller: return there.
+    let fault = exceptions::catch_fault(Recovery::ReturnToLink, || {
+        key.direct(&raw mut direct, v);
+        black_box(key.trampoline())(&raw mut indirect, v);
+    });
+    match fault {
+        Some(f) => Err(describe(&f)),
+        None => Ok([direct, indirect]),
+    }
+}
+
+/// Calls a value key with `x` on this CPU, directly and through the
+/// trampoline pointer.
+fn value_here<K: ValueKey>(key: &K, x: u32) -> Result<[u64; 2], String> {
+    let mut got = [0; 2];
+    let fault = exceptions::catch_fault(Recovery::ReturnToLink, || {
+        got[0] = key.direct(x);
+        got[1] = black_box(key.trampoline())(x);
+    });
+    match fault {
+        Some(f) => Err(describe(&f)),
+        None => Ok(got),
+    }
+}
+
+/// Runs `f` on `cpu` (here for CPU 0, the CPU the tests run on).
+fn on_cpu<R: Send>(cpu: usize, f: impl FnOnce() -> Result<R, String> + Send) -> Result<R, String> {
+    if cpu == 0 {
+        return f();
+    }
+    let run = || {
+        let here = virt_kernel::cpu::id();
+        check!(here == cpu, "work for cpu{cpu} ran on cpu{here}");
+        f()
+    };
+    smp::run_on(cpu, CPU_TIMEOUT_MS, run).unwrap_or_else(|| Err(format!("cpu{cpu} is busy")))
+}
+
+/// Checks that effect calls with `v` have `expect`'s effect on `cpus`.
+fn check_effect<K: EffectKey>(
+    key: &K,
+    v: u64,
+    expect: u64,
+    cpus: impl IntoIterator<Item = usize>,
+) -> Result<usize, String> {
+    let mut calls = 0;
+    for cpu in cpus {
+        let got = on_cpu(cpu, || effect_here(key, v))?;
+        check!(
+            got == [expect; 2],
+            "cpu{cpu}: {} with {v}: direct call left {}, call via pointer left {}, expected {}",
+            key.name(),
+            got[0],
+            got[1],
+            expect
+        );
+        calls += 2;
+    }
+    Ok(calls)
+}
+
+/// Checks that value calls with `x` return `expect` on `cpus`.
+fn check_value<K: ValueKey>(
+    key: &K,
+    x: u32,
+    expect: u64,
+    cpus: impl IntoIterator<Item = usize>,
+) -> Result<usize, String> {
+    let mut calls = 0;
+    for cpu in cpus {
+        let got = on_cpu(cpu, || value_here(key, x))?;
+        check!(
+            got == [expect; 2],
+            "cpu{cpu}: {}({x}): direct call returned {}, call via pointer {}, expected {}",
+            key.name(),
+            got[0],
+            got[1],
+            expect
+        );
+        calls += 2;
+    }
+    Ok(calls)
+}
+
+/// The trampoline's 32 bytes (literal through `ret`), from its executable
+/// mapping.
+fn window_bytes(tramp: usize) -> [u8; TRAMPOLINE_LEN] {
+    // SAFETY: `tramp` is a key's trampoline entry: the 32 bytes from its
+    // literal are mapped readable text, written only by aligned stores.
+    unsafe { core::ptr::read_volatile((tramp - 8) as *const [u8; TRAMPOLINE_LEN]) }
+}
+
+/// A branch in assembler syntax (addresses in hex).
+fn show(branch: Branch) -> String {
+    match branch {
+        Branch::B(dest) => format!("b {dest:#x}"),
+        Branch::Nop => "nop".into(),
+    }
+}
+
+/// An update's outcome for messages (`Error`'s Display has hex addresses).
+fn outcome(r: &Result<(), Error>) -> String {
+    match r {
+        Ok(()) => "Ok".into(),
+        Err(e) => format!("Err({e})"),
+    }
+}
+
+fn decoded(tramp: usize) -> Result<a64::Trampoline, String> {
+    a64::decode(tramp, &window_bytes(tramp))
+        .map_err(|e| format!("trampoline at {tramp:#x} does not decode: {e}"))
+}
+
+/// Checks the decoded trampoline: the literal is `target`, the branch a `B`
+/// to it when `direct`, else a NOP (far target, or NULL).
+fn check_shape(name: &str, tramp: usize, target: u64, direct: bool) -> TestResult {
+    let t = decoded(tramp)?;
+    let branch = if direct {
+        Branch::B(target)
+    } else {
+        Branch::Nop
+    };
+    check!(
+        t.target == target && t.branch == branch,
+        "{name}: trampoline has literal {:#x} and {}, expected {target:#x} and {}",
+        t.target,
+        show(t.branch),
+        show(branch)
+    );
+    Ok(())
+}
+
+/// The expected shape of a key in state `s`.
+fn check_state_shape(name: &str, tramp: usize, s: State, target: u64) -> TestResult {
+    check_shape(name, tramp, target, matches!(s, Near | Ret0))
+}
+
+/// A far target must really be out of a `B`'s reach from the trampoline,
+/// a near one within it, and both must start with the `bti c` that a
+/// `br x16` (far) or a `blr` needs.
+fn check_targets(tramp: usize, near: u64, far: u64) -> TestResult {
+    let pc = tramp as u64 + 4;
+    check!(
+        insn::encode_b(pc, near).is_some(),
+        "near target {near:#x} out of B range of {tramp:#x}"
+    );
+    check!(
+        insn::encode_b(pc, far).is_none(),
+        "far target {far:#x} within B range of {tramp:#x}"
+    );
+    for f in [near, far] {
+        // SAFETY: `f` is a function's address in mapped text.
+        let first = unsafe { core::ptr::read_volatile(f as *const u32) };
+        check!(
+            first == insn::BTI_C,
+            "target {f:#x} starts with {first:#010x}, not bti c"
+        );
+    }
+    Ok(())
+}
+
+/// Writes each `(addr, bytes)` into text by hand, the way an update does:
+/// the kernel's writer (through the alias) under the patch lock, then cache
+/// maintenance and the kernel's sync of all CPUs (whose replay also drops
+/// QEMU's stale translations, see `virt_kernel::patching`).
+///
+/// # Safety
+///
+/// Every range must lie in the trampoline window of a key that only the
+/// calling test uses, and nothing may call that key meanwhile.
+unsafe fn write_text(writes: &[(usize, &[u8])]) -> TestResult {
+    let w = patching::writer();
+    let _lock = patch_lock();
+    for &(addr, bytes) in writes {
+        // SAFETY: per this function's contract; the patch lock is held.
+        unsafe { w.write(addr, bytes) }.map_err(|e| format!("writing {addr:#x}: {e}"))?;
+        a64::flush_icache_range(addr, bytes.len());
+    }
+    w.sync_cores().map_err(|e| format!("sync: {e}"))
+}
+
+/// Writes `patch` into the window of the trampoline at `tramp` (literal,
+/// then `[bti c | branch]`) and checks it reads back.
+///
+/// # Safety
+///
+/// As for [`write_text`], for the window of `tramp`.
+unsafe fn write_window(tramp: usize, patch: Patch) -> TestResult {
+    let window = tramp - 8;
+    let (literal, entry) = (patch.literal.to_le_bytes(), patch.entry.to_le_bytes());
+    // SAFETY: per this function's contract.
+    unsafe { write_text(&[(window, &literal), (window + 8, &entry)]) }?;
+    let bytes = window_bytes(tramp);
+    let now = Patch {
+        literal: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+        entry: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
+    };
+    check_eq!(now, patch);
+    Ok(())
+}
+
+/// The key's return-zero function, learnt by moving it to RET0 and back.
+fn ret0_of<F: FnPtr>(key: &StaticCall<F>) -> Result<u64, String>
+where
+    F::Output: Ret0Safe,
+{
+    let before = key.query().ok_or("key is NULL")?;
+    key.update_ret0().map_err(|e| format!("update_ret0: {e}"))?;
+    let ret0 = key.query().ok_or("RET0 key is NULL")?.addr() as u64;
+    check!(
+        key.is_ret0(),
+        "{} is not RET0 after update_ret0",
+        key.name()
+    );
+    key.update(before).map_err(|e| format!("update: {e}"))?;
+    check!(!key.is_ret0(), "{} still RET0 after update", key.name());
+    check!(
+        mmu::layout().text.contains(&(ret0 as usize)),
+        "RET0 target {ret0:#x} not in the kernel's text"
+    );
+    Ok(ret0)
+}
+
+/// Every ordered pair of distinct states, for a key without a result (near,
+/// far, NULL, RET0: 12 transitions) and one with a result (near, far, RET0:
+/// 6). After each update: the trampoline decodes to the expected `B`/`NOP`
+/// and literal, the writer synchronized the CPUs once, and every CPU's
+/// calls, direct and through the pointer, reach the new state.
+pub(crate) fn static_call_transitions() -> TestResult {
+    let (mut updates, mut updates_with, mut calls) = (0, 0, 0);
+    let mut update = |what: &str, f: &mut dyn FnMut(bool) -> Result<(), Error>| -> TestResult {
+        let with = updates % 2 == 1;
+        let syncs = gic::sync_count();
+        f(with).map_err(|e| format!("{what}: update failed: {e}"))?;
+        let synced = gic::sync_count() - syncs;
+        check!(
+            synced == 1,
+            "{what}: the writer synchronized the CPUs {synced} times, expected once"
+        );
+        updates += 1;
+        updates_with += usize::from(with);
+        Ok(())
+    };
+
+    // The key without a result.
+    let tramp = TRANS_EFFECT.trampoline_addr();
+    let near = effect_target(Near, 0);
+    let far = effect_target(Far, 0);
+    check_targets(tramp, near, far)?;
+    set_effect(&TRANS_EFFECT, TOUR[0], false).map_err(|e| format!("initial update: {e}"))?;
+    let mut ret0 = None;
+    let mut pairs = [[false; 4]; 4];
+    for (step, pair) in TOUR.windows(2).enumerate() {
+        let (from, to) = (pair[0], pair[1]);
+        let what = format!("TRANS_EFFECT {from:?} -> {to:?}");
+        update(&what, &mut |with| set_effect(&TRANS_EFFECT, to, with))?;
+        let target = match to {
+            Ret0 => {
+                check!(TRANS_EFFECT.is_ret0(), "{what}: key is not RET0");
+                let r = TRANS_EFFECT.query().ok_or("RET0 key is NULL")?.addr() as u64;
+                // Each visit to RET0 must land on the same function.
+                let r = *ret0.get_or_insert(r);
+                check!(
+                    mmu::layout().text.contains(&(r as usize)) && r != near,
+                    "{what}: RET0 target {r:#x} is not a separate function in text"
+                );
+                r
+            }
+            s => effect_target(s, 0),
+        };
+        check_state_shape(&what, tramp, to, target)?;
+        let query = TRANS_EFFECT.query().map_or(0, addr);
+        check!(
+            query == target,
+            "{what}: query() says {query:#x}, expected {target:#x}"
+        );
+        let v = 11 + step as u64;
+        calls += check_effect(&TRANS_EFFECT, v, effect_of(to, v), 0..CPUS)
+            .map_err(|e| format!("{what}: {e}"))?;
+        pairs[from as usize][to as usize] = true;
+    }
+    let covered = pairs.iter().flatten().filter(|&&p| p).count();
+    check_eq!(covered, 12);
+
+    // The key with a result.
+    let vtramp = TRANS_VALUE.trampoline_addr();
+    let vnear = value_target(Near, 0);
+    let vfar = value_target(Far, 0);
+    check_targets(vtramp, vnear, vfar)?;
+    let vret0 = ret0_of(&TRANS_VALUE)?;
+    set_value(&TRANS_VALUE, VALUE_TOUR[0], false).map_err(|e| format!("initial update: {e}"))?;
+    let mut vpairs = 0;
+    for (step, pair) in VALUE_TOUR.windows(2).enumerate() {
+        let (from, to) = (pair[0], pair[1]);
+        let what = format!("TRANS_VALUE {from:?} -> {to:?}");
+        update(&what, &mut |with| set_value(&TRANS_VALUE, to, with))?;
+        check!(
+            TRANS_VALUE.is_ret0() == (to == Ret0),
+            "{what}: is_ret0() is {}",
+            TRANS_VALUE.is_ret0()
+        );
+        check_state_shape(&what, vtramp, to, value_target(to, vret0))?;
+        let x = 21 + step as u32;
+        calls += check_value(&TRANS_VALUE, x, value_of(to, x), 0..CPUS)
+            .map_err(|e| format!("{what}: {e}"))?;
+        vpairs += 1;
+    }
+    check_eq!(vpairs, VALUE_STATES.len() * (VALUE_STATES.len() - 1));
+
+    println!(
+        "transitions: TRANS_EFFECT {covered} (near/far/NULL/RET0), TRANS_VALUE {vpairs} (near/far/RET0); {updates} updates ({updates_with} through update_with), one sync each; {calls} calls on {CPUS} CPUs, direct and via pointer, all as expected"
+    );
+    println!(
+        "transitions: near {near:#x} (b), far {far:#x} (nop + literal, {} MiB away), RET0 {:#x} (b)",
+        (far as usize - tramp) >> 20,
+        ret0.unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// What a call does in a torn window: a `B` goes where it points, a NOP
+/// falls through to the literal (`ret` for NULL).
+fn torn_runs(literal_of: State, branch_of: State, branch: Patch) -> State {
+    if branch.branch_word() == insn::NOP {
+        literal_of
+    } else {
+        branch_of
+    }
+}
+
+/// Tally of torn-state calls.
+#[derive(Default)]
+struct Torn {
+    combinations: usize,
+    ran_old: usize,
+    ran_new: usize,
+    calls: usize,
+}
+
+/// For every ordered pair of distinct states, each of the four (old/new
+/// literal, old/new branch) windows a CPU may see while an update
+/// propagates, written by hand: calls (direct and via pointer, on CPU 0 and
+/// on a secondary) have the old or the new state's effect, exactly the one
+/// the window selects, and never fault.
+pub(crate) fn static_call_torn_states() -> TestResult {
+    let mut torn = Torn::default();
+
+    // The key without a result: 12 pairs x 4 = 48 windows.
+    let tramp = TORN_EFFECT.trampoline_addr();
+    let ret0 = ret0_of(&TORN_EFFECT)?;
+    let plan_of = |s: State| a64::plan(tramp as u64, effect_target(s, ret0));
+    for old in STATES {
+        for new in STATES.into_iter().filter(|&s| s != old) {
+            for (literal_of, branch_of) in [(old, old), (new, old), (old, new), (new, new)] {
+                let (lit, br) = (
+                    plan_of(literal_of).map_err(|e| format!("plan: {e}"))?,
+                    plan_of(branch_of).map_err(|e| format!("plan: {e}"))?,
+                );
+                let window = Patch {
+                    literal: lit.literal,
+                    entry: br.entry,
+                };
+                // SAFETY: TORN_EFFECT's window belongs to this test, and
+                // nothing calls the key while it is written.
+                unsafe { write_window(tramp, window) }?;
+                let runs = torn_runs(literal_of, branch_of, br);
+                let v = 5 + torn.combinations as u64;
+                let expect = effect_of(runs, v);
+                let cpu = 1 + torn.combinations % (CPUS - 1);
+                let what = format!(
+                    "TORN_EFFECT {old:?} -> {new:?}, literal of {literal_of:?}, branch of {branch_of:?}"
+                );
+                check!(
+                    expect == effect_of(old, v) || expect == effect_of(new, v),
+                    "{what}: predicted {runs:?}, neither old nor new"
+                );
+                torn.calls += check_effect(&TORN_EFFECT, v, expect, [0, cpu])
+                    .map_err(|e| format!("{what}: {e}"))?;
+                torn.combinations += 1;
+                if runs == old {
+                    torn.ran_old += 1;
+                } else {
+                    torn.ran_new += 1;
+                }
+            }
+        }
+    }
+    check_eq!(torn.combinations, 48);
+    // Back to a consistent state, and the library agrees it is one.
+    // SAFETY: as above.
+    unsafe { write_window(tramp, plan_of(Near).map_err(|e| format!("plan: {e}"))?) }?;
+    check_state_shape("TORN_EFFECT restored", tramp, Near, effect_target(Near, 0))?;
+    set_effect(&TORN_EFFECT, Far, false).map_err(|e| format!("update after restore: {e}"))?;
+    torn.calls += check_effect(&TORN_EFFECT, 3, effect_of(Far, 3), [0, 1])?;
+    set_effect(&TORN_EFFECT, Near, false).map_err(|e| format!("update after restore: {e}"))?;
+    torn.calls += check_effect(&TORN_EFFECT, 3, effect_of(Near, 3), [0, 1])?;
+    let effect_windows = torn.combinations;
+
+    // The key with a result: 6 pairs x 4 = 24 windows.
+    let vtramp = TORN_VALUE.trampoline_addr();
+    let vret0 = ret0_of(&TORN_VALUE)?;
+    let vplan_of = |s: State| a64::plan(vtramp as u64, value_target(s, vret0));
+    for old in VALUE_STATES {
+        for new in VALUE_STATES.into_iter().filter(|&s| s != old) {
+            for (literal_of, branch_of) in [(old, old), (new, old), (old, new), (new, new)] {
+                let (lit, br) = (
+                    vplan_of(literal_of).map_err(|e| format!("plan: {e}"))?,
+                    vplan_of(branch_of).map_err(|e| format!("plan: {e}"))?,
+                );
+                let window = Patch {
+                    literal: lit.literal,
+                    entry: br.entry,
+                };
+                // SAFETY: TORN_VALUE's window belongs to this test, and
+                // nothing calls the key while it is written.
+                unsafe { write_window(vtramp, window) }?;
+                let runs = torn_runs(literal_of, branch_of, br);
+                let x = 7 + torn.combinations as u32;
+                let cpu = 1 + torn.combinations % (CPUS - 1);
+                let what = format!(
+                    "TORN_VALUE {old:?} -> {new:?}, literal of {literal_of:?}, branch of {branch_of:?}"
+                );
+                torn.calls += check_value(&TORN_VALUE, x, value_of(runs, x), [0, cpu])
+                    .map_err(|e| format!("{what}: {e}"))?;
+                torn.combinations += 1;
+                if runs == old {
+                    torn.ran_old += 1;
+                } else {
+                    torn.ran_new += 1;
+                }
+            }
+        }
+    }
+    check_eq!(torn.combinations - effect_windows, 24);
+    // SAFETY: as above, for TORN_VALUE.
+    unsafe { write_window(vtramp, vplan_of(Near).map_err(|e| format!("plan: {e}"))?) }?;
+    check_state_shape("TORN_VALUE restored", vtramp, Near, value_target(Near, 0))?;
+    set_value(&TORN_VALUE, Far, true).map_err(|e| format!("update after restore: {e}"))?;
+    torn.calls += check_value(&TORN_VALUE, 3, value_of(Far, 3), [0, 1])?;
+    set_value(&TORN_VALUE, Near, true).map_err(|e| format!("update after restore: {e}"))?;
+    torn.calls += check_value(&TORN_VALUE, 3, value_of(Near, 3), [0, 1])?;
+
+    println!(
+        "torn: {effect_windows} TORN_EFFECT + {} TORN_VALUE (literal, branch) windows written by hand; {} ran the old target, {} the new, none anything else; {} calls on cpu0 and cpu1..{}, 0 faults",
+        torn.combinations - effect_windows,
+        torn.ran_old,
+        torn.ran_new,
+        torn.calls,
+        CPUS - 1
+    );
+    Ok(())
+}
+
+/// The error [`Faulty`] fails with.
+const FAULTY: Error = Error::WriterFailed {
+    what: "write (test writer failing on purpose)",
+    errno: 77,
+};
+
+/// Wraps the kernel's writer: fails its `fail_at`-th write (from 0), and
+/// with `lie` reports success for the others without writing.
+struct Faulty {
+    fail_at: usize,
+    lie: bool,
+    writes: AtomicUsize,
+}
+
+impl Faulty {
+    fn new(fail_at: usize, lie: bool) -> Self {
+        Faulty {
+            fail_at,
+            lie,
+            writes: AtomicUsize::new(0),
+        }
+    }
+}
+
+// SAFETY: not a sound writer when `lie` is set, on purpose: it then reports
+// success without storing, breaking the trait's promise, which the library's
+// read-back must catch; it is only given to `BAD`, which nothing calls while
+// it is in use. Otherwise it stores nothing on failure and delegates every
+// write to the kernel's writer, which keeps the promise.
+unsafe impl TextWriter for Faulty {
+    unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        if self.writes.fetch_add(1, Ordering::Relaxed) == self.fail_at {
+            return Err(FAULTY);
+        }
+        if self.lie {
+            return Ok(());
+        }
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { patching::writer().write(addr, bytes) }
+    }
+
+    fn sync_cores(&self) -> Result<(), Error> {
+        patching::writer().sync_cores()
+    }
+}
+
+/// Bad input is refused and leaves the trampoline's 32 bytes as they were:
+/// corrupted instruction words (with the offset of the bad word), writers
+/// failing on the literal or on the branch store (the literal is rolled
+/// back), a writer that does not write (read-back), an alias writer that
+/// does not cover the trampoline, a misaligned trampoline or target.
+pub(crate) fn static_call_bad_input() -> TestResult {
+    let tramp = BAD.trampoline_addr();
+    let window = tramp - 8;
+    let pristine = window_bytes(tramp);
+    let near = value_target(Near, 0);
+    let far = value_target(Far, 0);
+    check_shape("BAD", tramp, near, true)?;
+    let unchanged = |what: &str| -> TestResult {
+        let now = window_bytes(tramp);
+        check!(
+            now == pristine,
+            "{what}: trampoline bytes changed: {now:02x?}, were {pristine:02x?}"
+        );
+        Ok(())
+    };
+
+    // (a) Each instruction word corrupted in turn, by two different bits:
+    // bit 31 turns the `b` into a `bl`.
+    let mut corrupted = 0;
+    for offset in (8..TRAMPOLINE_LEN).step_by(4) {
+        let word = u32::from_le_bytes(pristine[offset..offset + 4].try_into().expect("4 bytes"));
+        for bit in [0, 31] {
+            let bad = word ^ (1 << bit);
+            // SAFETY: BAD's window belongs to this test; nothing calls BAD
+            // until the word is restored below.
+            unsafe { write_text(&[(window + offset, &bad.to_le_bytes())]) }?;
+            let before = window_bytes(tramp);
+            let err = BAD.update(sc_far_value);
+            let expected = Error::UnrecognisedTrampoline {
+                addr: tramp,
+                offset,
+                found: u64::from(bad),
+            };
+            check!(
+                err == Err(expected),
+                "word at offset {offset} with bit {bit} flipped ({bad:#010x}): update returned {}, expected Err({expected})",
+                outcome(&err)
+            );
+            check!(
+                window_bytes(tramp) == before,
+                "the refused update (offset {offset}) wrote to the trampoline"
+            );
+            // SAFETY: as above; puts the original word back.
+            unsafe { write_text(&[(window + offset, &word.to_le_bytes())]) }?;
+            unchanged("restoring a corrupted word")?;
+            corrupted += 1;
+        }
+    }
+
+    // (b) A writer failing on its first write (the literal), then one
+    // failing on its second (the branch word, after the literal was
+    // written: the library writes the old literal back, a third write).
+    // (c) A writer that reports success without writing.
+    let mut writer_errors = [None; 3];
+    for (i, (fail_at, lie, expected, writes)) in [
+        (0, false, FAULTY, 1),
+        (1, false, FAULTY, 3),
+        (usize::MAX, true, Error::VerifyFailed { addr: window }, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w = Faulty::new(fail_at, lie);
+        let err = BAD.update_with(sc_far_value, &w);
+        check!(
+            err == Err(expected),
+            "writer failing at write {fail_at} (lying: {lie}): update_with returned {}, expected Err({expected})",
+            outcome(&err)
+        );
+        let made = w.writes.load(Ordering::Relaxed);
+        check!(
+            made == writes,
+            "writer failing at write {fail_at} (lying: {lie}): {made} writes, expected {writes}"
+        );
+        unchanged(&format!("writer failing at write {fail_at} (lying: {lie})"))?;
+        writer_errors[i] = Some(expected);
+    }
+
+    // (d) Alias writers over part of the text only: one ending below the
+    // window (the literal store fails), one ending inside it (the literal
+    // is written, the branch store fails, the literal is rolled back).
+    let text = mmu::layout().text;
+    for (covered, end) in [
+        ("up to the window", window),
+        ("the literal only", window + 8),
+    ] {
+        let alias = Alias::new(text.start, text.start + mmu::ALIAS_OFFSET, end - text.start);
+        let err = BAD.update_with(sc_far_value, &alias);
+        check!(
+            matches!(err, Err(Error::WriterFailed { .. })),
+            "Alias over the text {covered}: update_with returned {}, expected WriterFailed",
+            outcome(&err)
+        );
+        unchanged(&format!("Alias over the text {covered}"))?;
+    }
+
+    // (e) The backend itself, with a misaligned trampoline or target.
+    let w = patching::writer();
+    let mut misaligned = 0;
+    for bad_tramp in [tramp + 2, tramp + 4, tramp + 12] {
+        let _lock = patch_lock();
+        // SAFETY: not a trampoline address, on purpose: the backend refuses
+        // it by its alignment before reading or writing anything.
+        let err = unsafe { Aarch64::retarget(bad_tramp, &Slot, far as usize, w) };
+        let expected = Error::MisalignedTrampoline {
+            addr: bad_tramp,
+            align: a64::WINDOW_ALIGN,
+        };
+        check!(
+            err == Err(expected),
+            "retarget of {bad_tramp:#x}: {}, expected Err({expected})",
+            outcome(&err)
+        );
+        misaligned += 1;
+    }
+    for bad_target in [near + 2, far + 1, far + 3] {
+        let _lock = patch_lock();
+        // SAFETY: BAD's trampoline, with the patch lock held; the target is
+        // no function, on purpose: it is refused before anything is written.
+        let err = unsafe { Aarch64::retarget(tramp, &Slot, bad_target as usize, w) };
+        let expected = Error::MisalignedTarget {
+            target: bad_target as usize,
+        };
+        check!(
+            err == Err(expected),
+            "retarget to {bad_target:#x}: {}, expected Err({expected})",
+            outcome(&err)
+        );
+        misaligned += 1;
+    }
+    unchanged("misaligned retargets")?;
+
+    // After all that, the key still works, on every CPU.
+    BAD.update(sc_far_value)
+        .map_err(|e| format!("final update: {e}"))?;
+    check_value(&BAD, 9, value_of(Far, 9), 0..CPUS)?;
+    BAD.update(sc_near_value)
+        .map_err(|e| format!("final update: {e}"))?;
+    check_value(&BAD, 9, value_of(Near, 9), 0..CPUS)?;
+    unchanged("update there and back")?;
+
+    println!(
+        "bad input: {corrupted} corrupted words refused as UnrecognisedTrampoline at their offset; writers failing on write 1, write 2, not writing: {}; Alias not covering the trampoline: WriterFailed x2; {misaligned} misaligned trampolines/targets refused; the 32 bytes unchanged every time",
+        writer_errors
+            .iter()
+            .map(|e| match e {
+                Some(Error::WriterFailed { .. }) => "WriterFailed",
+                Some(Error::VerifyFailed { .. }) => "VerifyFailed",
+                _ => "?",
+            })
+            .collect::<alloc::vec::Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
