@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod exceptions;
 pub mod gic;
 pub mod heap;
+pub mod hooks;
 pub mod mmu;
 pub mod patching;
 pub mod runner;

@@ -14,6 +14,13 @@ const CPUS: usize = 4;
 // `entry!` expands to itself unqualified, so it must be in scope.
 use aarch64_rt::entry;
 
+// The platform hook `virt_kernel::hooks` declares: every binary that links
+// the kernel crate defines it (the declaration's link-time signature check
+// needs a definition), though the demo never calls it.
+static_call::static_call! {
+    pub static PLATFORM_CLOCK: fn(u32) -> u64 = RET0;
+}
+
 entry!(main);
 
 fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {

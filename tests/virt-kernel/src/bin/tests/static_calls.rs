@@ -1,5 +1,6 @@
 //! Static calls on the board, one key state at a time: every transition,
-//! every torn (literal, branch) state, bad input. Every call is made directly (`KEY.call`, a `bl` to the trampoline)
+//! every torn (literal, branch) state, bad input, and a key declared across
+//! crates. Every call is made directly (`KEY.call`, a `bl` to the trampoline)
 //! and through the trampoline as a function pointer (a BTI-checked `blr` to
 //! its `bti c`), on CPU 0 and on the secondaries, with faults caught and
 //! reported instead of ending the run.
@@ -17,7 +18,7 @@ use static_call::writer::{Alias, patch_lock};
 use static_call::{Error, FnPtr, Ret0Safe, StaticCall, TextWriter};
 use virt_kernel::exceptions::{self, Recovery};
 use virt_kernel::runner::TestResult;
-use virt_kernel::{check, check_eq, gic, mmu, patching, println, smp};
+use virt_kernel::{check, check_eq, gic, hooks, mmu, patching, println, smp};
 
 use crate::CPUS;
 
@@ -75,6 +76,9 @@ static_call::static_call! {
     static TORN_VALUE: fn(u32) -> u64 = sc_near_value;
     /// Corrupted and offered failing writers.
     static BAD: fn(u32) -> u64 = sc_near_value;
+    /// The platform's definition of the hook `virt_kernel::hooks` declares
+    /// (this binary plays the platform crate).
+    pub static PLATFORM_CLOCK: fn(u32) -> u64 = sc_clock_coarse;
 }
 
 /// A key of the effect signature; `direct` is its own `call`.
@@ -878,6 +882,112 @@ pub(crate) fn static_call_bad_input() -> TestResult {
             })
             .collect::<alloc::vec::Vec<_>>()
             .join(", ")
+    );
+    Ok(())
+}
+
+// The platform's clock implementations.
+#[unsafe(no_mangle)]
+fn sc_clock_coarse(scale: u32) -> u64 {
+    u64::from(scale) * 1000
+}
+
+#[unsafe(no_mangle)]
+fn sc_clock_fine(scale: u32) -> u64 {
+    u64::from(scale) * 1000 + 7
+}
+
+/// `PLATFORM_CLOCK` is defined here and declared in `virt_kernel::hooks`
+/// (the core kernel, which cannot depend on this crate). Updates through
+/// the declaration are what the definition sees, and the reverse; the core
+/// kernel's calls follow, on every CPU.
+pub(crate) fn static_call_declared_across_crates() -> TestResult {
+    let declared: &StaticCall<ValueFn> = &hooks::PLATFORM_CLOCK;
+    let defined: &StaticCall<ValueFn> = &PLATFORM_CLOCK;
+    check!(
+        core::ptr::eq(declared, defined),
+        "the declaration names another key object ({:p}) than the definition ({:p})",
+        declared,
+        defined
+    );
+    check_eq!(declared.trampoline_addr(), defined.trampoline_addr());
+    check_eq!(declared.name(), "PLATFORM_CLOCK");
+    let tramp = defined.trampoline_addr();
+    let coarse = addr(sc_clock_coarse as ValueFn);
+    let fine = addr(sc_clock_fine as ValueFn);
+    let far = addr(sc_far_value as ValueFn);
+
+    // Every CPU: the core kernel's call, a call through the declaration and
+    // one through the definition all return `expect(x)`.
+    let all_calls = |what: &str, expect: fn(u32) -> u64| -> TestResult {
+        for cpu in 0..CPUS {
+            let x = 3 + cpu as u32;
+            let got = on_cpu(cpu, || {
+                Ok([
+                    hooks::read_clock(x),
+                    hooks::PLATFORM_CLOCK.call(x),
+                    black_box(hooks::PLATFORM_CLOCK.trampoline())(x),
+                    PLATFORM_CLOCK.call(x),
+                ])
+            })?;
+            check!(
+                got == [expect(x); 4],
+                "{what}: cpu{cpu}: hooks::read_clock, declared call, declared pointer, defined call returned {got:?}, expected {}",
+                expect(x)
+            );
+        }
+        Ok(())
+    };
+    all_calls("initially", sc_clock_coarse)?;
+
+    // Through the declaration, to another near target and to a far one.
+    hooks::PLATFORM_CLOCK
+        .update(sc_clock_fine)
+        .map_err(|e| format!("update through the declaration: {e}"))?;
+    check!(
+        PLATFORM_CLOCK.query().map(addr) == Some(fine),
+        "the definition does not see the declaration's update"
+    );
+    check_shape("PLATFORM_CLOCK (fine)", tramp, fine, true)?;
+    all_calls(
+        "after update to sc_clock_fine through the declaration",
+        sc_clock_fine,
+    )?;
+    hooks::PLATFORM_CLOCK
+        .update_with(sc_far_value, patching::writer())
+        .map_err(|e| format!("update_with through the declaration: {e}"))?;
+    check!(
+        PLATFORM_CLOCK.query().map(addr) == Some(far),
+        "the definition does not see the declaration's far update"
+    );
+    check_shape("PLATFORM_CLOCK (far)", tramp, far, false)?;
+    all_calls(
+        "after update to the far target through the declaration",
+        |x| value_of(Far, x),
+    )?;
+
+    // RET0 through the declaration uses the definition's return-zero function.
+    hooks::PLATFORM_CLOCK
+        .update_ret0()
+        .map_err(|e| format!("update_ret0 through the declaration: {e}"))?;
+    check!(
+        PLATFORM_CLOCK.is_ret0(),
+        "the definition is not RET0 after update_ret0 through the declaration"
+    );
+    all_calls("RET0", |_| 0)?;
+
+    // Back through the definition: the declaration sees it.
+    PLATFORM_CLOCK
+        .update(sc_clock_coarse)
+        .map_err(|e| format!("update through the definition: {e}"))?;
+    check!(
+        hooks::PLATFORM_CLOCK.query().map(addr) == Some(coarse),
+        "the declaration does not see the definition's update"
+    );
+    check_shape("PLATFORM_CLOCK (coarse)", tramp, coarse, true)?;
+    all_calls("after update back through the definition", sc_clock_coarse)?;
+    println!(
+        "cross-crate: PLATFORM_CLOCK defined in the tests binary, declared in virt_kernel::hooks, one key at {tramp:#x}: coarse -> fine -> far -> RET0 -> coarse, updates from either side seen by the other on {CPUS} CPUs"
     );
     Ok(())
 }
