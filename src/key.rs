@@ -382,6 +382,11 @@ macro_rules! static_call {
 /// signature is spelled differently from the definition fails to link
 /// rather than calling with the wrong types.
 ///
+/// A declaration is a promise that the program defines the key: to make the
+/// signature check happen even where the declaring crate only calls the key,
+/// every program that links a declaring crate must define the key (with
+/// `= NULL` for a hook nobody installs), or it fails to link.
+///
 /// ```
 /// // In the crate that owns the key (often a platform crate):
 /// static_call::static_call! { pub static IRQ_HOOK: fn(u32) -> u32 = ack; }
