@@ -62,6 +62,61 @@ pub unsafe trait Backend {
     ) -> Result<(), Error>;
 }
 
+/// Emits a key's trampoline from the active backend's
+/// `asm/<arch>/trampoline.S` (a GNU assembler macro, `.purgem`ed after use
+/// because a crate's `global_asm!` blocks are assembled as one file). Used by
+/// `static_call!` at module level (`global_asm!` cannot sit in a block).
+#[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_trampoline_asm {
+    ($name:ident null) => {
+        $crate::__static_call_trampoline_asm! { @emit $name 1 "0" }
+    };
+    ($name:ident ret0) => {
+        $crate::__static_call_trampoline_asm! {
+            @emit $name 0 ::core::concat!("__SCR__", ::core::stringify!($name))
+        }
+    };
+    ($name:ident func $init:path) => {
+        $crate::__static_call_global_asm!(
+            $crate::__static_call_asm_trampoline!(),
+            ::core::concat!(
+                "static_call_trampoline __SCT__", ::core::stringify!($name), ", 0, {target}"
+            ),
+            ".purgem static_call_trampoline",
+            target = sym $init
+        );
+    };
+    (@emit $name:ident $null:literal $target:expr) => {
+        $crate::__static_call_global_asm!(
+            $crate::__static_call_asm_trampoline!(),
+            ::core::concat!(
+                "static_call_trampoline __SCT__", ::core::stringify!($name), ", ",
+                ::core::stringify!($null), ", ", $target
+            ),
+            ".purgem static_call_trampoline"
+        );
+    };
+}
+
+/// Declares a key's assembly trampoline as `__tramp`. Used by
+/// `static_call!`.
+#[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_trampoline {
+    ($name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+        // SAFETY: the trampoline emitted by `__static_call_trampoline_asm!`
+        // jumps to a function of exactly this signature (or returns, for a
+        // NULL key, whose return type is `()`).
+        unsafe extern "Rust" {
+            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
+            safe fn __tramp($($id: $t),*) $(-> $ret)?;
+        }
+    };
+}
+
 /// The backend keys use on this target.
 pub mod active {
     #[cfg(static_call_backend = "aarch64")]

@@ -24,8 +24,8 @@ commands:
           aarch64 core/std (a precompiled rustup target, or Debian's rust-src)
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
-          a summary table; suites: host, host-lint, aarch64-linux,
-          aarch64-none, virt-el1, virt-el2, virt-negative
+          a summary table; suites: host, host-generic, host-lint,
+          aarch64-linux, aarch64-none, virt-el1, virt-el2, virt-negative
   demo    setup, then boot the arm64 demo kernel on the QEMU virt board";
 
 fn main() -> ExitCode {

@@ -156,54 +156,13 @@ pub unsafe fn write_patch(
     writer.sync_cores()
 }
 
-/// Emits a key's trampoline from `asm/aarch64/trampoline.S`. Used by
-/// `static_call!` at module level (`global_asm!` cannot sit in a block).
+/// `global_asm!` with this target's options (the default syntax). Used by
+/// `__static_call_trampoline_asm!`.
 #[cfg(static_call_backend = "aarch64")]
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __static_call_trampoline_asm {
-    ($name:ident null) => {
-        $crate::__static_call_trampoline_asm! { @emit $name 1 "0" }
-    };
-    ($name:ident ret0) => {
-        $crate::__static_call_trampoline_asm! {
-            @emit $name 0 ::core::concat!("__SCR__", ::core::stringify!($name))
-        }
-    };
-    ($name:ident func $init:path) => {
-        $crate::__private::core::arch::global_asm!(
-            $crate::__static_call_asm_aarch64_trampoline!(),
-            ::core::concat!(
-                "static_call_trampoline __SCT__", ::core::stringify!($name), ", 0, {target}"
-            ),
-            ".purgem static_call_trampoline",
-            target = sym $init,
-        );
-    };
-    (@emit $name:ident $null:literal $target:expr) => {
-        $crate::__private::core::arch::global_asm!(
-            $crate::__static_call_asm_aarch64_trampoline!(),
-            ::core::concat!(
-                "static_call_trampoline __SCT__", ::core::stringify!($name), ", ",
-                ::core::stringify!($null), ", ", $target
-            ),
-            ".purgem static_call_trampoline",
-        );
-    };
-}
-
-/// Declares a key's trampoline as `__tramp`. Used by `static_call!`.
-#[cfg(static_call_backend = "aarch64")]
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __static_call_trampoline {
-    ($name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
-        // SAFETY: the trampoline emitted by `__static_call_trampoline_asm!`
-        // tail-calls a function of exactly this signature (or returns, for
-        // a NULL key, whose return type is `()`).
-        unsafe extern "Rust" {
-            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
-            safe fn __tramp($($id: $t),*) $(-> $ret)?;
-        }
+macro_rules! __static_call_global_asm {
+    ($($args:tt)*) => {
+        $crate::__private::core::arch::global_asm!($($args)*);
     };
 }

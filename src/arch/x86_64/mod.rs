@@ -385,56 +385,13 @@ mod live {
     }
 }
 
-/// Emits a key's trampoline from `asm/x86_64/trampoline.S`. Used by
-/// `static_call!` at module level (`global_asm!` cannot sit in a block).
+/// `global_asm!` with this target's options (AT&T syntax, as `asm/x86_64/trampoline.S` is written). Used by
+/// `__static_call_trampoline_asm!`.
 #[cfg(static_call_backend = "x86_64")]
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __static_call_trampoline_asm {
-    ($name:ident null) => {
-        $crate::__static_call_trampoline_asm! { @emit $name 1 "0" }
-    };
-    ($name:ident ret0) => {
-        $crate::__static_call_trampoline_asm! {
-            @emit $name 0 ::core::concat!("__SCR__", ::core::stringify!($name))
-        }
-    };
-    ($name:ident func $init:path) => {
-        $crate::__private::core::arch::global_asm!(
-            $crate::__static_call_asm_x86_64_trampoline!(),
-            ::core::concat!(
-                "static_call_trampoline __SCT__", ::core::stringify!($name), ", 0, {target}"
-            ),
-            ".purgem static_call_trampoline",
-            target = sym $init,
-            options(att_syntax),
-        );
-    };
-    (@emit $name:ident $null:literal $target:expr) => {
-        $crate::__private::core::arch::global_asm!(
-            $crate::__static_call_asm_x86_64_trampoline!(),
-            ::core::concat!(
-                "static_call_trampoline __SCT__", ::core::stringify!($name), ", ",
-                ::core::stringify!($null), ", ", $target
-            ),
-            ".purgem static_call_trampoline",
-            options(att_syntax),
-        );
-    };
-}
-
-/// Declares a key's trampoline as `__tramp`. Used by `static_call!`.
-#[cfg(static_call_backend = "x86_64")]
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __static_call_trampoline {
-    ($name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
-        // SAFETY: the trampoline emitted by `__static_call_trampoline_asm!`
-        // jumps to a function of exactly this signature (or returns, for a
-        // NULL key, whose return type is `()`).
-        unsafe extern "Rust" {
-            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
-            safe fn __tramp($($id: $t),*) $(-> $ret)?;
-        }
+macro_rules! __static_call_global_asm {
+    ($($args:tt)*) => {
+        $crate::__private::core::arch::global_asm!($($args)*, options(att_syntax));
     };
 }
