@@ -11,6 +11,7 @@ use static_call::Error;
 use static_call::arch::Backend;
 use static_call::arch::aarch64::{self as a64, Aarch64, Branch, Patch, Slot, insn};
 use static_call::writer::{TextWriter, linux::Remap};
+use std::io::Write;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -563,7 +564,9 @@ fn concurrent_calls_during_updates_always_reach_a_valid_target() {
         calls += n;
         wrong += w;
     }
-    println!(
+    // Straight to stderr, past libtest's capture, so CI logs show the figures.
+    let _ = writeln!(
+        std::io::stderr(),
         "aarch64 stress: {CALLERS} callers, {UPDATES} updates, {calls} calls, {wrong} wrong, 0 faults"
     );
     assert_eq!(wrong, 0);

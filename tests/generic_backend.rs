@@ -7,6 +7,7 @@
 ))]
 
 use static_call::arch::{Backend, active::Active};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -101,7 +102,11 @@ fn concurrent_calls_see_the_old_or_the_new_target() {
         .into_iter()
         .map(|c| c.join().unwrap())
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    println!("generic stress: 30000 updates, {calls} calls, {wrong} wrong");
+    // Straight to stderr, past libtest's capture, so CI logs show the figures.
+    let _ = writeln!(
+        std::io::stderr(),
+        "generic stress: 30000 updates, {calls} calls, {wrong} wrong"
+    );
     assert_eq!(wrong, 0);
     assert!(calls > 0);
 }
