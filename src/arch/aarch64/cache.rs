@@ -5,6 +5,8 @@ use aarch64_cpu::asm::barrier;
 use core::arch::asm;
 
 /// Reads CTR_EL0 (readable at EL0 on Linux, which sets SCTLR_EL1.UCT).
+/// `aarch64-cpu` has no CTR_EL0, so the read is an `mrs` here and the
+/// fields are decoded with `tock-registers` in [`super::ctr`].
 pub fn read_ctr_el0() -> CacheType {
     let raw: u64;
     // SAFETY: reading CTR_EL0 has no side effects.
