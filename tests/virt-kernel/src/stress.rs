@@ -1,6 +1,6 @@
 //! SMP stress of static calls: CPUs 1.. call two keys in a loop while CPU 0
-//! retargets them through near -> far -> NULL -> RET0 -> near, again and
-//! again. Shared by the test suite (which checks the counters) and the demo
+//! retargets them through every transition among near, far, NULL and RET0
+//! ([`CYCLE`]), again and again. Shared by the test suite (which checks the counters) and the demo
 //! (which prints them).
 //!
 //! The ordering check uses update generations: CPU 0 publishes step `s` in
@@ -20,7 +20,7 @@ use crate::exceptions::MAX_CPUS;
 use crate::{cpu, smp};
 
 static_call::static_call! {
-    /// A hook without a result: near -> far -> NULL -> RET0 -> near. Its
+    /// A hook without a result, walked through [`CYCLE`]. Its
     /// targets report which of them ran (and with which argument) in
     /// `LAST_HOOK`.
     pub static HOOK: fn(u32) = hook_near;
@@ -54,8 +54,23 @@ pub enum State {
     Ret0,
 }
 
-/// The cycle, indexed by step modulo 4; step 0 is the initial state.
-pub const CYCLE: [State; 4] = [State::Near, State::Far, State::Null, State::Ret0];
+/// The cycle, indexed by step modulo its length; step 0 is the initial
+/// state. Consecutive entries (wrapping around) take every ordered pair of
+/// distinct states once, so the stress crosses all 12 transitions.
+pub const CYCLE: [State; 12] = [
+    State::Near,
+    State::Far,
+    State::Null,
+    State::Ret0,
+    State::Near,
+    State::Null,
+    State::Far,
+    State::Ret0,
+    State::Far,
+    State::Near,
+    State::Ret0,
+    State::Null,
+];
 
 impl State {
     fn of_step(step: usize) -> State {
