@@ -1,6 +1,6 @@
 //! Instruction-cache maintenance after writing code through the data side.
 
-use super::ctr::CacheType;
+use super::ctr::{CacheType, line_starts};
 use aarch64_cpu::asm::barrier;
 use core::arch::asm;
 
@@ -25,27 +25,20 @@ pub fn read_ctr_el0() -> CacheType {
 /// fetched; that is the text writer's `sync_cores`.
 pub fn flush_icache_range(start: usize, len: usize) {
     let ctr = read_ctr_el0();
-    let end = start + len;
     barrier::dsb(barrier::ISH);
     if !ctr.clean_not_required() {
-        let line = ctr.dcache_line();
-        let mut addr = start & !(line - 1);
-        while addr < end {
+        for addr in line_starts(start, len, ctr.dcache_line()) {
             // SAFETY: cleaning a data cache line by address has no effect
             // on memory contents; `addr` is in the caller's mapped range.
             unsafe { asm!("dc cvau, {}", in(reg) addr, options(nostack, preserves_flags)) };
-            addr += line;
         }
         barrier::dsb(barrier::ISH);
     }
     if !ctr.invalidate_not_required() {
-        let line = ctr.icache_line();
-        let mut addr = start & !(line - 1);
-        while addr < end {
+        for addr in line_starts(start, len, ctr.icache_line()) {
             // SAFETY: invalidating instruction cache lines has no effect on
             // memory contents; `addr` is in the caller's mapped range.
             unsafe { asm!("ic ivau, {}", in(reg) addr, options(nostack, preserves_flags)) };
-            addr += line;
         }
         barrier::dsb(barrier::ISH);
     }

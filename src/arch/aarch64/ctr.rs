@@ -65,6 +65,19 @@ impl CacheType {
     }
 }
 
+/// The start of every `line`-byte cache line that `start..start + len`
+/// touches: the addresses cache maintenance by VA must visit.
+///
+/// ```
+/// use static_call::arch::aarch64::ctr::line_starts;
+/// let lines: Vec<usize> = line_starts(0x1038, 16, 64).collect();
+/// assert_eq!(lines, [0x1000, 0x1040]);
+/// ```
+pub fn line_starts(start: usize, len: usize, line: usize) -> impl Iterator<Item = usize> {
+    let end = start + len;
+    (start & !(line - 1)..end).step_by(line)
+}
+
 impl core::fmt::Debug for CacheType {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CacheType")
@@ -87,6 +100,21 @@ mod tests {
         let c = CacheType::new(0x8003_8003);
         assert_eq!((c.dcache_line(), c.icache_line()), (32, 32));
         assert!(!c.clean_not_required() && !c.invalidate_not_required());
+    }
+
+    #[test]
+    fn line_starts_cover_exactly_the_touched_lines() {
+        let lines = |s, l, line| line_starts(s, l, line).collect::<std::vec::Vec<_>>();
+        // The 16-byte window never straddles a line of 16 bytes or more.
+        assert_eq!(lines(0x4008_1000, 16, 64), [0x4008_1000]);
+        assert_eq!(lines(0x4008_1030, 16, 64), [0x4008_1000]);
+        assert_eq!(lines(0x4008_1030, 16, 16), [0x4008_1030]);
+        assert_eq!(
+            lines(0x4008_1030, 16, 4),
+            [0x4008_1030, 0x4008_1034, 0x4008_1038, 0x4008_103c]
+        );
+        assert_eq!(lines(0x103c, 8, 32), [0x1020, 0x1040]);
+        assert!(lines(0x1000, 0, 64).is_empty());
     }
 
     #[test]
