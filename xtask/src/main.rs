@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     {
         ["setup"] => report(setup::run().map(|_| ExitCode::SUCCESS)),
         ["test", only @ ..] => test(&root, only),
-        ["demo"] => report(setup::run().and_then(|tc| qemu::demo(&root, &tc))),
+        ["demo"] => report(setup::run().and_then(|_| qemu::demo(&root))),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::setup::{BARE, Toolchain};
+use crate::setup::BARE;
 use crate::{Result, cmd};
 
 /// How the kernel is built, in one place.
@@ -30,9 +30,9 @@ pub mod kernel {
     /// Extra rustflags for the kernel (for example `-Zbranch-protection=bti`).
     /// They are passed as `--config target.aarch64-unknown-none.rustflags=[..]`,
     /// which cargo appends to the kernel's own `target.aarch64-unknown-none`
-    /// rustflags. `-Z` flags here make the build use `RUSTC_BOOTSTRAP=1`.
+    /// rustflags.
     pub const RUSTFLAGS: &[&str] = &[];
-    /// How the standard library is built when no precompiled one is installed.
+    /// How the kernel's standard library is built (always from source).
     pub const BUILD_STD: &[&str] = &[
         "-Zbuild-std=core,alloc",
         "-Zbuild-std-features=compiler-builtins-mem",
@@ -46,9 +46,12 @@ pub const TIMEOUT: Duration = Duration::from_secs(300);
 /// The EL1 machine; `virt,virtualization=on` boots at EL2.
 pub const MACHINE_EL1: &str = "virt";
 
-/// Builds one of the kernel's binaries (`tests` or `demo`) and returns the
-/// ELF's path.
-pub fn build_kernel(root: &Path, tc: &Toolchain, bin: &str, features: &[&str]) -> Result<PathBuf> {
+/// A cargo command for the kernel crate: `subcommand` for the bare-metal
+/// target, run in the kernel's directory (so its `.cargo/config.toml`
+/// applies), with the standard library always built from source: the
+/// kernel builds with `-Zbranch-protection=bti`, and `core` must be built
+/// the same way to land on `bti c`, even where a precompiled target exists.
+pub fn kernel_cargo(root: &Path, subcommand: &str) -> Result<Command> {
     let dir = root.join(kernel::DIR);
     if !dir.join("Cargo.toml").is_file() {
         return Err(format!(
@@ -59,24 +62,27 @@ pub fn build_kernel(root: &Path, tc: &Toolchain, bin: &str, features: &[&str]) -
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(&dir)
-        .args(["build", "--release", "--target", BARE, "--bin", bin])
-        .arg("--message-format=json-render-diagnostics");
-    if !features.is_empty() {
-        cargo.args(["--features", &features.join(",")]);
-    }
-    let mut unstable = kernel::RUSTFLAGS.iter().any(|f| f.starts_with("-Z"));
-    if tc.needs_build_std(BARE) {
-        cargo.args(kernel::BUILD_STD);
-        unstable = true;
-    }
+        .args([subcommand, "--release", "--target", BARE])
+        .args(kernel::BUILD_STD)
+        .env("RUSTC_BOOTSTRAP", "1");
     if !kernel::RUSTFLAGS.is_empty() {
         let quoted: Vec<String> = kernel::RUSTFLAGS.iter().map(|f| format!("{f:?}")).collect();
         cargo
             .arg("--config")
             .arg(format!("target.{BARE}.rustflags=[{}]", quoted.join(", ")));
     }
-    if unstable {
-        cargo.env("RUSTC_BOOTSTRAP", "1");
+    Ok(cargo)
+}
+
+/// Builds one of the kernel's binaries (`tests` or `demo`) and returns the
+/// ELF's path.
+pub fn build_kernel(root: &Path, bin: &str, features: &[&str]) -> Result<PathBuf> {
+    let mut cargo = kernel_cargo(root, "build")?;
+    cargo
+        .args(["--bin", bin])
+        .arg("--message-format=json-render-diagnostics");
+    if !features.is_empty() {
+        cargo.args(["--features", &features.join(",")]);
     }
     println!("$ {}", cmd::describe(&cargo));
     let out = cargo
@@ -292,8 +298,8 @@ impl Report {
 
 /// `cargo xtask demo`: boots the demo kernel with the UART on our output and
 /// exits with QEMU's status.
-pub fn demo(root: &Path, tc: &Toolchain) -> Result<ExitCode> {
-    let elf = build_kernel(root, tc, "demo", &[])?;
+pub fn demo(root: &Path) -> Result<ExitCode> {
+    let elf = build_kernel(root, "demo", &[])?;
     let boot = boot(&elf, MACHINE_EL1, true, TIMEOUT)?;
     if boot.timed_out {
         return Err(format!("demo killed after {} s timeout", TIMEOUT.as_secs()));

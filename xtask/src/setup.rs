@@ -5,9 +5,10 @@
 //! 2. An aarch64 `core`/`std`. A precompiled rustup target is used when it is
 //!    installed. Otherwise the standard library is built from source with
 //!    `-Zbuild-std`, which needs the library sources of exactly the running
-//!    `rustc`'s version; they are taken from Debian's `rust-src` package,
-//!    fetched through a private apt configuration that leaves the system's
-//!    package sources untouched.
+//!    `rustc`'s version; they are taken from rustup's `rust-src` component or
+//!    else Debian's `rust-src` package, fetched through a private apt
+//!    configuration that leaves the system's package sources untouched. The
+//!    sources are always needed: the test kernel rebuilds `core` with BTI.
 //!
 //! Every step is idempotent and prints what it found or did.
 
@@ -140,9 +141,9 @@ fn standard_library() -> Result<Toolchain> {
             println!("[setup] {target}: precompiled core/std installed");
         }
     }
-    if toolchain.needs_build_std(BARE) || toolchain.needs_build_std(LINUX) {
-        rust_src()?;
-    }
+    // Needed even with both targets precompiled: the test kernel rebuilds
+    // `core` with `-Zbranch-protection=bti` (see `qemu::build_kernel`).
+    rust_src()?;
     Ok(toolchain)
 }
 
@@ -187,7 +188,7 @@ fn rust_src() -> Result<()> {
     let Some(release) = rustc_release(&rustc_v) else {
         return Err(format!(
             "{rustc_v} is not a release build, so no Debian rust-src matches it; \
-             install the targets with `rustup target add {BARE} {LINUX}`"
+             install the sources with `rustup component add rust-src`"
         ));
     };
     fetch_rust_src(&rustc_v, release, &src_root)

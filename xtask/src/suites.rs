@@ -111,7 +111,7 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
         });
     }
     for suite in VIRT_SUITES.iter().filter(|s| wanted(s.name)) {
-        outcomes.push(timed(suite.name, BARE, || virt(root, tc, suite)));
+        outcomes.push(timed(suite.name, BARE, || virt(root, suite)));
     }
     outcomes
 }
@@ -187,6 +187,12 @@ fn host_lint(root: &Path) -> Counts {
             .current_dir(root)
             .args(["fmt", "--all", "--", "--check"]),
     ));
+    // The kernel is its own workspace, so `--all` above does not reach it.
+    counts.check(cmd::run(
+        cmd::cargo()
+            .current_dir(root.join(qemu::kernel::DIR))
+            .args(["fmt", "--all", "--", "--check"]),
+    ));
     counts.check(cmd::run(cmd::cargo().current_dir(root).args([
         "clippy",
         "--workspace",
@@ -239,6 +245,11 @@ fn bare_checks(root: &Path, tc: &Toolchain) -> Counts {
         }
         counts.check(cmd::run(&mut cargo));
     }
+    // The test kernel, with its own flags (BTI), lint-clean too.
+    counts.check(
+        qemu::kernel_cargo(root, "clippy")
+            .and_then(|mut cargo| cmd::run(cargo.args(["--all-targets", "--", "-D", "warnings"]))),
+    );
     counts
 }
 
@@ -288,9 +299,9 @@ fn parse_libtest(stdout: &str) -> Counts {
     counts
 }
 
-fn virt(root: &Path, tc: &Toolchain, suite: &VirtSuite) -> Counts {
+fn virt(root: &Path, suite: &VirtSuite) -> Counts {
     let mut counts = Counts::default();
-    let elf = match qemu::build_kernel(root, tc, "tests", suite.features) {
+    let elf = match qemu::build_kernel(root, "tests", suite.features) {
         Ok(elf) => elf,
         Err(e) => {
             counts.failed = 1;
