@@ -45,7 +45,7 @@
 #[cfg(test)]
 extern crate std;
 
-// Macros expanding to the text of each assembly source in `asm/`.
+// The macro expanding to the active backend's trampoline source in `asm/`.
 include!(concat!(env!("OUT_DIR"), "/asm_sources.rs"));
 
 pub mod arch;
