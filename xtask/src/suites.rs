@@ -187,6 +187,13 @@ fn host_lint(root: &Path) -> Counts {
             .current_dir(root)
             .args(["fmt", "--all", "--", "--check"]),
     ));
+    // Broken intra-doc links and the like fail the suite.
+    counts.check(cmd::run(
+        cmd::cargo()
+            .current_dir(root)
+            .args(["doc", "--no-deps", "--package", "static-call"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    ));
     // The kernel is its own workspace, so `--all` above does not reach it.
     counts.check(cmd::run(
         cmd::cargo()
