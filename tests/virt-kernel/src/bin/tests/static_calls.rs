@@ -271,20 +271,8 @@ fn check_effect<K: EffectKey>(
     expect: u64,
     cpus: impl IntoIterator<Item = usize>,
 ) -> Result<usize, String> {
-    let mut calls = 0;
-    for cpu in cpus {
-        let got = on_cpu(cpu, || effect_here(key, v))?;
-        check!(
-            got == [expect; 2],
-            "cpu{cpu}: {} with {v}: direct call left {}, call via pointer left {}, expected {}",
-            key.name(),
-            got[0],
-            got[1],
-            expect
-        );
-        calls += 2;
-    }
-    Ok(calls)
+    let what = format!("{} with {v}", key.name());
+    check_calls(&what, expect, cpus, || effect_here(key, v))
 }
 
 /// Checks that value calls with `x` return `expect` on `cpus`.
@@ -294,13 +282,24 @@ fn check_value<K: ValueKey>(
     expect: u64,
     cpus: impl IntoIterator<Item = usize>,
 ) -> Result<usize, String> {
+    let what = format!("{}({x})", key.name());
+    check_calls(&what, expect, cpus, || value_here(key, x))
+}
+
+/// Runs `call` (a direct call and a call via the pointer) on each of
+/// `cpus` and checks both give `expect`; returns the number of calls.
+fn check_calls(
+    what: &str,
+    expect: u64,
+    cpus: impl IntoIterator<Item = usize>,
+    call: impl Fn() -> Result<[u64; 2], String> + Sync,
+) -> Result<usize, String> {
     let mut calls = 0;
     for cpu in cpus {
-        let got = on_cpu(cpu, || value_here(key, x))?;
+        let got = on_cpu(cpu, &call)?;
         check!(
             got == [expect; 2],
-            "cpu{cpu}: {}({x}): direct call returned {}, call via pointer {}, expected {}",
-            key.name(),
+            "cpu{cpu}: {what}: direct call gave {}, call via pointer {}, expected {}",
             got[0],
             got[1],
             expect
