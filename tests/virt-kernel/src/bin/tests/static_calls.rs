@@ -564,6 +564,57 @@ struct Torn {
     calls: usize,
 }
 
+impl Torn {
+    /// For every ordered pair of distinct `states`, writes the four (old/new
+    /// literal, old/new branch) windows into the trampoline at `tramp` and
+    /// runs `call(runs, old, new, n, cpu)` after each: it calls the key on
+    /// CPU 0 and `cpu` expecting the state `runs` (the one the window
+    /// selects) and returns how many calls it made; `n` numbers the window.
+    ///
+    /// # Safety
+    ///
+    /// `tramp`'s window must belong to the calling test, and nothing else
+    /// may call its key meanwhile.
+    unsafe fn walk(
+        &mut self,
+        name: &str,
+        tramp: usize,
+        states: &[State],
+        plan_of: impl Fn(State) -> Result<Patch, Error>,
+        mut call: impl FnMut(State, State, State, usize, usize) -> Result<usize, String>,
+    ) -> TestResult {
+        let plan = |s| plan_of(s).map_err(|e| format!("plan: {e}"));
+        for &old in states {
+            for &new in states.iter().filter(|&&s| s != old) {
+                for (literal_of, branch_of) in [(old, old), (new, old), (old, new), (new, new)] {
+                    let (lit, br) = (plan(literal_of)?, plan(branch_of)?);
+                    let window = Patch {
+                        literal: lit.literal,
+                        entry: br.entry,
+                    };
+                    // SAFETY: per this function's contract.
+                    unsafe { write_window(tramp, window) }?;
+                    let runs = torn_runs(literal_of, branch_of, br);
+                    let n = self.combinations;
+                    let cpu = 1 + n % (CPUS - 1);
+                    self.calls += call(runs, old, new, n, cpu).map_err(|e| {
+                        format!(
+                            "{name} {old:?} -> {new:?}, literal of {literal_of:?}, branch of {branch_of:?}: {e}"
+                        )
+                    })?;
+                    self.combinations += 1;
+                    if runs == old {
+                        self.ran_old += 1;
+                    } else {
+                        self.ran_new += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// For every ordered pair of distinct states, each of the four (old/new
 /// literal, old/new branch) windows a CPU may see while an update
 /// propagates, written by hand: calls (direct and via pointer, on CPU 0 and
@@ -576,42 +627,18 @@ pub(crate) fn static_call_torn_states() -> TestResult {
     let tramp = TORN_EFFECT.trampoline_addr();
     let ret0 = ret0_of(&TORN_EFFECT)?;
     let plan_of = |s: State| a64::plan(tramp as u64, effect_target(s, ret0));
-    for old in STATES {
-        for new in STATES.into_iter().filter(|&s| s != old) {
-            for (literal_of, branch_of) in [(old, old), (new, old), (old, new), (new, new)] {
-                let (lit, br) = (
-                    plan_of(literal_of).map_err(|e| format!("plan: {e}"))?,
-                    plan_of(branch_of).map_err(|e| format!("plan: {e}"))?,
-                );
-                let window = Patch {
-                    literal: lit.literal,
-                    entry: br.entry,
-                };
-                // SAFETY: TORN_EFFECT's window belongs to this test, and
-                // nothing calls the key while it is written.
-                unsafe { write_window(tramp, window) }?;
-                let runs = torn_runs(literal_of, branch_of, br);
-                let v = 5 + torn.combinations as u64;
-                let expect = effect_of(runs, v);
-                let cpu = 1 + torn.combinations % (CPUS - 1);
-                let what = format!(
-                    "TORN_EFFECT {old:?} -> {new:?}, literal of {literal_of:?}, branch of {branch_of:?}"
-                );
-                check!(
-                    expect == effect_of(old, v) || expect == effect_of(new, v),
-                    "{what}: predicted {runs:?}, neither old nor new"
-                );
-                torn.calls += check_effect(&TORN_EFFECT, v, expect, [0, cpu])
-                    .map_err(|e| format!("{what}: {e}"))?;
-                torn.combinations += 1;
-                if runs == old {
-                    torn.ran_old += 1;
-                } else {
-                    torn.ran_new += 1;
-                }
-            }
-        }
-    }
+    let effect_call = |runs, old, new, n: usize, cpu| {
+        let v = 5 + n as u64;
+        let expect = effect_of(runs, v);
+        check!(
+            expect == effect_of(old, v) || expect == effect_of(new, v),
+            "predicted {runs:?}, neither old nor new"
+        );
+        check_effect(&TORN_EFFECT, v, expect, [0, cpu])
+    };
+    // SAFETY: TORN_EFFECT's window belongs to this test, and nothing else
+    // calls the key.
+    unsafe { torn.walk("TORN_EFFECT", tramp, &STATES, plan_of, effect_call) }?;
     check_eq!(torn.combinations, 48);
     // Back to a consistent state, and the library agrees it is one.
     // SAFETY: as above.
@@ -627,37 +654,13 @@ pub(crate) fn static_call_torn_states() -> TestResult {
     let vtramp = TORN_VALUE.trampoline_addr();
     let vret0 = ret0_of(&TORN_VALUE)?;
     let vplan_of = |s: State| a64::plan(vtramp as u64, value_target(s, vret0));
-    for old in VALUE_STATES {
-        for new in VALUE_STATES.into_iter().filter(|&s| s != old) {
-            for (literal_of, branch_of) in [(old, old), (new, old), (old, new), (new, new)] {
-                let (lit, br) = (
-                    vplan_of(literal_of).map_err(|e| format!("plan: {e}"))?,
-                    vplan_of(branch_of).map_err(|e| format!("plan: {e}"))?,
-                );
-                let window = Patch {
-                    literal: lit.literal,
-                    entry: br.entry,
-                };
-                // SAFETY: TORN_VALUE's window belongs to this test, and
-                // nothing calls the key while it is written.
-                unsafe { write_window(vtramp, window) }?;
-                let runs = torn_runs(literal_of, branch_of, br);
-                let x = 7 + torn.combinations as u32;
-                let cpu = 1 + torn.combinations % (CPUS - 1);
-                let what = format!(
-                    "TORN_VALUE {old:?} -> {new:?}, literal of {literal_of:?}, branch of {branch_of:?}"
-                );
-                torn.calls += check_value(&TORN_VALUE, x, value_of(runs, x), [0, cpu])
-                    .map_err(|e| format!("{what}: {e}"))?;
-                torn.combinations += 1;
-                if runs == old {
-                    torn.ran_old += 1;
-                } else {
-                    torn.ran_new += 1;
-                }
-            }
-        }
-    }
+    let value_call = |runs, _old, _new, n: usize, cpu| {
+        let x = 7 + n as u32;
+        check_value(&TORN_VALUE, x, value_of(runs, x), [0, cpu])
+    };
+    // SAFETY: TORN_VALUE's window belongs to this test, and nothing else
+    // calls the key.
+    unsafe { torn.walk("TORN_VALUE", vtramp, &VALUE_STATES, vplan_of, value_call) }?;
     check_eq!(torn.combinations - effect_windows, 24);
     // SAFETY: as above, for TORN_VALUE.
     unsafe { write_window(vtramp, vplan_of(Near).map_err(|e| format!("plan: {e}"))?) }?;
