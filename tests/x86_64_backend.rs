@@ -656,11 +656,48 @@ fn bad_input_is_refused_and_changes_nothing() {
 // The seed-000 race: a call parked inside the trap handler while further
 // updates run.
 
-static PARK_AT: AtomicUsize = AtomicUsize::new(0); // 0: Recognised, 1: Steering
-static ARMED: AtomicBool = AtomicBool::new(false);
-static IN_HANDLER: AtomicBool = AtomicBool::new(false);
-static RELEASE: AtomicBool = AtomicBool::new(false);
-static PARKED_DEST: AtomicUsize = AtomicUsize::new(0);
+/// One call parked inside the trap handler while updates run. The tests
+/// that use it are serialized, so one instance serves them all.
+struct Parking {
+    /// The trampoline whose trapped call parks.
+    tramp: AtomicUsize,
+    /// Park after the handler read the literal (steering) or before it.
+    at_steering: AtomicBool,
+    /// The update has placed its int3 and waits for a call to trap on it.
+    armed: AtomicBool,
+    /// A call is parked in the handler.
+    in_handler: AtomicBool,
+    /// Lets the parked call go on.
+    release: AtomicBool,
+    /// Where the handler was sending the parked call.
+    dest: AtomicUsize,
+}
+
+static PARKING: Parking = Parking {
+    tramp: AtomicUsize::new(0),
+    at_steering: AtomicBool::new(false),
+    armed: AtomicBool::new(false),
+    in_handler: AtomicBool::new(false),
+    release: AtomicBool::new(false),
+    dest: AtomicUsize::new(0),
+};
+
+impl Parking {
+    /// Resets it for a call through `tramp` and installs both hooks: the
+    /// next int3 update of `tramp` holds after placing its int3 until a
+    /// call has trapped, and that call parks at `point`.
+    fn arm(&self, tramp: usize, point: hooks::TrapPoint) {
+        for f in [&self.armed, &self.in_handler, &self.release] {
+            f.store(false, Ordering::SeqCst);
+        }
+        self.dest.store(0, Ordering::SeqCst);
+        self.tramp.store(tramp, Ordering::SeqCst);
+        self.at_steering
+            .store(point == hooks::TrapPoint::Steering, Ordering::SeqCst);
+        hooks::set_on_trap(Some(park_in_handler));
+        hooks::set_after_store(Some(hold_after_int3));
+    }
+}
 
 /// Spins until `flag` is set; async-signal-safe (atomics and sched_yield).
 fn wait_for(flag: &AtomicBool) {
@@ -676,42 +713,42 @@ fn wait_for(flag: &AtomicBool) {
 }
 
 fn park_in_handler(point: hooks::TrapPoint, tramp: usize, dest: usize) {
-    let want = match PARK_AT.load(Ordering::SeqCst) {
-        0 => hooks::TrapPoint::Recognised,
-        _ => hooks::TrapPoint::Steering,
+    let p = &PARKING;
+    let want = if p.at_steering.load(Ordering::SeqCst) {
+        hooks::TrapPoint::Steering
+    } else {
+        hooks::TrapPoint::Recognised
     };
-    if tramp != PARK.trampoline_addr() || point != want || IN_HANDLER.load(Ordering::SeqCst) {
+    if tramp != p.tramp.load(Ordering::SeqCst)
+        || point != want
+        || p.in_handler.load(Ordering::SeqCst)
+    {
         return;
     }
-    PARKED_DEST.store(dest, Ordering::SeqCst);
-    IN_HANDLER.store(true, Ordering::SeqCst);
-    wait_for(&RELEASE);
+    p.dest.store(dest, Ordering::SeqCst);
+    p.in_handler.store(true, Ordering::SeqCst);
+    wait_for(&p.release);
 }
 
 fn hold_after_int3(tramp: usize, _index: usize, store: x86::protocol::Store) {
-    if tramp == PARK.trampoline_addr()
+    let p = &PARKING;
+    if tramp == p.tramp.load(Ordering::SeqCst)
         && store == x86::protocol::Store::First(insn::INT3)
-        && !ARMED.load(Ordering::SeqCst)
+        && !p.armed.load(Ordering::SeqCst)
     {
-        ARMED.store(true, Ordering::SeqCst);
-        wait_for(&IN_HANDLER);
+        p.armed.store(true, Ordering::SeqCst);
+        wait_for(&p.in_handler);
     }
 }
 
 /// Runs one parked-call scenario and returns (what the parked call
 /// returned, the destination the handler had read when it parked).
-fn parked_call(park_at: usize) -> (u64, usize) {
+fn parked_call(park_at: hooks::TrapPoint) -> (u64, usize) {
     let steered = x86::traps_steered();
     let bp = Strategy::Breakpoint.with(&Remap);
     PARK.update_with(park_a, &bp).unwrap();
     OTHER.update_with(park_a, &bp).unwrap();
-    for f in [&ARMED, &IN_HANDLER, &RELEASE] {
-        f.store(false, Ordering::SeqCst);
-    }
-    PARKED_DEST.store(0, Ordering::SeqCst);
-    PARK_AT.store(park_at, Ordering::SeqCst);
-    hooks::set_on_trap(Some(park_in_handler));
-    hooks::set_after_store(Some(hold_after_int3));
+    PARKING.arm(PARK.trampoline_addr(), park_at);
 
     // The first update stops right after its int3 is in place (and synced)
     // until a call has trapped on it.
@@ -720,10 +757,10 @@ fn parked_call(park_at: usize) -> (u64, usize) {
             .unwrap()
     });
     let caller = std::thread::spawn(|| {
-        wait_for(&ARMED);
+        wait_for(&PARKING.armed);
         PARK.call(1)
     });
-    wait_for(&IN_HANDLER);
+    wait_for(&PARKING.in_handler);
     first.join().unwrap();
     // The first update completed while the call is parked. Now more updates
     // of this key and of another key (seed 000: another site's update
@@ -739,11 +776,11 @@ fn parked_call(park_at: usize) -> (u64, usize) {
         .unwrap();
     assert_eq!(PARK.call(1), 31);
     assert_eq!(OTHER.call(1), 667);
-    RELEASE.store(true, Ordering::SeqCst);
+    PARKING.release.store(true, Ordering::SeqCst);
     let result = caller.join().expect("the parked call faulted");
     hooks::set_on_trap(None);
     assert!(x86::traps_steered() > steered, "the call never trapped");
-    (result, PARKED_DEST.load(Ordering::SeqCst))
+    (result, PARKING.dest.load(Ordering::SeqCst))
 }
 
 /// The rule: a call that traps continues at the literal of the trampoline
@@ -755,7 +792,7 @@ fn parked_call(park_at: usize) -> (u64, usize) {
 #[test]
 fn seed_000_a_call_parked_in_the_trap_handler_reaches_a_target_valid_for_it() {
     let _serial = serial();
-    let (result, dest) = parked_call(1);
+    let (result, dest) = parked_call(hooks::TrapPoint::Steering);
     assert_eq!(
         dest, park_b as fn(u32) -> u64 as usize,
         "steered to the new target"
@@ -765,7 +802,7 @@ fn seed_000_a_call_parked_in_the_trap_handler_reaches_a_target_valid_for_it() {
         "parked after reading: the target it trapped into"
     );
 
-    let (result, dest) = parked_call(0);
+    let (result, dest) = parked_call(hooks::TrapPoint::Recognised);
     assert_eq!(dest, 0, "parked before reading the literal");
     assert_eq!(result, 31, "parked before reading: the newest target");
 
@@ -1114,32 +1151,28 @@ fn seed_001_a_call_parked_on_a_null_update_returns_through_the_static_stub() {
     let _serial = serial();
     let bp = Strategy::Breakpoint.with(&Remap);
     EFFECT.update_with(near_effect, &bp).unwrap();
-    for f in [&NULL_ARMED, &NULL_IN_HANDLER, &NULL_RELEASE] {
-        f.store(false, Ordering::SeqCst);
-    }
-    hooks::set_on_trap(Some(park_null_call));
-    hooks::set_after_store(Some(hold_null_update));
+    PARKING.arm(EFFECT.trampoline_addr(), hooks::TrapPoint::Steering);
     let first = std::thread::spawn(|| {
         EFFECT
             .update_null_with(&Strategy::Breakpoint.with(&Remap))
             .unwrap()
     });
     let caller = std::thread::spawn(|| {
-        wait_for(&NULL_ARMED);
+        wait_for(&PARKING.armed);
         call_effect(&EFFECT, 5)
     });
-    wait_for(&NULL_IN_HANDLER);
+    wait_for(&PARKING.in_handler);
     first.join().unwrap();
     hooks::set_after_store(None);
     // Reuse everything a stub-based design would reuse.
     for to in [Near2, Null, Far, Ret0, Null] {
         set_effect(&EFFECT, to, Strategy::Breakpoint).unwrap();
     }
-    NULL_RELEASE.store(true, Ordering::SeqCst);
+    PARKING.release.store(true, Ordering::SeqCst);
     assert_eq!(caller.join().expect("the parked call faulted"), UNTOUCHED);
     hooks::set_on_trap(None);
     assert_eq!(
-        NULL_DEST.load(Ordering::SeqCst) as u64,
+        PARKING.dest.load(Ordering::SeqCst) as u64,
         x86::null_stub_addr()
     );
     // The stub is a lone `ret` in ordinary text, never written.
@@ -1147,32 +1180,6 @@ fn seed_001_a_call_parked_on_a_null_update_returns_through_the_static_stub() {
     // SAFETY: the stub is two readable bytes of text.
     assert_eq!(unsafe { stub.read() }, [insn::RET, insn::INT3]);
     EFFECT.update(near_effect).unwrap();
-}
-
-static NULL_ARMED: AtomicBool = AtomicBool::new(false);
-static NULL_IN_HANDLER: AtomicBool = AtomicBool::new(false);
-static NULL_RELEASE: AtomicBool = AtomicBool::new(false);
-static NULL_DEST: AtomicUsize = AtomicUsize::new(0);
-
-fn park_null_call(point: hooks::TrapPoint, tramp: usize, dest: usize) {
-    if tramp == EFFECT.trampoline_addr()
-        && point == hooks::TrapPoint::Steering
-        && !NULL_IN_HANDLER.load(Ordering::SeqCst)
-    {
-        NULL_DEST.store(dest, Ordering::SeqCst);
-        NULL_IN_HANDLER.store(true, Ordering::SeqCst);
-        wait_for(&NULL_RELEASE);
-    }
-}
-
-fn hold_null_update(tramp: usize, _index: usize, store: x86::protocol::Store) {
-    if tramp == EFFECT.trampoline_addr()
-        && store == x86::protocol::Store::First(insn::INT3)
-        && !NULL_ARMED.load(Ordering::SeqCst)
-    {
-        NULL_ARMED.store(true, Ordering::SeqCst);
-        wait_for(&NULL_IN_HANDLER);
-    }
 }
 
 /// Seed 002 (Josh Poimboeuf's v3): the atomic strategy changes code with
