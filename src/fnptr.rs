@@ -17,6 +17,12 @@
 ///
 /// Implementors must be plain function-pointer types: `Copy`, the size of a
 /// `usize`, never null, and callable through their address.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the type of a static call",
+    note = "keys take `fn(..)` or `extern \"C\" fn(..)` with up to eight arguments and no \
+            elided lifetimes: `fn(&str)` means `for<'a> fn(&'a str)`; write `&'static str`, \
+            a raw pointer or an owned value"
+)]
 pub unsafe trait FnPtr: Copy + Send + Sync + 'static {
     /// What a call returns.
     type Output;

@@ -288,12 +288,21 @@ impl<F: FnPtr> core::fmt::Debug for StaticCall<F> {
 /// fn null_ok<T: static_call::NullSafe>() {}
 /// null_ok::<()>();
 /// ```
+///
+/// The trait is sealed: a NULL call leaves the return registers as they
+/// were, which is a value of no type but `()`.
 #[diagnostic::on_unimplemented(
     message = "a NULL static call must return `()`, not `{Self}`",
     label = "NULL keys need a `()` return type; use RET0 for a zero result"
 )]
-pub trait NullSafe {}
+pub trait NullSafe: sealed::Sealed {}
 impl NullSafe for () {}
+
+mod sealed {
+    /// Only this crate decides which types a NULL call may return.
+    pub trait Sealed {}
+    impl Sealed for () {}
+}
 
 #[doc(hidden)]
 pub const fn assert_null_safe<F: FnPtr>()
@@ -319,26 +328,49 @@ where
 ///     pub static ON_IDLE: fn(u32) = NULL;
 ///     /// A counter source that reads 0 until one is installed.
 ///     pub static EVENTS: fn() -> u64 = RET0;
+///     /// A hot path: the call is an instruction the crate emits itself.
+///     pub static SCHED_TICK: extern "C" fn(u64) -> u64 = sched_tick;
 /// }
 /// fn default_tick(scale: u32) -> u64 { u64::from(scale) }
+/// extern "C" fn sched_tick(now: u64) -> u64 { now + 1 }
 ///
 /// # fn main() {
 /// assert_eq!(TICK.call(3), 3);
 /// ON_IDLE.call(1);
 /// assert_eq!(EVENTS.call(), 0);
+/// assert_eq!(SCHED_TICK.call(41), 42);
 /// # }
 /// ```
 ///
 /// Each key is a `static` with a `call` method taking the signature's
-/// arguments; `call` is a direct call of the key's trampoline. The key
-/// dereferences to [`StaticCall`] for `update`, `query` and `trampoline`.
-/// Signatures are Rust-ABI `fn` types with up to eight arguments, without
-/// elided lifetimes: `fn(&str)` is higher-ranked (`for<'a> fn(&'a str)`)
-/// and not supported, so pass `&'static` references, raw pointers or owned
-/// values. Keys are module-level items (their trampoline is module-level
-/// assembly), not statements inside a function body. `NULL`
-/// keys need a `()` return type and `RET0` keys a [`Ret0Safe`] one; both
-/// are checked at compile time.
+/// arguments. The key dereferences to [`StaticCall`] for `update`, `query`
+/// and `trampoline`.
+///
+/// # Rust-ABI and `extern "C"` keys
+///
+/// - `fn(..)` keys: `call` is a call of the key's trampoline that the
+///   compiler emits. Any argument and return types (without elided
+///   lifetimes). On x86-64 the compiler emits that call through the GOT in
+///   position-independent builds (the default), see the README.
+/// - `extern "C" fn(..)` keys: `call` is a `call`/`bl` instruction of the
+///   trampoline that the crate emits with `asm!`, so it is a direct call in
+///   every relocation model and with retpolines. Each argument and the
+///   return value must travel in one integer register
+///   ([`RegisterArg`](crate::RegisterArg),
+///   [`RegisterReturn`](crate::RegisterReturn)); anything else is refused
+///   at compile time. Prefer these keys where the call is hot.
+///
+/// # Rules, checked at compile time
+///
+/// - Up to eight arguments; no elided lifetimes (`fn(&str)` is
+///   higher-ranked: pass `&'static` references, raw pointers or owned
+///   values).
+/// - The initial target is a function item (not a `static` or `const`
+///   holding a function pointer), of exactly the key's type.
+/// - `NULL` keys return `()`; `RET0` keys return a
+///   [`Ret0Safe`](crate::Ret0Safe) type.
+/// - Keys are module-level items: their trampoline is module-level
+///   assembly, which cannot be emitted inside a function body.
 ///
 /// A NULL key that would have to return a value does not compile:
 ///
@@ -354,37 +386,62 @@ where
 /// # fn main() {}
 /// ```
 ///
+/// nor a key whose initial target is a function pointer rather than a
+/// function:
+///
+/// ```compile_fail
+/// fn f() {}
+/// static PTR: fn() = f;
+/// static_call::static_call! { static BAD: fn() = PTR; }
+/// # fn main() {}
+/// ```
+///
+/// nor an `extern "C"` key with an argument that needs a vector register:
+///
+/// ```compile_fail
+/// static_call::static_call! { static BAD: extern "C" fn(f64) = NULL; }
+/// # fn main() {}
+/// ```
+///
 /// Key names are link-level symbols, as in Linux: two keys of the same name
-/// in one program fail to link. Another crate may call a key through
+/// in one program fail to link. Lower-case names, as Linux spells them, are
+/// fine. Another crate may call a key through
 /// [`declare_static_call!`](crate::declare_static_call).
 #[macro_export]
 macro_rules! static_call {
     () => {};
-    ($(#[$attr:meta])* $vis:vis static $name:ident : fn($($arg:ty),* $(,)?) $(-> $ret:ty)? = NULL; $($rest:tt)*) => {
-        $crate::__static_call_key! { define [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] null }
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $(extern $abi:tt)? fn($($arg:ty),* $(,)?) $(-> $ret:ty)? = NULL; $($rest:tt)*) => {
+        $crate::__static_call_key! { @abi [$($abi)?] define [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] null }
         $crate::static_call! { $($rest)* }
     };
-    ($(#[$attr:meta])* $vis:vis static $name:ident : fn($($arg:ty),* $(,)?) $(-> $ret:ty)? = RET0; $($rest:tt)*) => {
-        $crate::__static_call_key! { define [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] ret0 }
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $(extern $abi:tt)? fn($($arg:ty),* $(,)?) $(-> $ret:ty)? = RET0; $($rest:tt)*) => {
+        $crate::__static_call_key! { @abi [$($abi)?] define [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] ret0 }
         $crate::static_call! { $($rest)* }
     };
-    ($(#[$attr:meta])* $vis:vis static $name:ident : fn($($arg:ty),* $(,)?) $(-> $ret:ty)? = $init:path; $($rest:tt)*) => {
-        $crate::__static_call_key! { define [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] func $init }
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $(extern $abi:tt)? fn($($arg:ty),* $(,)?) $(-> $ret:ty)? = $init:path; $($rest:tt)*) => {
+        $crate::__static_call_key! { @abi [$($abi)?] define [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] func $init }
         $crate::static_call! { $($rest)* }
+    };
+    ($($other:tt)+) => {
+        ::core::compile_error!(
+            "static_call!: expected `[pub] static NAME: fn(ARGS) [-> RET] = TARGET;` or the same \
+             with `extern \"C\" fn`, where TARGET is a function, NULL or RET0"
+        );
     };
 }
 
-/// Declares a static call key defined in another crate, so this crate can
-/// call and update it without depending on the defining crate (Linux's
-/// `DECLARE_STATIC_CALL`).
+/// Declares a key that another crate defines with [`static_call!`], so
+/// this crate can call it without depending on the defining crate.
 ///
-/// The signature is part of the key's link name, so a declaration whose
-/// signature is spelled differently from the definition fails to link
-/// rather than calling with the wrong types.
+/// Declarations are `unsafe static`: the declaration must spell the same
+/// signature with the *same types* as the definition. The crate checks what
+/// it can: a declaration whose signature is spelled differently fails to
+/// link. It cannot see that two types spelled alike are the same (`Arg` may
+/// be `&u64` in one crate and `usize` in another), which is the promise the
+/// `unsafe` stands for, exactly as in an `unsafe extern` block.
 ///
-/// A declaration is a promise that the program defines the key: to make the
-/// signature check happen even where the declaring crate only calls the key,
-/// every program that links a declaring crate must define the key (with
+/// As in Linux (`DECLARE_STATIC_CALL`), every program that links the
+/// declaration must also link a definition of the key (if need be, with
 /// `= NULL` for a hook nobody installs), or it fails to link.
 ///
 /// ```
@@ -394,12 +451,27 @@ macro_rules! static_call {
 ///
 /// // In a crate that cannot depend on it (often the core kernel):
 /// mod core_kernel {
-///     static_call::declare_static_call! { pub static IRQ_HOOK: fn(u32) -> u32; }
+///     static_call::declare_static_call! {
+///         // SAFETY: the definition has exactly this signature, with
+///         // these very types.
+///         pub unsafe static IRQ_HOOK: fn(u32) -> u32;
+///     }
 ///     pub fn handle(irq: u32) -> u32 { IRQ_HOOK.call(irq) }
 /// }
 /// # fn main() {
 /// assert_eq!(core_kernel::handle(7), 7);
 /// # }
+/// ```
+///
+/// A declaration without `unsafe` does not compile:
+///
+/// ```compile_fail
+/// static_call::static_call! { pub static IRQ_HOOK: fn(u32) -> u32 = ack; }
+/// fn ack(irq: u32) -> u32 { irq }
+/// mod core_kernel {
+///     static_call::declare_static_call! { pub static IRQ_HOOK: fn(u32) -> u32; }
+/// }
+/// # fn main() {}
 /// ```
 ///
 /// A declaration with another signature does not link:
@@ -408,7 +480,7 @@ macro_rules! static_call {
 /// static_call::static_call! { pub static IRQ_HOOK: fn(u32) -> u32 = ack; }
 /// fn ack(irq: u32) -> u32 { irq }
 /// mod core_kernel {
-///     static_call::declare_static_call! { pub static IRQ_HOOK: fn(u64) -> u32; }
+///     static_call::declare_static_call! { pub unsafe static IRQ_HOOK: fn(u64) -> u32; }
 ///     pub fn handle(irq: u64) -> u32 { IRQ_HOOK.call(irq) }
 /// }
 /// fn main() { core_kernel::handle(7); }
@@ -416,15 +488,40 @@ macro_rules! static_call {
 #[macro_export]
 macro_rules! declare_static_call {
     () => {};
-    ($(#[$attr:meta])* $vis:vis static $name:ident : fn($($arg:ty),* $(,)?) $(-> $ret:ty)?; $($rest:tt)*) => {
-        $crate::__static_call_key! { declare [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] declared }
+    ($(#[$attr:meta])* $vis:vis unsafe static $name:ident : $(extern $abi:tt)? fn($($arg:ty),* $(,)?) $(-> $ret:ty)?; $($rest:tt)*) => {
+        $crate::__static_call_key! { @abi [$($abi)?] declare [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] declared }
         $crate::declare_static_call! { $($rest)* }
+    };
+    ($(#[$attr:meta])* $vis:vis static $($other:tt)*) => {
+        ::core::compile_error!(
+            "declare_static_call!: write `unsafe static`: the types of the declared signature \
+             must be the definition's very types, which the compiler cannot check across crates"
+        );
+    };
+    ($($other:tt)+) => {
+        ::core::compile_error!(
+            "declare_static_call!: expected `[pub] unsafe static NAME: fn(ARGS) [-> RET];` \
+             (or `extern \"C\" fn`)"
+        );
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_key {
+    // The ABI: Rust, or C (the call is emitted by the crate).
+    (@abi [] $($tail:tt)*) => {
+        $crate::__static_call_key! { rust $($tail)* }
+    };
+    (@abi ["C"] $($tail:tt)*) => {
+        $crate::__static_call_key! { c $($tail)* }
+    };
+    (@abi [$abi:tt] $($tail:tt)*) => {
+        ::core::compile_error!(::core::concat!(
+            "static_call!: `extern ", ::core::stringify!($abi), " fn` keys are not supported; ",
+            "use `fn(..)` (Rust ABI) or `extern \"C\" fn(..)`"
+        ));
+    };
     // Name the arguments a0, a1, ... so `call` can forward them.
     (@zip [$($named:tt)*] [$t:ty $(, $rest:ty)*] [$id:ident $($ids:ident)*] $($tail:tt)*) => {
         $crate::__static_call_key! { @zip [$($named)* ($id: $t)] [$($rest),*] [$($ids)*] $($tail)* }
@@ -435,13 +532,13 @@ macro_rules! __static_call_key {
     (@zip [$($named:tt)*] [$($t:ty),+] [] $($tail:tt)*) => {
         ::core::compile_error!("static_call! supports at most eight arguments");
     };
-    ($mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+    ($abi:ident $mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
         $crate::__static_call_key! {
             @zip [] [$($arg),*] [a0 a1 a2 a3 a4 a5 a6 a7]
-            $mode [$($attr)*] [$vis] $name [$($arg),*] [$($ret)?] $kind $($init)?
+            $abi $mode [$($attr)*] [$vis] $name [$($arg),*] [$($ret)?] $kind $($init)?
         }
     };
-    (@emit [$(($id:ident: $t:ty))*] $mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+    (@emit [$(($id:ident: $t:ty))*] $abi:ident $mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
         #[allow(non_camel_case_types)]
         #[doc = ::core::concat!(
             "Static call key `", ::core::stringify!($name), "`: call it with `",
@@ -453,14 +550,24 @@ macro_rules! __static_call_key {
         }
 
         $($attr)*
+        #[allow(non_upper_case_globals)]
         $vis static $name: $name = $name { _private: () };
 
-        $crate::__static_call_key! { @module $mode $kind $name $($init)? }
+        $crate::__static_call_key! { @module $abi $mode $kind $name $($init)? }
+
+        // Each argument type on its own, where an elided lifetime is an
+        // error that says so ("missing lifetime specifier", suggesting
+        // `'static`): in the key's `fn` type it would silently make the
+        // type higher-ranked, which no key can have.
+        $(const _: () = {
+            #[allow(dead_code)]
+            type __Arg = $arg;
+        };)*
 
         const _: () = {
-            type __Fn = fn($($arg),*) $(-> $ret)?;
+            type __Fn = $crate::__static_call_key!(@fn_type $abi [$($arg),*] [$($ret)?]);
 
-            $crate::__static_call_key! { @$mode $kind $name [$(($id: $t))*] [$($arg),*] [$($ret)?] $($init)? }
+            $crate::__static_call_key! { @$mode $abi $kind $name [$(($id: $t))*] [$($arg),*] [$($ret)?] $($init)? }
 
             impl $name {
                 /// Calls the key's current target (a direct call of the
@@ -468,7 +575,7 @@ macro_rules! __static_call_key {
                 #[inline(always)]
                 #[allow(dead_code)]
                 $vis fn call(&self, $($id: $t),*) $(-> $ret)? {
-                    __tramp($($id),*)
+                    $crate::__static_call_key!(@call $abi [$($ret)?] $($id),*)
                 }
             }
 
@@ -481,15 +588,75 @@ macro_rules! __static_call_key {
             }
         };
     };
+    (@fn_type rust [$($arg:ty),*] [$($ret:ty)?]) => { fn($($arg),*) $(-> $ret)? };
+    (@fn_type c [$($arg:ty),*] [$($ret:ty)?]) => { extern "C" fn($($arg),*) $(-> $ret)? };
+    (@ret_type) => { () };
+    (@ret_type $ret:ty) => { $ret };
+    (@call rust [$($ret:ty)?] $($id:ident),*) => { __tramp($($id),*) };
+    (@call c [$($ret:ty)?] $($id:ident),*) => {
+        $crate::__static_call_c_call!(__tramp, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*)
+    };
     // Items that must sit at module level (`global_asm!`); their names are
     // link-level symbols derived from the key's name.
-    (@module define $kind:ident $name:ident $($init:path)?) => {
-        $crate::__static_call_trampoline_asm! { $name $kind $($init)? }
+    (@module $abi:ident define $kind:ident $name:ident $($init:path)?) => {
+        $crate::__static_call_trampoline_asm! { $name $abi $kind $($init)? }
     };
-    (@module declare $($tail:tt)*) => {};
-    (@define $kind:ident $name:ident [$(($id:ident: $t:ty))*] [$($arg:ty),*] [$($ret:ty)?] $($init:path)?) => {
-        /// The key's return-zero target: a function of exactly the key's
-        /// signature, installed only when the return type is `Ret0Safe`.
+    (@module $abi:ident declare $($tail:tt)*) => {};
+    (@define $abi:ident $kind:ident $name:ident [$(($id:ident: $t:ty))*] [$($arg:ty),*] [$($ret:ty)?] $($init:path)?) => {
+        $crate::__static_call_key! { @ret0_fn $abi $name [$(($id: $t))*] [$($ret)?] }
+        $crate::__static_call_key! { @init_fn $abi $kind $name [$(($id: $t))*] [$($ret)?] $($init)? }
+        $crate::__static_call_key! { @check $kind __Fn, $($init)? }
+
+        static __SLOT: $crate::__private::Slot = $crate::__private::Slot::new(
+            $crate::__static_call_key!(@initial $kind __Fn, $($init)?)
+        );
+
+        $crate::__static_call_trampoline! {
+            $abi $name [$(($id: $t))*] [$($ret)?] $kind $($init)?
+        }
+
+        #[unsafe(export_name = $crate::__static_call_key!(@key_symbol $abi $name [$($arg),*] [$($ret)?]))]
+        static __KEY: $crate::StaticCall<__Fn> =
+            // SAFETY: the trampoline, return-zero function and slot are
+            // this key's own, emitted just above.
+            unsafe { $crate::StaticCall::__new(__tramp, __ret0, &__SLOT, ::core::stringify!($name)) };
+    };
+    (@declare $abi:ident declared $name:ident [$(($id:ident: $t:ty))*] [$($arg:ty),*] [$($ret:ty)?]) => {
+        // SAFETY: the key symbol is defined by `static_call!` for a key of
+        // this name and signature (the signature is part of the symbol, so
+        // a differently spelled declaration fails to link; the user's
+        // `unsafe static` promises the types are the definition's).
+        unsafe extern "Rust" {
+            #[link_name = $crate::__static_call_key!(@key_symbol $abi $name [$($arg),*] [$($ret)?])]
+            safe static __KEY: $crate::StaticCall<__Fn>;
+        }
+        $crate::__static_call_key! { @extern_trampoline $abi $name [$(($id: $t))*] [$($ret)?] }
+        // Referencing the key makes the signature check happen at link
+        // time even if this crate only calls the key.
+        #[used]
+        static __SIGNATURE_CHECK: &$crate::StaticCall<__Fn> = &__KEY;
+    };
+    // The trampoline as an external function, `__tramp`: the assembly one,
+    // or (generic backend) another crate's Rust one.
+    (@extern_trampoline rust $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+        // SAFETY: the trampoline `static_call!` emits for this key jumps to
+        // a function of exactly this signature (or returns, for a NULL key,
+        // whose return type is `()`).
+        unsafe extern "Rust" {
+            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
+            safe fn __tramp($($id: $t),*) $(-> $ret)?;
+        }
+    };
+    (@extern_trampoline c $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+        // SAFETY: as for Rust-ABI keys, with the C ABI.
+        unsafe extern "C" {
+            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
+            safe fn __tramp($($id: $t),*) $(-> $ret)?;
+        }
+    };
+    // The key's return-zero target: a function of exactly the key's
+    // signature, installed only when the return type is `Ret0Safe`.
+    (@ret0_fn rust $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
         #[allow(invalid_value, unused_variables)]
         #[unsafe(export_name = ::core::concat!("__SCR__", ::core::stringify!($name)))]
         fn __ret0($($id: $t),*) $(-> $ret)? {
@@ -498,47 +665,49 @@ macro_rules! __static_call_key {
             // `Ret0Safe` (all-zero is a valid value).
             unsafe { $crate::__private::core::mem::zeroed() }
         }
-
-        $crate::__static_call_key! { @check $kind __Fn }
-
-        static __SLOT: $crate::__private::Slot = $crate::__private::Slot::new(
-            $crate::__static_call_key!(@initial $kind __Fn, $($init)?)
-        );
-
-        $crate::__static_call_trampoline! {
-            $name [$(($id: $t))*] [$($ret)?] $kind $($init)?
-        }
-
-        #[unsafe(export_name = $crate::__static_call_key!(@key_symbol $name [$($arg),*] [$($ret)?]))]
-        static __KEY: $crate::StaticCall<__Fn> =
-            // SAFETY: the trampoline, return-zero function and slot are
-            // this key's own, emitted just above.
-            unsafe { $crate::StaticCall::__new(__tramp, __ret0, &__SLOT, ::core::stringify!($name)) };
     };
-    (@declare declared $name:ident [$(($id:ident: $t:ty))*] [$($arg:ty),*] [$($ret:ty)?]) => {
-        // SAFETY: both symbols are defined by `static_call!` for a key of
-        // this name; the key symbol carries the signature, so a declaration
-        // with another signature fails to link instead of mistyping.
-        unsafe extern "Rust" {
-            #[link_name = $crate::__static_call_key!(@key_symbol $name [$($arg),*] [$($ret)?])]
-            safe static __KEY: $crate::StaticCall<__Fn>;
-            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
-            safe fn __tramp($($id: $t),*) $(-> $ret)?;
+    (@ret0_fn c $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+        #[allow(invalid_value, unused_variables)]
+        #[unsafe(export_name = ::core::concat!("__SCR__", ::core::stringify!($name)))]
+        extern "C" fn __ret0($($id: $t),*) $(-> $ret)? {
+            // SAFETY: as for Rust-ABI keys.
+            unsafe { $crate::__private::core::mem::zeroed() }
         }
-        // Referencing the key makes the signature check happen at link
-        // time even if this crate only calls the key.
-        #[used]
-        static __SIGNATURE_CHECK: &$crate::StaticCall<__Fn> = &__KEY;
     };
-    (@key_symbol $name:ident [$($arg:ty),*] [$($ret:ty)?]) => {
+    // A Rust-ABI key's trampoline starts out branching to this shim rather
+    // than to the target itself: `sym` names a function's own code, which
+    // for a `#[track_caller]` function expects a hidden location argument
+    // that a call through the key would not pass. The shim is an ordinary
+    // call, so the compiler passes whatever the target needs; after the
+    // first update the trampoline branches to the target directly.
+    // `extern "C"` functions cannot be `#[track_caller]`, so their keys
+    // branch to the target from the start.
+    (@init_fn rust func $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $init:path) => {
+        #[unsafe(export_name = ::core::concat!("__SCI__", ::core::stringify!($name)))]
+        fn __init($($id: $t),*) $(-> $ret)? {
+            $init($($id),*)
+        }
+    };
+    (@init_fn $abi:ident $kind:ident $name:ident [$($named:tt)*] [$($ret:ty)?] $($init:path)?) => {};
+    (@check null $f:ty,) => { const _: () = $crate::__private::assert_null_safe::<$f>(); };
+    (@check ret0 $f:ty,) => { const _: () = $crate::__private::assert_ret0_safe::<$f>(); };
+    (@check func $f:ty, $init:path) => {
+        const _: () = {
+            let item = $init;
+            let _: $f = item;
+            ::core::assert!(
+                $crate::__private::core::mem::size_of_val(&item) == 0,
+                "static_call!: the initial target must name a function, not a static or const \
+                 holding a function pointer"
+            );
+        };
+    };
+    (@key_symbol $abi:ident $name:ident [$($arg:ty),*] [$($ret:ty)?]) => {
         ::core::concat!(
-            "__SCK__", ::core::stringify!($name), "$fn(",
+            "__SCK__", ::core::stringify!($name), "$", ::core::stringify!($abi), "$fn(",
             $(::core::stringify!($arg), ",",)* ")->", $(::core::stringify!($ret))?
         )
     };
-    (@check null $f:ty) => { const _: () = $crate::__private::assert_null_safe::<$f>(); };
-    (@check ret0 $f:ty) => { const _: () = $crate::__private::assert_ret0_safe::<$f>(); };
-    (@check func $f:ty) => {};
     (@initial null $f:ty,) => { $crate::__private::core::ptr::null_mut() };
     (@initial ret0 $f:ty,) => { __ret0 as $f as *mut () };
     (@initial func $f:ty, $init:path) => { $init as $f as *mut () };

@@ -48,12 +48,15 @@ extern crate std;
 // The macro expanding to the active backend's trampoline source in `asm/`.
 include!(concat!(env!("OUT_DIR"), "/asm_sources.rs"));
 
+mod abi;
 pub mod arch;
 mod error;
 mod fnptr;
 mod key;
+mod site;
 pub mod writer;
 
+pub use abi::{RegisterArg, RegisterReturn};
 pub use error::Error;
 pub use fnptr::{FnPtr, Ret0Safe};
 pub use key::{NullSafe, StaticCall};
@@ -71,8 +74,10 @@ pub const DEFAULT_WRITER_AVAILABLE: bool = writer::PLATFORM_DEFAULT_AVAILABLE;
 /// Items the macros expand to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::abi::{RegisterArg, RegisterReturn};
     pub use crate::arch::active::Slot;
     pub use crate::key::{assert_null_safe, assert_ret0_safe};
+    pub use crate::site::{assert_register_arg, assert_register_return};
     pub use core;
     pub use core::ops::Deref;
 }

@@ -80,6 +80,11 @@ static_call::static_call! {
     static NULL_KEY: fn(*mut u64, u64) = NULL;
     static RET0_KEY: fn(u32) -> u64 = RET0;
     static CHAIN: fn(u32) -> u64 = near_value;
+    static C_VALUE: extern "C" fn(u32) -> u64 = c_near_value;
+}
+
+extern "C" fn c_near_value(x: u32) -> u64 {
+    near_value(x)
 }
 
 type EffectKey = StaticCall<fn(*mut u64, u64)>;
@@ -249,9 +254,21 @@ fn calls_are_direct_jumps_through_the_trampoline() {
     let _serial = serial();
     assert_eq!(VALUE.call(5), 1005);
     assert_eq!(VALUE.trampoline()(6), 1006);
+    // A Rust-ABI key starts out jumping to its init shim, which calls the
+    // target (see `static_call!`); an `extern "C"` key to the target.
+    unsafe extern "Rust" {
+        #[link_name = "__SCI__VALUE"]
+        safe fn value_init_shim(x: u32) -> u64;
+    }
     let t = decoded(VALUE.trampoline_addr());
-    assert_eq!(t.form, Form::Near(addr(near_value as fn(u32) -> u64)));
+    assert_eq!(t.form, Form::Near(addr(value_init_shim as fn(u32) -> u64)));
     assert_eq!(VALUE.trampoline_addr() % 16, 0);
+    assert_eq!(C_VALUE.call(5), 1005);
+    let t = decoded(C_VALUE.trampoline_addr());
+    assert_eq!(
+        t.form,
+        Form::Near(addr(c_near_value as extern "C" fn(u32) -> u64))
+    );
 }
 
 #[test]
@@ -329,7 +346,7 @@ fn trampolines_disassemble_to_the_expected_shape() {
         assert_eq!(total, 16, "{name}: {asm:?}");
         found += 1;
     }
-    assert_eq!(found, 9, "expected every key's trampoline:\n{text}");
+    assert_eq!(found, 10, "expected every key's trampoline:\n{text}");
 }
 
 /// Position independence is kept: the assembler writes no absolute address

@@ -61,25 +61,43 @@ macro_rules! __static_call_trampoline_asm {
     ($($tail:tt)*) => {};
 }
 
-/// Emits a key's trampoline as a Rust function that calls through the slot.
-/// Used by `static_call!`.
+/// Emits a key's trampoline as a Rust function that calls through the slot
+/// (with the key's ABI, so it can be handed out as the key's function
+/// pointer). Used by `static_call!`.
 #[cfg(static_call_backend = "generic")]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline {
-    ($name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+    (rust $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
         #[unsafe(export_name = ::core::concat!("__SCT__", ::core::stringify!($name)))]
-        #[allow(invalid_value)]
         fn __tramp($($id: $t),*) $(-> $ret)? {
-            let target = __SLOT.load();
-            if target.is_null() {
-                // SAFETY: the slot is only null for keys whose return type
-                // is `()` (NULL is checked at compile time).
-                return unsafe { $crate::__private::core::mem::zeroed() };
-            }
-            // SAFETY: the slot only ever holds functions of type `__Fn`.
-            let f = unsafe { $crate::__private::core::mem::transmute::<*mut (), __Fn>(target) };
-            f($($id),*)
+            $crate::__static_call_generic_body!(__SLOT, $($id),*)
         }
     };
+    (c $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+        #[unsafe(export_name = ::core::concat!("__SCT__", ::core::stringify!($name)))]
+        extern "C" fn __tramp($($id: $t),*) $(-> $ret)? {
+            $crate::__static_call_generic_body!(__SLOT, $($id),*)
+        }
+    };
+}
+
+/// The body of a generic trampoline: load the target, return for NULL,
+/// else call it. Used by `__static_call_trampoline!`.
+#[cfg(static_call_backend = "generic")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_generic_body {
+    ($slot:ident, $($id:ident),*) => {{
+        let target = $slot.load();
+        if target.is_null() {
+            // SAFETY: the slot is only null for keys whose return type is
+            // `()` (NULL is checked at compile time).
+            #[allow(invalid_value)]
+            return unsafe { $crate::__private::core::mem::zeroed() };
+        }
+        // SAFETY: the slot only ever holds functions of type `__Fn`.
+        let f = unsafe { $crate::__private::core::mem::transmute::<*mut (), __Fn>(target) };
+        f($($id),*)
+    }};
 }

@@ -66,19 +66,28 @@ pub unsafe trait Backend {
 /// `asm/<arch>/trampoline.S` (a GNU assembler macro, `.purgem`ed after use
 /// because a crate's `global_asm!` blocks are assembled as one file). Used by
 /// `static_call!` at module level (`global_asm!` cannot sit in a block).
+///
+/// The initial branch goes to the target itself for `extern "C"` keys, and
+/// to the key's init shim (`__SCI__NAME`) for Rust-ABI keys (see
+/// `static_call!`'s `@init_fn`).
 #[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline_asm {
-    ($name:ident null) => {
+    ($name:ident $abi:ident null) => {
         $crate::__static_call_trampoline_asm! { @emit $name 1 "0" }
     };
-    ($name:ident ret0) => {
+    ($name:ident $abi:ident ret0) => {
         $crate::__static_call_trampoline_asm! {
             @emit $name 0 ::core::concat!("__SCR__", ::core::stringify!($name))
         }
     };
-    ($name:ident func $init:path) => {
+    ($name:ident rust func $init:path) => {
+        $crate::__static_call_trampoline_asm! {
+            @emit $name 0 ::core::concat!("__SCI__", ::core::stringify!($name))
+        }
+    };
+    ($name:ident c func $init:path) => {
         $crate::__static_call_global_asm!(
             $crate::__static_call_asm_trampoline!(),
             ::core::concat!(
@@ -106,14 +115,8 @@ macro_rules! __static_call_trampoline_asm {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline {
-    ($name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
-        // SAFETY: the trampoline emitted by `__static_call_trampoline_asm!`
-        // jumps to a function of exactly this signature (or returns, for a
-        // NULL key, whose return type is `()`).
-        unsafe extern "Rust" {
-            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name))]
-            safe fn __tramp($($id: $t),*) $(-> $ret)?;
-        }
+    ($abi:ident $name:ident [$($named:tt)*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+        $crate::__static_call_key! { @extern_trampoline $abi $name [$($named)*] [$($ret)?] }
     };
 }
 

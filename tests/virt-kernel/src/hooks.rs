@@ -11,7 +11,9 @@
 static_call::declare_static_call! {
     /// The platform's clock: a timestamp scaled by its argument. Defined by
     /// the platform (the `tests` binary).
-    pub static PLATFORM_CLOCK: fn(u32) -> u64;
+    // SAFETY: the `tests` binary defines it as `fn(u32) -> u64`, with these
+    // very types.
+    pub unsafe static PLATFORM_CLOCK: fn(u32) -> u64;
 }
 
 /// The core kernel's use of the hook: a direct call of its trampoline.

@@ -1,0 +1,37 @@
+//! The arm64 call of an `extern "C"` key: `bl __SCT__NAME`, arguments in
+//! `x0`..`x7`, the result in `x0`.
+
+/// Calls the trampoline `$tramp` (a `sym` path) with the C ABI: the
+/// arguments (each a [`RegisterArg`](crate::RegisterArg)) in `x0`..`x7`,
+/// the result read as `$ret` (a [`RegisterReturn`](crate::RegisterReturn))
+/// from `x0`. Used by `static_call!`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_c_call {
+    ($tramp:path, $ret:ty; $($arg:expr),* $(,)?) => {
+        $crate::__static_call_c_call!(
+            @zip $tramp, $ret; [] [$($arg),*] ["x0" "x1" "x2" "x3" "x4" "x5" "x6" "x7"]
+        )
+    };
+    (@zip $tramp:path, $ret:ty; [$($done:tt)*] [$a:expr $(, $rest:expr)*] [$r:tt $($regs:tt)*]) => {
+        $crate::__static_call_c_call!(@zip $tramp, $ret; [$($done)* ($r, $a)] [$($rest),*] [$($regs)*])
+    };
+    (@zip $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] [] [$($unused:tt)*]) => {{
+        let ret: u64;
+        // SAFETY: the trampoline branches to a function of the key's
+        // `extern "C"` type (or returns, for NULL), which receives the
+        // arguments in the registers the C ABI assigns them; `bl` sets the
+        // link register, which `clobber_abi("C")` declares clobbered along
+        // with every register the callee may change.
+        unsafe {
+            $crate::__private::core::arch::asm!(
+                "bl {tramp}",
+                tramp = sym $tramp,
+                $(in($r) $crate::__private::RegisterArg::into_register($a),)*
+                lateout("x0") ret,
+                clobber_abi("C"),
+            );
+            <$ret as $crate::__private::RegisterReturn>::from_register(ret)
+        }
+    }};
+}

@@ -1,0 +1,43 @@
+//! Call sites: the instruction a key's `call` compiles to.
+//!
+//! A Rust-ABI key's `call` is an ordinary call of the trampoline, declared
+//! as an external function; how the compiler emits it depends on the
+//! relocation model (on x86-64 PIE it loads the address from the GOT, see
+//! the README). An `extern "C"` key's `call` is emitted here, with `asm!`
+//! and the trampoline as a `sym` operand, so it is a direct `call`/`bl` in
+//! every relocation model and with retpolines: arguments go in the C ABI's
+//! integer registers ([`RegisterArg`](crate::RegisterArg)), the result
+//! comes back in the return register ([`RegisterReturn`](crate::RegisterReturn)),
+//! and `clobber_abi("C")` tells the compiler what the callee may change.
+//! Without `options(nostack)` the compiler keeps the stack aligned for the
+//! call and keeps nothing in a red zone below the stack pointer.
+
+#[cfg(static_call_backend = "aarch64")]
+mod aarch64;
+#[cfg(static_call_backend = "x86_64")]
+mod x86_64;
+
+/// The generic backend's call of an `extern "C"` key: an ordinary call of
+/// its Rust trampoline, which calls through the key's atomic pointer. The
+/// signature is held to the same rules as where the call is emitted with
+/// `asm!`, so a key that builds here builds on every target.
+#[cfg(static_call_backend = "generic")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_c_call {
+    ($tramp:path, $ret:ty; $($arg:expr),* $(,)?) => {{
+        $($crate::__private::assert_register_arg(&$arg);)*
+        $crate::__private::assert_register_return::<$ret>();
+        $tramp($($arg),*)
+    }};
+}
+
+/// Holds a generic backend's `extern "C"` key to the argument rule.
+#[doc(hidden)]
+#[inline(always)]
+pub fn assert_register_arg<T: crate::RegisterArg>(_: &T) {}
+
+/// Holds a generic backend's `extern "C"` key to the return-type rule.
+#[doc(hidden)]
+#[inline(always)]
+pub fn assert_register_return<T: crate::RegisterReturn>() {}
