@@ -7,7 +7,7 @@
 //! `asm!` places arguments in the C ABI's integer argument registers
 //! (x86-64: `rdi, rsi, rdx, rcx, r8, r9`, then the stack; arm64: `x0`..`x7`)
 //! and reads the result from `rax`/`x0`. These traits say which Rust types
-//! travel that way unchanged: integers up to 64 bits, `bool`, `char`, thin
+//! travel that way unchanged: integers up to 64 bits, `bool`, thin
 //! pointers and references. Floating-point values (vector registers),
 //! 128-bit integers (register pairs) and aggregates are refused at compile
 //! time; pass them behind a pointer, or use a Rust-ABI key.
@@ -42,7 +42,7 @@
     message = "`{Self}` cannot be an argument of an `extern \"C\"` static call",
     label = "not passed in one integer register",
     note = "the call is emitted with asm! and passes each argument in one integer register: \
-            integers up to 64 bits, bool, char, thin pointers and references; pass floats, \
+            integers up to 64 bits, bool, thin pointers and references; pass floats, \
             128-bit integers and structs behind a pointer, or use a Rust-ABI key (`fn(..)`)"
 )]
 pub unsafe trait RegisterArg: Sized {
@@ -62,7 +62,7 @@ pub unsafe trait RegisterArg: Sized {
     message = "`{Self}` cannot be the return type of an `extern \"C\"` static call",
     label = "not returned in one integer register",
     note = "the call is emitted with asm! and reads the result from one integer register: \
-            integers up to 64 bits, bool, char, thin pointers, references, or `()`; return \
+            integers up to 64 bits, bool, thin pointers, references, or `()`; return \
             floats, 128-bit integers and structs through an out-pointer, or use a Rust-ABI key"
 )]
 pub unsafe trait RegisterReturn: Sized {
@@ -115,23 +115,6 @@ unsafe impl RegisterReturn for bool {
     #[inline(always)]
     unsafe fn from_register(register: u64) -> Self {
         register as u8 != 0
-    }
-}
-
-// SAFETY: `char` is passed as its 32-bit scalar value, zero-extended.
-unsafe impl RegisterArg for char {
-    #[inline(always)]
-    fn into_register(self) -> u64 {
-        u64::from(u32::from(self))
-    }
-}
-// SAFETY: a function returning `char` leaves a valid scalar value in the
-// low 32 bits (the caller's contract); anything else becomes U+FFFD rather
-// than an invalid `char`.
-unsafe impl RegisterReturn for char {
-    #[inline(always)]
-    unsafe fn from_register(register: u64) -> Self {
-        char::from_u32(register as u32).unwrap_or(char::REPLACEMENT_CHARACTER)
     }
 }
 
@@ -201,7 +184,6 @@ mod tests {
         assert_eq!((-2i32).into_register(), (-2i64) as u64);
         assert_eq!(u32::MAX.into_register(), 0xffff_ffff);
         assert_eq!(true.into_register(), 1);
-        assert_eq!('é'.into_register(), 0xe9);
     }
 
     #[test]
@@ -213,8 +195,6 @@ mod tests {
             assert_eq!(i16::from_register(0x1234_ffff), -1);
             assert!(bool::from_register(0xff00_0001));
             assert!(!bool::from_register(0xff00_0000));
-            assert_eq!(char::from_register(0x7700_0000_0041), 'A');
-            assert_eq!(char::from_register(0xd800), char::REPLACEMENT_CHARACTER);
         }
     }
 
