@@ -53,6 +53,11 @@ pub unsafe trait FnPtr: Copy + Send + Sync + 'static {
 /// # Safety
 ///
 /// The all-zero bit pattern must be a valid value of the type.
+#[diagnostic::on_unimplemented(
+    message = "a RET0 static call must return a type whose all-zero value is valid, not `{Self}`",
+    label = "RET0 returns all-zero bits, which are not a `{Self}`",
+    note = "return an integer, `bool`, a raw pointer, `Option<&T>` or `Option<NonNull<T>>`"
+)]
 pub unsafe trait Ret0Safe {}
 
 macro_rules! ret0_safe {

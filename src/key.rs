@@ -300,6 +300,10 @@ impl NullSafe for () {}
 
 mod sealed {
     /// Only this crate decides which types a NULL call may return.
+    #[diagnostic::on_unimplemented(
+        message = "only `()` can be returned by a NULL static call: `NullSafe` is sealed",
+        label = "a NULL call returns no value of `{Self}`"
+    )]
     pub trait Sealed {}
     impl Sealed for () {}
 }

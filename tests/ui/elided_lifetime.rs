@@ -1,0 +1,3 @@
+fn log(_: &str) {}
+static_call::static_call! { static LOG: fn(&str) = log; }
+fn main() {}

@@ -1,0 +1,5 @@
+fn tick() {}
+fn main() {
+    static_call::static_call! { static TICK: fn() = tick; }
+    TICK.call();
+}

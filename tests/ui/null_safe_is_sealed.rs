@@ -1,0 +1,3 @@
+struct Status(u32);
+impl static_call::NullSafe for Status {}
+fn main() {}
