@@ -26,6 +26,7 @@ use crate::{Error, TextWriter, writer};
 /// ```
 pub struct StaticCall<F: FnPtr> {
     tramp: F,
+    indirect: F,
     ret0: F,
     slot: &'static Slot,
     name: &'static str,
@@ -35,11 +36,19 @@ impl<F: FnPtr> StaticCall<F> {
     #[doc(hidden)]
     /// # Safety
     ///
-    /// `tramp`, `ret0` and `slot` must be the key's trampoline, return-zero
-    /// function and slot as emitted by `static_call!`.
-    pub const unsafe fn __new(tramp: F, ret0: F, slot: &'static Slot, name: &'static str) -> Self {
+    /// `tramp`, `indirect`, `ret0` and `slot` must be the key's trampoline,
+    /// its entry for indirect calls, return-zero function and slot as
+    /// emitted by `static_call!`.
+    pub const unsafe fn __new(
+        tramp: F,
+        indirect: F,
+        ret0: F,
+        slot: &'static Slot,
+        name: &'static str,
+    ) -> Self {
         StaticCall {
             tramp,
+            indirect,
             ret0,
             slot,
             name,
@@ -62,6 +71,11 @@ impl<F: FnPtr> StaticCall<F> {
     /// through the key, so it always reaches the current target. Use it
     /// where a `fn` value is needed (a vtable, a callback registry).
     ///
+    /// On x86-64 this is a separate entry that starts with `endbr64`, so
+    /// indirect calls are accepted under CET indirect branch tracking, and
+    /// jumps to the trampoline; on arm64 the trampoline itself starts with
+    /// `bti c`.
+    ///
     /// ```
     /// static_call::static_call! { static DOUBLE: fn(u32) -> u32 = double; }
     /// fn double(x: u32) -> u32 { x * 2 }
@@ -72,10 +86,11 @@ impl<F: FnPtr> StaticCall<F> {
     /// # }
     /// ```
     pub fn trampoline(&self) -> F {
-        self.tramp
+        self.indirect
     }
 
-    /// The address of the trampoline's entry.
+    /// The address of the trampoline's entry: the code direct calls run and
+    /// updates patch.
     ///
     /// ```
     /// static_call::static_call! { static HOOK: fn() = NULL; }
@@ -577,7 +592,7 @@ macro_rules! __static_call_key {
                 /// Calls the key's current target (a direct call of the
                 /// key's trampoline).
                 #[inline(always)]
-                #[allow(dead_code)]
+                #[allow(dead_code, clippy::too_many_arguments)]
                 $vis fn call(&self, $($id: $t),*) $(-> $ret)? {
                     $crate::__static_call_key!(@call $abi [$($ret)?] $($id),*)
                 }
@@ -623,7 +638,15 @@ macro_rules! __static_call_key {
         static __KEY: $crate::StaticCall<__Fn> =
             // SAFETY: the trampoline, return-zero function and slot are
             // this key's own, emitted just above.
-            unsafe { $crate::StaticCall::__new(__tramp, __ret0, &__SLOT, ::core::stringify!($name)) };
+            unsafe {
+                $crate::StaticCall::__new(
+                    __tramp,
+                    $crate::__static_call_indirect_entry!(),
+                    __ret0,
+                    &__SLOT,
+                    ::core::stringify!($name),
+                )
+            };
     };
     (@declare $abi:ident declared $name:ident [$(($id:ident: $t:ty))*] [$($arg:ty),*] [$($ret:ty)?]) => {
         // SAFETY: the key symbol is defined by `static_call!` for a key of
@@ -658,10 +681,26 @@ macro_rules! __static_call_key {
             safe fn __tramp($($id: $t),*) $(-> $ret)?;
         }
     };
+    // The trampoline's entry for indirect calls, `__tramp_indirect`, where
+    // the backend has one (`asm/x86_64/trampoline.S`).
+    (@extern_indirect rust $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+        // SAFETY: `NAME.indirect` jumps to the trampoline `__tramp`.
+        unsafe extern "Rust" {
+            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name), ".indirect")]
+            safe fn __tramp_indirect($($id: $t),*) $(-> $ret)?;
+        }
+    };
+    (@extern_indirect c $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+        // SAFETY: `NAME.indirect` jumps to the trampoline `__tramp`.
+        unsafe extern "C" {
+            #[link_name = ::core::concat!("__SCT__", ::core::stringify!($name), ".indirect")]
+            safe fn __tramp_indirect($($id: $t),*) $(-> $ret)?;
+        }
+    };
     // The key's return-zero target: a function of exactly the key's
     // signature, installed only when the return type is `Ret0Safe`.
     (@ret0_fn rust $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
-        #[allow(invalid_value, unused_variables)]
+        #[allow(invalid_value, unused_variables, clippy::too_many_arguments)]
         #[unsafe(export_name = ::core::concat!("__SCR__", ::core::stringify!($name)))]
         fn __ret0($($id: $t),*) $(-> $ret)? {
             // SAFETY: only reachable through a RET0 update or a RET0
@@ -671,7 +710,7 @@ macro_rules! __static_call_key {
         }
     };
     (@ret0_fn c $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
-        #[allow(invalid_value, unused_variables)]
+        #[allow(invalid_value, unused_variables, clippy::too_many_arguments)]
         #[unsafe(export_name = ::core::concat!("__SCR__", ::core::stringify!($name)))]
         extern "C" fn __ret0($($id: $t),*) $(-> $ret)? {
             // SAFETY: as for Rust-ABI keys.
@@ -687,6 +726,7 @@ macro_rules! __static_call_key {
     // `extern "C"` functions cannot be `#[track_caller]`, so their keys
     // branch to the target from the start.
     (@init_fn rust func $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $init:path) => {
+        #[allow(clippy::too_many_arguments)]
         #[unsafe(export_name = ::core::concat!("__SCI__", ::core::stringify!($name)))]
         fn __init($($id: $t),*) $(-> $ret)? {
             $init($($id),*)

@@ -5,7 +5,11 @@
 //!
 //! Host only: the messages are the same on every backend, and the cases
 //! are compiled by a nested cargo for the host.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "force-generic")))]
+#![cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(feature = "force-generic")
+))]
 
 #[test]
 fn refusals_say_what_to_do() {

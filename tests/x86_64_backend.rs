@@ -263,7 +263,16 @@ fn calls_are_direct_jumps_through_the_trampoline() {
     let t = decoded(VALUE.trampoline_addr());
     assert_eq!(t.form, Form::Near(addr(value_init_shim as fn(u32) -> u64)));
     assert_eq!(VALUE.trampoline_addr() % 16, 0);
+    // The function pointer is the entry for indirect calls: `endbr64`.
+    let pointer = VALUE.trampoline() as usize;
+    assert_ne!(pointer, VALUE.trampoline_addr());
+    // SAFETY: the entry is 4 readable bytes of text.
+    assert_eq!(
+        unsafe { *(pointer as *const [u8; 4]) },
+        [0xf3, 0x0f, 0x1e, 0xfa]
+    );
     assert_eq!(C_VALUE.call(5), 1005);
+    assert_eq!(C_VALUE.trampoline()(5), 1005);
     let t = decoded(C_VALUE.trampoline_addr());
     assert_eq!(
         t.form,
@@ -303,7 +312,7 @@ fn trampolines_disassemble_to_the_expected_shape() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let mut found = 0;
+    let (mut found, mut indirect) = (0, 0);
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
         let Some(header) = line.strip_suffix(">:") else {
@@ -313,6 +322,26 @@ fn trampolines_disassemble_to_the_expected_shape() {
             continue;
         };
         if !name.starts_with("__SCT__") {
+            continue;
+        }
+        if let Some(key) = name.strip_suffix(".indirect") {
+            // The entry for indirect calls: a CET landing pad, then a jump
+            // to the trampoline it belongs to.
+            let body: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.trim().is_empty())
+                .filter(|l| !l.contains("\tnop"))
+                .collect();
+            assert_eq!(body.len(), 2, "{name}: {body:?}");
+            assert!(
+                body[0].contains("f3 0f 1e fa") && body[0].ends_with("endbr64"),
+                "{name}"
+            );
+            assert!(
+                body[1].contains("jmp") && body[1].ends_with(&format!("<{key}>")),
+                "{name}: {body:?}"
+            );
+            indirect += 1;
             continue;
         }
         let tramp = u64::from_str_radix(addr, 16).unwrap();
@@ -347,6 +376,7 @@ fn trampolines_disassemble_to_the_expected_shape() {
         found += 1;
     }
     assert_eq!(found, 10, "expected every key's trampoline:\n{text}");
+    assert_eq!(indirect, 10, "expected every key's indirect entry:\n{text}");
 }
 
 /// Position independence is kept: the assembler writes no absolute address

@@ -9,6 +9,7 @@
 # only code ever patched, with aligned stores; the literal after them is
 # written by every update. The assembler leaves it 0: an absolute address
 # here would be a text relocation in a position-independent executable.
+# NAME.indirect, after it, is the entry the key's function pointer uses.
 # Layout and protocols: src/arch/x86_64/mod.rs.
 .macro static_call_trampoline name:req, null:req, target:req
 	.pushsection .static_call.text, "ax", @progbits
@@ -29,5 +30,14 @@
 	.byte	0x0f, 0xb9, 0xcc	# ud1 %esp, %ecx: speculation stop, signature
 	.quad	0			# the literal
 	.size	\name, . - \name
+# The entry for indirect calls (the key's function pointer): with CET
+# indirect branch tracking an indirect call must land on endbr64. It sits
+# apart so that direct calls run the patched word first and pay nothing.
+	.globl	\name\().indirect
+	.type	\name\().indirect, @function
+\name\().indirect:
+	endbr64
+	jmp	\name
+	.size	\name\().indirect, . - \name\().indirect
 	.popsection
 .endm

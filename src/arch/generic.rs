@@ -69,12 +69,14 @@ macro_rules! __static_call_trampoline_asm {
 #[macro_export]
 macro_rules! __static_call_trampoline {
     (rust $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+        #[allow(clippy::too_many_arguments)]
         #[unsafe(export_name = ::core::concat!("__SCT__", ::core::stringify!($name)))]
         fn __tramp($($id: $t),*) $(-> $ret)? {
             $crate::__static_call_generic_body!(__SLOT, $($id),*)
         }
     };
     (c $name:ident [$(($id:ident: $t:ty))*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+        #[allow(clippy::too_many_arguments)]
         #[unsafe(export_name = ::core::concat!("__SCT__", ::core::stringify!($name)))]
         extern "C" fn __tramp($($id: $t),*) $(-> $ret)? {
             $crate::__static_call_generic_body!(__SLOT, $($id),*)

@@ -109,14 +109,47 @@ macro_rules! __static_call_trampoline_asm {
     };
 }
 
-/// Declares a key's assembly trampoline as `__tramp`. Used by
-/// `static_call!`.
-#[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
+/// Declares a key's assembly trampoline as `__tramp`, and on x86-64 its
+/// entry for indirect calls as `__tramp_indirect`. Used by `static_call!`.
+#[cfg(static_call_backend = "x86_64")]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_trampoline {
     ($abi:ident $name:ident [$($named:tt)*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
         $crate::__static_call_key! { @extern_trampoline $abi $name [$($named)*] [$($ret)?] }
+        $crate::__static_call_key! { @extern_indirect $abi $name [$($named)*] [$($ret)?] }
+    };
+}
+
+/// See the x86-64 version.
+#[cfg(static_call_backend = "aarch64")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_trampoline {
+    ($abi:ident $name:ident [$($named:tt)*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+        $crate::__static_call_key! { @extern_trampoline $abi $name [$($named)*] [$($ret)?] }
+    };
+}
+
+/// The key's entry for indirect calls: a separate `endbr64` entry on
+/// x86-64 (CET indirect branch tracking); the trampoline itself elsewhere
+/// (arm64's starts with `bti c`). Used by `static_call!`.
+#[doc(hidden)]
+#[macro_export]
+#[cfg(static_call_backend = "x86_64")]
+macro_rules! __static_call_indirect_entry {
+    () => {
+        __tramp_indirect
+    };
+}
+
+/// See the x86-64 version.
+#[doc(hidden)]
+#[macro_export]
+#[cfg(not(static_call_backend = "x86_64"))]
+macro_rules! __static_call_indirect_entry {
+    () => {
+        __tramp
     };
 }
 

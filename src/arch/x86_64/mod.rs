@@ -151,19 +151,21 @@ pub struct BreakpointFrame {
 
 /// The NULL stub: where a NULL trampoline's literal points, so a CPU
 /// steered (or jumping through the literal) while a key becomes NULL
-/// returns to its caller.
+/// returns to its caller. It starts with `endbr64`: the far form reaches it
+/// with an indirect jump, which CET indirect branch tracking checks.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
 extern "C" fn null_stub() {
-    core::arch::naked_asm!("ret", "int3")
+    core::arch::naked_asm!("endbr64", "ret", "int3")
 }
 
 /// The NULL stub's address: what a NULL trampoline's literal holds.
 ///
 /// ```
 /// let stub = static_call::arch::x86_64::null_stub_addr();
-/// // SAFETY: the stub is two readable bytes of text.
-/// assert_eq!(unsafe { *(stub as *const [u8; 2]) }, [0xc3, 0xcc]); // ret; int3
+/// // SAFETY: the stub is six readable bytes of text.
+/// let code = unsafe { *(stub as *const [u8; 6]) };
+/// assert_eq!(code, [0xf3, 0x0f, 0x1e, 0xfa, 0xc3, 0xcc]); // endbr64; ret; int3
 /// ```
 #[cfg(target_arch = "x86_64")]
 pub fn null_stub_addr() -> u64 {
