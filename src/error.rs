@@ -10,7 +10,22 @@ use core::fmt;
 /// let e = Error::MisalignedTarget { target: 0x1002 };
 /// assert_eq!(e.to_string(), "target 0x1002 is not an instruction address");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// `Debug` prints addresses and found values in hexadecimal:
+///
+/// ```
+/// use static_call::Error;
+/// let e = Error::UnreachableTarget { tramp: 0x4008_0000, target: 0x8_0000_0000 };
+/// assert_eq!(
+///     format!("{e:?}"),
+///     "UnreachableTarget { tramp: 0x40080000, target: 0x800000000 }"
+/// );
+/// assert_eq!(
+///     Error::WriterFailed { what: "map the page", errno: 0 }.to_string(),
+///     "text writer failed to map the page"
+/// );
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
     /// The trampoline address does not have the alignment its backend needs.
@@ -27,7 +42,8 @@ pub enum Error {
         /// Offset in bytes (from the start of the patch window) of the first
         /// unexpected instruction or field.
         offset: usize,
-        /// The word found there.
+        /// What was found there: the instruction word (arm64), the byte
+        /// (x86-64 code) or the literal.
         found: u64,
     },
     /// The new target cannot be an instruction address (for example it is
@@ -87,12 +103,66 @@ impl fmt::Display for Error {
             Error::NoTextWriter => f.write_str(
                 "no text writer: pass one to update_with or install one with set_default_writer",
             ),
+            Error::WriterFailed { what, errno: 0 } => {
+                write!(f, "text writer failed to {what}")
+            }
             Error::WriterFailed { what, errno } => {
                 write!(f, "text writer failed to {what} (errno {errno})")
             }
             Error::VerifyFailed { addr } => {
                 write!(f, "text at {addr:#x} did not read back as written")
             }
+        }
+    }
+}
+
+/// An address or raw value, printed in hexadecimal by `Debug`.
+struct Hex(u64);
+
+impl fmt::Debug for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = |v: usize| Hex(v as u64);
+        match *self {
+            Error::MisalignedTrampoline { addr, align } => f
+                .debug_struct("MisalignedTrampoline")
+                .field("addr", &hex(addr))
+                .field("align", &align)
+                .finish(),
+            Error::UnrecognisedTrampoline {
+                addr,
+                offset,
+                found,
+            } => f
+                .debug_struct("UnrecognisedTrampoline")
+                .field("addr", &hex(addr))
+                .field("offset", &offset)
+                .field("found", &Hex(found))
+                .finish(),
+            Error::MisalignedTarget { target } => f
+                .debug_struct("MisalignedTarget")
+                .field("target", &hex(target))
+                .finish(),
+            Error::UnreachableTarget { tramp, target } => f
+                .debug_struct("UnreachableTarget")
+                .field("tramp", &hex(tramp))
+                .field("target", &hex(target))
+                .finish(),
+            Error::NoTextWriter => f.write_str("NoTextWriter"),
+            Error::WriterFailed { what, errno } => f
+                .debug_struct("WriterFailed")
+                .field("what", &what)
+                .field("errno", &errno)
+                .finish(),
+            Error::VerifyFailed { addr } => f
+                .debug_struct("VerifyFailed")
+                .field("addr", &hex(addr))
+                .finish(),
         }
     }
 }

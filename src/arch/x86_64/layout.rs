@@ -125,7 +125,7 @@ pub fn decode(tramp: u64, image: &Image, null_stub: u64) -> Result<Trampoline, E
         offset,
         found,
     };
-    let bad_entry = |offset| unrecognised(offset, image.entry_word());
+    let bad_entry = |offset: usize| unrecognised(offset, u64::from(image.entry[offset]));
     let bad_literal = || unrecognised(LITERAL_OFFSET, image.literal);
     let form = match entry[0] {
         JMP_REL32 => {
@@ -192,7 +192,7 @@ pub fn current_target(tramp: u64, image: &Image, null_stub: u64) -> Result<u64, 
             return Err(Error::UnrecognisedTrampoline {
                 addr: tramp as usize,
                 offset: 1,
-                found: image.entry_word(),
+                found: u64::from(entry[1]),
             });
         }
         return literal_target(image.literal);
@@ -205,10 +205,11 @@ pub fn current_target(tramp: u64, image: &Image, null_stub: u64) -> Result<u64, 
     match entry[0] {
         b if b == FAR_ENTRY[0] => {
             if *entry != FAR_ENTRY {
+                let offset = first_difference(entry, &FAR_ENTRY);
                 return Err(Error::UnrecognisedTrampoline {
                     addr: tramp as usize,
-                    offset: first_difference(entry, &FAR_ENTRY),
-                    found: image.entry_word(),
+                    offset,
+                    found: u64::from(entry[offset]),
                 });
             }
             literal_target(image.literal)
@@ -356,6 +357,16 @@ mod tests {
                 let want = if literal_caught { 8 } else { offset };
                 assert!(
                     matches!(err, Error::UnrecognisedTrampoline { offset: o, .. } if o == want),
+                    "{good:?} byte {offset}: {err:?}"
+                );
+                // What was found is the byte (or the literal), not the word.
+                let found = if literal_caught {
+                    bad.literal
+                } else {
+                    u64::from(bad.entry[offset])
+                };
+                assert!(
+                    matches!(err, Error::UnrecognisedTrampoline { found: f, .. } if f == found),
                     "{good:?} byte {offset}: {err:?}"
                 );
             }
