@@ -387,7 +387,7 @@ where
 /// - The initial target is a function item (not a `static` or `const`
 ///   holding a function pointer), of exactly the key's type.
 /// - `NULL` keys return `()`; `RET0` keys return a
-///   [`Ret0Safe`](crate::Ret0Safe) type.
+///   [`Ret0Safe`] type.
 /// - Keys are module-level items: their trampoline is module-level
 ///   assembly, which cannot be emitted inside a function body.
 ///
