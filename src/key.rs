@@ -189,6 +189,30 @@ impl<F: FnPtr> StaticCall<F> {
         self.retarget(f.addr(), Some(writer))
     }
 
+    /// The current target's address (0 for NULL), for putting it back.
+    pub(crate) fn current_target(&self) -> usize {
+        self.query().map_or(0, FnPtr::addr)
+    }
+
+    /// The key's return-zero function's address.
+    pub(crate) fn ret0_addr(&self) -> usize {
+        self.ret0.addr()
+    }
+
+    /// Retargets to `target` with the installed writer.
+    ///
+    /// # Safety
+    ///
+    /// `target` is a function of type `F`, this key's return-zero function
+    /// (only if `F::Output: Ret0Safe`) or 0 (only if `F::Output: NullSafe`).
+    pub(crate) unsafe fn retarget_to(
+        &self,
+        target: usize,
+        writer: Option<&dyn TextWriter>,
+    ) -> Result<(), Error> {
+        self.retarget(target, writer)
+    }
+
     fn retarget(&self, target: usize, writer: Option<&dyn TextWriter>) -> Result<(), Error> {
         let writer = match (writer, Active::WRITES_TEXT) {
             (w, true) => w,

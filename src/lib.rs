@@ -53,6 +53,7 @@ pub mod arch;
 mod error;
 mod fnptr;
 mod key;
+pub mod ops;
 mod site;
 pub mod writer;
 

@@ -1,0 +1,445 @@
+//! Operations tables: a trait whose operations are dispatched through static
+//! calls, so portable code calls an implementation chosen at run time with
+//! direct calls, and one call installs a whole implementation.
+//!
+//! This is what Linux does by hand for `x86_pmu` or the paravirt
+//! operations: one static call per operation, all retargeted from a table
+//! of function pointers when an implementation is chosen. Here the table
+//! is a trait, so the compiler checks that an implementation provides
+//! exactly the trait's operations with exactly their signatures.
+
+/// Declares a trait whose operations are static calls.
+///
+/// ```
+/// static_call::static_call_ops! {
+///     /// A clock source, chosen at boot.
+///     pub trait Clock in clock {
+///         /// Reads the counter.
+///         static CLOCK_READ: fn read(&self) -> u64;
+///         /// Ticks per second.
+///         static CLOCK_RATE: fn rate_hz() -> u64;
+///         /// Stops the counter for suspend, where the hardware can.
+///         static CLOCK_SUSPEND: optional fn suspend(&self) = NULL;
+///         /// Drift in parts per billion, where the hardware knows it.
+///         static CLOCK_DRIFT: optional fn drift_ppb(&self) -> i64 = RET0;
+///     }
+///     default = BootClock;
+/// }
+///
+/// /// What runs before any clock is installed.
+/// struct BootClock;
+/// static BOOT_CLOCK: BootClock = BootClock;
+/// impl Clock for BootClock {
+///     fn instance() -> &'static Self { &BOOT_CLOCK }
+///     fn read(&self) -> u64 { 0 }
+///     fn rate_hz() -> u64 { 1 }
+/// }
+///
+/// struct Tsc { base: u64 }
+/// static TSC: Tsc = Tsc { base: 100 };
+/// impl Clock for Tsc {
+///     fn instance() -> &'static Self { &TSC }
+///     fn read(&self) -> u64 { self.base + 1 }
+///     fn rate_hz() -> u64 { 1_000_000_000 }
+///     const CLOCK_DRIFT: Option<fn(&Self) -> i64> = Some(Self::drift);
+/// }
+/// impl Tsc {
+///     fn drift(&self) -> i64 { -3 }
+/// }
+///
+/// # fn main() {
+/// // Portable code calls the operations as functions: direct calls.
+/// assert_eq!((clock::read(), clock::rate_hz(), clock::drift_ppb()), (0, 1, 0));
+/// # if static_call::DEFAULT_WRITER_AVAILABLE {
+/// clock::install::<Tsc>().unwrap();
+/// assert_eq!((clock::read(), clock::rate_hz(), clock::drift_ppb()), (101, 1_000_000_000, -3));
+/// clock::suspend(); // left out by `Tsc`: NULL, returns at once
+/// assert!(clock::CLOCK_SUSPEND.query().is_none());
+/// # }
+/// # }
+/// ```
+///
+/// Each operation names its key (`static NAME:`, a link-level symbol as in
+/// [`static_call!`](crate::static_call)), its signature, and whether it is
+/// required or `optional`. The macro defines:
+///
+/// - the trait, with a method per required operation, an associated
+///   `const NAME: Option<fn(..)>` per optional one (`None` unless an
+///   implementation provides it), and, when any operation takes `&self`,
+///   `fn instance() -> &'static Self`: the object `&self` operations run
+///   on. Implementations are checked by the compiler like any trait impl.
+/// - the module (`in MODULE`), holding one `extern "C"` key per operation
+///   (so each call is a direct `call`/`bl`; arguments and results follow
+///   the rules of `extern "C"` keys), a function per operation that calls
+///   it, and `install::<T>()`, which points every key at `T`'s operations.
+///   Before any install, the `default` implementation's operations run.
+///
+/// Each key points at a small function generic over the implementation
+/// (`T::read(T::instance())`), which the compiler usually reduces to the
+/// implementation itself; an optional operation an implementation leaves
+/// out becomes NULL (returns at once) or RET0 (returns zero).
+///
+/// `install` retargets the keys one after the other. A call racing with it
+/// runs each operation's old or new implementation; operations are not
+/// switched together. On `Err`, the keys already switched are put back, so
+/// every operation behaves as before.
+///
+/// An implementation must provide every required operation with its exact
+/// signature:
+///
+/// ```compile_fail
+/// static_call::static_call_ops! {
+///     pub trait Clock in clock {
+///         static CLOCK_READ: fn read(&self) -> u64;
+///         static CLOCK_RATE: fn rate_hz() -> u64;
+///     }
+///     default = Boot;
+/// }
+/// struct Boot;
+/// static BOOT: Boot = Boot;
+/// impl Clock for Boot {
+///     fn instance() -> &'static Self { &BOOT }
+///     fn read(&self) -> u64 { 0 } // rate_hz is missing
+/// }
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! static_call_ops {
+    (
+        $(#[$attr:meta])*
+        $vis:vis trait $trait_name:ident in $module:ident {
+            $($ops:tt)*
+        }
+        default = $default:ty;
+    ) => {
+        $crate::__static_call_ops! {
+            @parse [[$(#[$attr])*] [$vis] $trait_name $module [$default]] [] [] $($ops)*
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_ops {
+    // Each operation becomes
+    // `{ [attrs] KEY op [self|static] [required|null|ret0] [(arg: Ty)...] [Ret] }`;
+    // the second list collects a marker per `&self` operation.
+    (@parse $head:tt [$($done:tt)*] [$($has_self:tt)*]
+        $(#[$a:meta])* static $key:ident : fn $op:ident (&self $(, $arg:ident : $t:ty)* $(,)?) $(-> $ret:ty)?;
+        $($rest:tt)*
+    ) => {
+        $crate::__static_call_ops! { @parse $head
+            [$($done)* { [$(#[$a])*] $key $op [self] [required] [$(($arg: $t))*] [$($ret)?] }]
+            [$($has_self)* self] $($rest)*
+        }
+    };
+    (@parse $head:tt [$($done:tt)*] [$($has_self:tt)*]
+        $(#[$a:meta])* static $key:ident : fn $op:ident ($($arg:ident : $t:ty),* $(,)?) $(-> $ret:ty)?;
+        $($rest:tt)*
+    ) => {
+        $crate::__static_call_ops! { @parse $head
+            [$($done)* { [$(#[$a])*] $key $op [static] [required] [$(($arg: $t))*] [$($ret)?] }]
+            [$($has_self)*] $($rest)*
+        }
+    };
+    (@parse $head:tt [$($done:tt)*] [$($has_self:tt)*]
+        $(#[$a:meta])* static $key:ident : optional fn $op:ident (&self $(, $arg:ident : $t:ty)* $(,)?) $(-> $ret:ty)? = $absent:ident;
+        $($rest:tt)*
+    ) => {
+        $crate::__static_call_ops! { @parse $head
+            [$($done)* { [$(#[$a])*] $key $op [self] [$absent] [$(($arg: $t))*] [$($ret)?] }]
+            [$($has_self)* self] $($rest)*
+        }
+    };
+    (@parse $head:tt [$($done:tt)*] [$($has_self:tt)*]
+        $(#[$a:meta])* static $key:ident : optional fn $op:ident ($($arg:ident : $t:ty),* $(,)?) $(-> $ret:ty)? = $absent:ident;
+        $($rest:tt)*
+    ) => {
+        $crate::__static_call_ops! { @parse $head
+            [$($done)* { [$(#[$a])*] $key $op [static] [$absent] [$(($arg: $t))*] [$($ret)?] }]
+            [$($has_self)*] $($rest)*
+        }
+    };
+    (@parse $head:tt [$($done:tt)*] [$($has_self:tt)*] $($other:tt)+) => {
+        ::core::compile_error!(::core::concat!(
+            "static_call_ops!: expected `static KEY: fn op(&self, arg: Type, ..) -> Ret;` or ",
+            "`static KEY: optional fn op(..) -> Ret = NULL;` (or `= RET0;`), found: ",
+            ::core::stringify!($($other)+)
+        ));
+    };
+    (@parse [[$($attr:tt)*] [$vis:vis] $trait_name:ident $module:ident [$default:ty]]
+        [$({ [$($a:tt)*] $key:ident $op:ident [$recv:ident] [$kind:ident] [$(($arg:ident: $t:ty))*] [$($ret:ty)?] })*]
+        [$($has_self:tt)*]
+    ) => {
+        $($attr)*
+        $vis trait $trait_name: ::core::marker::Sync + 'static {
+            $crate::__static_call_ops! { @instance [$($has_self)*] }
+            $(
+                $crate::__static_call_ops! {
+                    @trait_item [$($a)*] $key $op [$recv] [$kind] [$(($arg: $t))*] [$($ret)?]
+                }
+            )*
+        }
+
+        #[doc = ::core::concat!(
+            "The operations of [`", ::core::stringify!($trait_name), "`]: one static call per ",
+            "operation, a function calling each, and `install`."
+        )]
+        $vis mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The generic functions the keys point at: each runs one
+            /// operation of an implementation `T`.
+            #[allow(non_snake_case)]
+            mod __ops {
+                #[allow(unused_imports)]
+                use super::*;
+                $(
+                    $crate::__static_call_ops! {
+                        @shim $trait_name $key $op [$recv] [$kind] [$(($arg: $t))*] [$($ret)?]
+                    }
+                )*
+            }
+
+            $(
+                $crate::static_call! {
+                    $($a)*
+                    pub static $key: extern "C" fn($($t),*) $(-> $ret)? = __ops::$key::<$default>;
+                }
+
+                $($a)*
+                #[inline(always)]
+                pub fn $op($($arg: $t),*) $(-> $ret)? {
+                    $key.call($($arg),*)
+                }
+            )*
+
+            #[doc = ::core::concat!(
+                "Points every operation of [`", ::core::stringify!($trait_name),
+                "`] at `T`'s implementation. On `Err`, every operation behaves as before."
+            )]
+            pub fn install<T: $trait_name>() -> ::core::result::Result<(), $crate::Error> {
+                let keys: &[&dyn $crate::ops::Retarget] = &[$(
+                    &$crate::__static_call_ops!(@target $key [$kind] T)
+                ),*];
+                $crate::ops::retarget_all(keys, ::core::option::Option::None)
+            }
+
+            /// As `install`, writing through `writer`.
+            pub fn install_with<T: $trait_name>(
+                writer: &dyn $crate::TextWriter,
+            ) -> ::core::result::Result<(), $crate::Error> {
+                let keys: &[&dyn $crate::ops::Retarget] = &[$(
+                    &$crate::__static_call_ops!(@target $key [$kind] T)
+                ),*];
+                $crate::ops::retarget_all(keys, ::core::option::Option::Some(writer))
+            }
+        }
+    };
+    (@instance []) => {};
+    (@instance [$($has_self:tt)+]) => {
+        /// The object `&self` operations run on when this implementation
+        /// is installed.
+        fn instance() -> &'static Self
+        where
+            Self: Sized;
+    };
+    (@trait_item [$($a:tt)*] $key:ident $op:ident [self] [required] [$(($arg:ident: $t:ty))*] [$($ret:ty)?]) => {
+        $($a)*
+        fn $op(&self $(, $arg: $t)*) $(-> $ret)?;
+    };
+    (@trait_item [$($a:tt)*] $key:ident $op:ident [static] [required] [$(($arg:ident: $t:ty))*] [$($ret:ty)?]) => {
+        $($a)*
+        fn $op($($arg: $t),*) $(-> $ret)?;
+    };
+    (@trait_item [$($a:tt)*] $key:ident $op:ident [self] [$absent:ident] [$(($arg:ident: $t:ty))*] [$($ret:ty)?]) => {
+        $($a)*
+        #[doc = ""]
+        #[doc = ::core::concat!(
+            "Optional: `None` (the default) leaves `", ::core::stringify!($op), "` ",
+            ::core::stringify!($absent), "."
+        )]
+        const $key: ::core::option::Option<fn(&Self $(, $t)*) $(-> $ret)?> = None;
+    };
+    (@trait_item [$($a:tt)*] $key:ident $op:ident [static] [$absent:ident] [$(($arg:ident: $t:ty))*] [$($ret:ty)?]) => {
+        $($a)*
+        #[doc = ""]
+        #[doc = ::core::concat!(
+            "Optional: `None` (the default) leaves `", ::core::stringify!($op), "` ",
+            ::core::stringify!($absent), "."
+        )]
+        const $key: ::core::option::Option<fn($($t),*) $(-> $ret)?> = None;
+    };
+    (@shim $trait_name:ident $key:ident $op:ident [self] [required] [$(($arg:ident: $t:ty))*] [$($ret:ty)?]) => {
+        pub extern "C" fn $key<T: $trait_name>($($arg: $t),*) $(-> $ret)? {
+            T::$op(T::instance() $(, $arg)*)
+        }
+    };
+    (@shim $trait_name:ident $key:ident $op:ident [static] [required] [$(($arg:ident: $t:ty))*] [$($ret:ty)?]) => {
+        pub extern "C" fn $key<T: $trait_name>($($arg: $t),*) $(-> $ret)? {
+            T::$op($($arg),*)
+        }
+    };
+    // An optional operation's function runs the implementation's if it has
+    // one; `install` makes the key NULL or RET0 instead when it has none, so
+    // the fallback arm only runs for the default before the first install.
+    (@shim $trait_name:ident $key:ident $op:ident [self] [$absent:ident] [$(($arg:ident: $t:ty))*] [$($ret:ty)?]) => {
+        $crate::__static_call_ops! { @absent_check $absent [$($ret)?] }
+        pub extern "C" fn $key<T: $trait_name>($($arg: $t),*) $(-> $ret)? {
+            match T::$key {
+                ::core::option::Option::Some(f) => f(T::instance() $(, $arg)*),
+                ::core::option::Option::None => $crate::__static_call_ops!(@absent $absent),
+            }
+        }
+    };
+    (@shim $trait_name:ident $key:ident $op:ident [static] [$absent:ident] [$(($arg:ident: $t:ty))*] [$($ret:ty)?]) => {
+        $crate::__static_call_ops! { @absent_check $absent [$($ret)?] }
+        pub extern "C" fn $key<T: $trait_name>($($arg: $t),*) $(-> $ret)? {
+            match T::$key {
+                ::core::option::Option::Some(f) => f($($arg),*),
+                ::core::option::Option::None => $crate::__static_call_ops!(@absent $absent),
+            }
+        }
+    };
+    (@absent_check NULL [$($ret:ty)?]) => {
+        const _: () = $crate::__private::assert_null_safe::<
+            fn() $(-> $ret)?
+        >();
+    };
+    (@absent_check RET0 [$($ret:ty)?]) => {
+        const _: () = $crate::__private::assert_ret0_safe::<
+            fn() $(-> $ret)?
+        >();
+    };
+    (@absent_check $other:ident [$($ret:ty)?]) => {
+        ::core::compile_error!(::core::concat!(
+            "static_call_ops!: an optional operation is `= NULL` or `= RET0`, not `= ",
+            ::core::stringify!($other), "`"
+        ));
+    };
+    (@absent NULL) => {
+        ()
+    };
+    (@absent RET0) => {
+        // SAFETY: the return type is `Ret0Safe` (checked above).
+        unsafe { $crate::__private::core::mem::zeroed() }
+    };
+    (@target $key:ident [required] $impl_ty:ident) => {
+        $crate::ops::To::function(&*$key, __ops::$key::<$impl_ty>)
+    };
+    (@target $key:ident [NULL] $impl_ty:ident) => {
+        match $impl_ty::$key {
+            ::core::option::Option::Some(_) => $crate::ops::To::function(&*$key, __ops::$key::<$impl_ty>),
+            ::core::option::Option::None => $crate::ops::To::null(&*$key),
+        }
+    };
+    (@target $key:ident [RET0] $impl_ty:ident) => {
+        match $impl_ty::$key {
+            ::core::option::Option::Some(_) => $crate::ops::To::function(&*$key, __ops::$key::<$impl_ty>),
+            ::core::option::Option::None => $crate::ops::To::ret0(&*$key),
+        }
+    };
+}
+
+use crate::fnptr::{FnPtr, Ret0Safe};
+use crate::{Error, NullSafe, StaticCall, TextWriter};
+use core::cell::Cell;
+
+/// Where [`static_call_ops!`](crate::static_call_ops)'s `install` points one
+/// key: a function of the key's type, NULL or RET0 (each only where the
+/// key's type allows it).
+pub struct To<'a, F: FnPtr> {
+    key: &'a StaticCall<F>,
+    target: Target<F>,
+    /// The key's target before `install` retargeted it, for undoing.
+    before: Cell<Option<usize>>,
+}
+
+enum Target<F> {
+    Function(F),
+    Null,
+    Ret0,
+}
+
+impl<'a, F: FnPtr> To<'a, F> {
+    /// `key` to the function `f`.
+    pub fn function(key: &'a StaticCall<F>, f: F) -> Self {
+        Self::new(key, Target::Function(f))
+    }
+
+    fn new(key: &'a StaticCall<F>, target: Target<F>) -> Self {
+        To {
+            key,
+            target,
+            before: Cell::new(None),
+        }
+    }
+}
+
+impl<'a, F: FnPtr> To<'a, F>
+where
+    F::Output: NullSafe,
+{
+    /// `key` to NULL.
+    pub fn null(key: &'a StaticCall<F>) -> Self {
+        Self::new(key, Target::Null)
+    }
+}
+
+impl<'a, F: FnPtr> To<'a, F>
+where
+    F::Output: Ret0Safe,
+{
+    /// `key` to RET0.
+    pub fn ret0(key: &'a StaticCall<F>) -> Self {
+        Self::new(key, Target::Ret0)
+    }
+}
+
+/// One key's part of an install, whatever the key's type.
+pub trait Retarget {
+    /// Retargets the key (through `writer`, else the installed writer),
+    /// remembering its previous target.
+    fn apply(&self, writer: Option<&dyn TextWriter>) -> Result<(), Error>;
+    /// Puts back the target [`apply`](Self::apply) replaced.
+    fn undo(&self, writer: Option<&dyn TextWriter>) -> Result<(), Error>;
+}
+
+impl<F: FnPtr> Retarget for To<'_, F> {
+    fn apply(&self, writer: Option<&dyn TextWriter>) -> Result<(), Error> {
+        self.before.set(Some(self.key.current_target()));
+        let target = match self.target {
+            Target::Function(f) => f.addr(),
+            Target::Null => 0,
+            Target::Ret0 => self.key.ret0_addr(),
+        };
+        // SAFETY: `target` is a function of type `F`, NULL only where the
+        // constructor required `NullSafe`, RET0 only where it required
+        // `Ret0Safe`.
+        unsafe { self.key.retarget_to(target, writer) }
+    }
+
+    fn undo(&self, writer: Option<&dyn TextWriter>) -> Result<(), Error> {
+        match self.before.take() {
+            // SAFETY: the key's own previous target, which had its type.
+            Some(before) => unsafe { self.key.retarget_to(before, writer) },
+            None => Ok(()),
+        }
+    }
+}
+
+/// Applies every retarget in order; on the first error, undoes the ones
+/// already applied (newest first) and returns it, so every key behaves as
+/// before.
+pub fn retarget_all(keys: &[&dyn Retarget], writer: Option<&dyn TextWriter>) -> Result<(), Error> {
+    for (i, key) in keys.iter().enumerate() {
+        if let Err(e) = key.apply(writer) {
+            for done in keys[..i].iter().rev() {
+                done.undo(writer)?;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! Operations tables (`static_call_ops!`): a trait's operations as static
+//! calls, installed with one call, racing with calls, and failing whole.
+#![cfg(target_os = "linux")]
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use static_call::arch::{Backend, active::Active};
+use static_call::writer::linux::Remap;
+use static_call::{Error, TextWriter};
+
+static_call::static_call_ops! {
+    /// A timer a portable kernel programs, chosen per board.
+    pub trait Timer in timer {
+        /// Reads the counter, scaled.
+        static TIMER_READ: fn read(&self, scale: u32) -> u64;
+        /// The board's timer frequency.
+        static TIMER_FREQ: fn frequency() -> u64;
+        /// Arms the next event: writes the deadline the timer was given.
+        static TIMER_ARM: optional fn arm(&self, out: *mut u64, deadline: u64) = NULL;
+        /// Events missed since boot.
+        static TIMER_MISSED: optional fn missed(&self) -> u64 = RET0;
+    }
+    default = BootTimer;
+}
+
+/// Before any board code runs.
+struct BootTimer;
+static BOOT_TIMER: BootTimer = BootTimer;
+impl Timer for BootTimer {
+    fn instance() -> &'static Self {
+        &BOOT_TIMER
+    }
+    fn read(&self, _scale: u32) -> u64 {
+        0
+    }
+    fn frequency() -> u64 {
+        1
+    }
+}
+
+/// A timer that provides every operation; `id` tells them apart.
+struct Full {
+    id: u64,
+}
+static FULL: Full = Full { id: 1000 };
+impl Timer for Full {
+    fn instance() -> &'static Self {
+        &FULL
+    }
+    fn read(&self, scale: u32) -> u64 {
+        self.id + u64::from(scale)
+    }
+    fn frequency() -> u64 {
+        1_000_000
+    }
+    const TIMER_ARM: Option<fn(&Self, *mut u64, u64)> = Some(Self::arm);
+    const TIMER_MISSED: Option<fn(&Self) -> u64> = Some(Self::missed);
+}
+impl Full {
+    fn arm(&self, out: *mut u64, deadline: u64) {
+        // SAFETY: callers pass a pointer to a live local.
+        unsafe { out.write_volatile(self.id + deadline) }
+    }
+    fn missed(&self) -> u64 {
+        self.id + 7
+    }
+}
+
+/// A timer that leaves the optional operations out.
+struct Bare {
+    id: u64,
+}
+static BARE: Bare = Bare { id: 2000 };
+impl Timer for Bare {
+    fn instance() -> &'static Self {
+        &BARE
+    }
+    fn read(&self, scale: u32) -> u64 {
+        self.id + u64::from(scale)
+    }
+    fn frequency() -> u64 {
+        2_000_000
+    }
+}
+
+const UNTOUCHED: u64 = u64::MAX;
+
+/// Which implementation each operation behaves as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Impl {
+    Boot,
+    Full,
+    Bare,
+}
+
+fn read_of(i: Impl, scale: u32) -> u64 {
+    match i {
+        Impl::Boot => 0,
+        Impl::Full => 1000 + u64::from(scale),
+        Impl::Bare => 2000 + u64::from(scale),
+    }
+}
+fn frequency_of(i: Impl) -> u64 {
+    match i {
+        Impl::Boot => 1,
+        Impl::Full => 1_000_000,
+        Impl::Bare => 2_000_000,
+    }
+}
+fn arm_of(i: Impl, deadline: u64) -> u64 {
+    match i {
+        Impl::Full => 1000 + deadline,
+        Impl::Boot | Impl::Bare => UNTOUCHED,
+    }
+}
+fn missed_of(i: Impl) -> u64 {
+    match i {
+        Impl::Full => 1007,
+        Impl::Boot | Impl::Bare => 0,
+    }
+}
+
+fn arm(deadline: u64) -> u64 {
+    let mut cell = UNTOUCHED;
+    timer::arm(&mut cell, deadline);
+    cell
+}
+
+fn check(i: Impl) {
+    for scale in [0, 3, u32::MAX] {
+        assert_eq!(timer::read(scale), read_of(i, scale), "read as {i:?}");
+    }
+    assert_eq!(timer::frequency(), frequency_of(i), "frequency as {i:?}");
+    assert_eq!(arm(40), arm_of(i, 40), "arm as {i:?}");
+    assert_eq!(timer::missed(), missed_of(i), "missed as {i:?}");
+}
+
+fn install(i: Impl) -> Result<(), Error> {
+    match i {
+        Impl::Boot => timer::install::<BootTimer>(),
+        Impl::Full => timer::install::<Full>(),
+        Impl::Bare => timer::install::<Bare>(),
+    }
+}
+
+/// Tests that install run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Before any install the default runs (the doc example shows it in a
+/// fresh process); every install switches every operation.
+#[test]
+fn installs_switch_every_operation() {
+    let _serial = serial();
+    for i in [
+        Impl::Full,
+        Impl::Bare,
+        Impl::Full,
+        Impl::Boot,
+        Impl::Bare,
+        Impl::Boot,
+    ] {
+        install(i).unwrap();
+        check(i);
+        // Optional operations left out are really NULL / RET0 keys.
+        let absent = i != Impl::Full;
+        assert_eq!(timer::TIMER_ARM.query().is_none(), absent, "{i:?}");
+        assert_eq!(timer::TIMER_MISSED.is_ret0(), absent, "{i:?}");
+    }
+}
+
+/// A writer that fails its `fail_at`-th write (counting from 0), storing
+/// nothing, and passes every other write to `Remap`.
+struct FailingWriter {
+    writes: AtomicUsize,
+    fail_at: usize,
+}
+
+// SAFETY: every write it does not refuse is `Remap`'s, which keeps the
+// trait's promises; a refused write stores nothing.
+unsafe impl TextWriter for FailingWriter {
+    unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        if self.writes.fetch_add(1, Ordering::Relaxed) == self.fail_at {
+            return Err(Error::WriterFailed {
+                what: "write (refused by the test)",
+                errno: 0,
+            });
+        }
+        // SAFETY: the caller's contract is Remap's.
+        unsafe { Remap.write(addr, bytes) }
+    }
+
+    fn sync_cores(&self) -> Result<(), Error> {
+        Remap.sync_cores()
+    }
+}
+
+#[test]
+fn an_install_that_fails_anywhere_leaves_every_operation_as_it_was() {
+    let _serial = serial();
+    install(Impl::Full).unwrap();
+    // Count the writes a whole install of `Bare` over `Full` makes, then
+    // make each one of them fail in turn.
+    let counting = FailingWriter {
+        writes: AtomicUsize::new(0),
+        fail_at: usize::MAX,
+    };
+    timer::install_with::<Bare>(&counting).unwrap();
+    let total = counting.writes.load(Ordering::Relaxed);
+    if !<Active as Backend>::WRITES_TEXT {
+        // The generic backend stores a pointer: nothing can fail.
+        assert_eq!(total, 0);
+        install(Impl::Boot).unwrap();
+        return;
+    }
+    assert!(
+        total >= 3,
+        "an install of three changed keys made {total} writes"
+    );
+    install(Impl::Full).unwrap();
+    for fail_at in 0..total {
+        let failing = FailingWriter {
+            writes: AtomicUsize::new(0),
+            fail_at,
+        };
+        let result = timer::install_with::<Bare>(&failing);
+        assert!(
+            matches!(result, Err(Error::WriterFailed { .. })),
+            "write {fail_at} of {total} failed, install returned {result:?}"
+        );
+        check(Impl::Full);
+        assert!(timer::TIMER_ARM.query().is_some());
+    }
+    install(Impl::Boot).unwrap();
+}
+
+/// Callers on every core use every operation while the main thread
+/// installs `Full` and `Bare` in turn: each operation behaves as one of
+/// the two implementations (its old or its new one), never anything else.
+#[test]
+fn calls_racing_with_installs_see_each_operations_old_or_new_implementation() {
+    let _serial = serial();
+    install(Impl::Full).unwrap();
+    let stop = AtomicBool::new(false);
+    let calls = AtomicUsize::new(0);
+    let callers = thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    let mut installs = 0;
+    thread::scope(|scope| {
+        for id in 0..callers {
+            let (stop, calls) = (&stop, &calls);
+            scope.spawn(move || {
+                let mut n = 0;
+                let both = [Impl::Full, Impl::Bare];
+                let mut scale = id as u32;
+                while !stop.load(Ordering::Relaxed) {
+                    scale = scale.wrapping_add(13) % 500;
+                    let r = timer::read(scale);
+                    assert!(both.iter().any(|&i| read_of(i, scale) == r), "read {r}");
+                    let f = timer::frequency();
+                    assert!(both.iter().any(|&i| frequency_of(i) == f), "freq {f}");
+                    let a = arm(u64::from(scale));
+                    assert!(
+                        both.iter().any(|&i| arm_of(i, u64::from(scale)) == a),
+                        "arm {a}"
+                    );
+                    let m = timer::missed();
+                    assert!(both.iter().any(|&i| missed_of(i) == m), "missed {m}");
+                    n += 1;
+                }
+                calls.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline || installs < 100 {
+            let i = if installs % 2 == 0 {
+                Impl::Bare
+            } else {
+                Impl::Full
+            };
+            install(i).unwrap();
+            installs += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let n = calls.into_inner();
+    eprintln!(
+        "ops stress: {callers} callers, {n} checked rounds of 4 operations, {installs} installs"
+    );
+    assert!(n > 0 && installs >= 100);
+    install(Impl::Boot).unwrap();
+}
