@@ -1,9 +1,17 @@
-//! Errors of retargeting. Every error means nothing was written.
+//! Errors of retargeting. Every error but one means the key behaves exactly
+//! as before, on every CPU.
 
 use core::fmt;
 
-/// Why a retarget was refused. When an update returns an error, the text it
-/// would have patched is unchanged.
+/// Why a retarget was refused.
+///
+/// The contract: when an update returns an error other than
+/// [`RestoreFailed`](Error::RestoreFailed), the key behaves exactly as
+/// before on every CPU. Most errors are found before anything is written;
+/// one that happens while writing or synchronising makes the update put the
+/// previous bytes back (with cache maintenance and a synchronisation) before
+/// returning it. Only when that restore fails too is `RestoreFailed`
+/// returned, naming what may be in place.
 ///
 /// ```
 /// use static_call::Error;
@@ -37,10 +45,11 @@ pub enum Error {
     },
     /// The bytes at the trampoline are not a trampoline of the expected shape.
     UnrecognisedTrampoline {
-        /// Address of the trampoline.
+        /// Address of the bytes checked: the entry on x86-64; the window
+        /// (the literal, 8 bytes before the entry) on arm64.
         addr: usize,
-        /// Offset in bytes (from the start of the patch window) of the first
-        /// unexpected instruction or field.
+        /// Offset in bytes from `addr` of the first unexpected instruction
+        /// or field.
         offset: usize,
         /// What was found there: the instruction word (arm64), the byte
         /// (x86-64 code) or the literal.
@@ -69,6 +78,15 @@ pub enum Error {
         /// An OS error number where one exists, else 0.
         errno: i32,
     },
+    /// An update failed, and putting the previous bytes back failed too:
+    /// the key is not known to behave as before everywhere. `state` says
+    /// what may be in place.
+    RestoreFailed {
+        /// Address of the text that could not be restored.
+        addr: usize,
+        /// What the text and the CPUs may hold.
+        state: &'static str,
+    },
     /// The writer wrote, but reading back found other bytes (text that is
     /// not really writable, or a writer that is not coherent with
     /// execution). The previous bytes were restored where possible.
@@ -91,7 +109,7 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "bytes at {addr:#x} are not a static-call trampoline \
-                 (unexpected {found:#x} at window offset {offset})"
+                 (unexpected {found:#x} at offset {offset})"
             ),
             Error::MisalignedTarget { target } => {
                 write!(f, "target {target:#x} is not an instruction address")
@@ -112,6 +130,10 @@ impl fmt::Display for Error {
             Error::VerifyFailed { addr } => {
                 write!(f, "text at {addr:#x} did not read back as written")
             }
+            Error::RestoreFailed { addr, state } => write!(
+                f,
+                "an update failed and restoring the text at {addr:#x} failed too: {state}"
+            ),
         }
     }
 }
@@ -162,6 +184,11 @@ impl fmt::Debug for Error {
             Error::VerifyFailed { addr } => f
                 .debug_struct("VerifyFailed")
                 .field("addr", &hex(addr))
+                .finish(),
+            Error::RestoreFailed { addr, state } => f
+                .debug_struct("RestoreFailed")
+                .field("addr", &hex(addr))
+                .field("state", &state)
                 .finish(),
         }
     }

@@ -652,7 +652,8 @@ macro_rules! __static_call_key {
 
         static __SLOT: $crate::__private::Slot = $crate::__private::Slot::new(
             $crate::__static_call_key!(@initial $kind __Fn, $($init)?)
-        );
+        )
+        .assembled_for($crate::__static_call_key!(@assembled $abi $kind __Fn, $($init)?));
 
         $crate::__static_call_trampoline! {
             $abi $name [$(($id: $t))*] [$($ret)?] $kind $($init)?
@@ -775,6 +776,11 @@ macro_rules! __static_call_key {
             "__SCK__", ::core::stringify!($name), "$", ::core::stringify!($abi), "$fn(",
             $(::core::stringify!($arg), ",",)* ")->", $(::core::stringify!($ret))?
         )
+    };
+    // Where the assembled branch leads: the init shim for Rust-ABI keys.
+    (@assembled rust func $f:ty, $init:path) => { __init as $f as *mut () };
+    (@assembled $abi:ident $kind:ident $f:ty, $($init:path)?) => {
+        $crate::__static_call_key!(@initial $kind $f, $($init)?)
     };
     (@initial null $f:ty,) => { $crate::__private::core::ptr::null_mut() };
     (@initial ret0 $f:ty,) => { __ret0 as $f as *mut () };

@@ -46,6 +46,7 @@ static_call::static_call! {
     static BAD: fn(u32) -> u64 = near_value;
     static NULL_KEY: fn(*mut u64, u64) = NULL;
     static RET0_KEY: fn(u32) -> u64 = RET0;
+    static UNTOUCHED_KEY: fn(u32) -> u64 = near_value;
 }
 
 /// Hand-assembled functions mapped more than 128 MiB from the text, so no
@@ -179,9 +180,21 @@ fn ret0_addr(key: &EffectKey) -> usize {
 fn calls_are_direct_branches_to_the_trampoline() {
     assert_eq!(VALUE.call(5), 1005);
     assert_eq!(VALUE.trampoline()(6), 1006);
-    let t = decoded(VALUE.trampoline_addr());
-    assert_eq!(t.branch, Branch::B(addr(near_value as fn(u32) -> u64)));
-    assert_eq!(t.target, addr(near_value as fn(u32) -> u64));
+    // As assembled: no literal yet, and a Rust-ABI key's `b` leads to its
+    // init shim; `query` answers the function itself.
+    unsafe extern "Rust" {
+        #[link_name = "__SCI__UNTOUCHED_KEY"]
+        safe fn init_shim(x: u32) -> u64;
+    }
+    let t = decoded(UNTOUCHED_KEY.trampoline_addr());
+    assert_eq!(t.branch, Branch::B(addr(init_shim as fn(u32) -> u64)));
+    assert_eq!(t.target, 0);
+    assert!(t.never_updated());
+    assert_eq!(
+        UNTOUCHED_KEY.query().map(addr),
+        Some(addr(near_value as fn(u32) -> u64))
+    );
+    assert_eq!(UNTOUCHED_KEY.call(2), 1002);
 }
 
 #[test]
@@ -267,7 +280,7 @@ fn trampolines_disassemble_to_the_expected_shape() {
         assert!(body[4].1.contains("x16"), "{name}: br {:?}", body[4]);
         found += 1;
     }
-    assert_eq!(found, 8, "expected every key's trampoline:\n{text}");
+    assert_eq!(found, 9, "expected every key's trampoline:\n{text}");
 }
 
 #[test]
@@ -397,19 +410,25 @@ fn check_torn_states(tramp: usize, states: &[(u64, u64)], call: impl Fn() -> u64
     checked
 }
 
-/// A writer that fails on its `fail_at`-th write (counting from 0), or
-/// pretends to write and does nothing.
+/// A writer that fails on its `fail_at`-th write (counting from 0), and
+/// on every later one when `keep_failing`; or pretends to write and does
+/// nothing; or fails its synchronisation.
+#[derive(Default)]
 struct Faulty {
     fail_at: usize,
+    keep_failing: bool,
     writes: AtomicUsize,
     lie: bool,
+    /// How many synchronisations fail before they succeed again.
+    fail_syncs: AtomicUsize,
 }
 
 // SAFETY: on failure it stores nothing; otherwise it delegates to Remap
 // (or, when lying, stores nothing, which `write_patch` must detect).
 unsafe impl TextWriter for Faulty {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
-        if self.writes.fetch_add(1, Ordering::Relaxed) == self.fail_at {
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        if n == self.fail_at || (self.keep_failing && n > self.fail_at) {
             return Err(Error::WriterFailed {
                 what: "pretend to fail",
                 errno: 13,
@@ -421,6 +440,18 @@ unsafe impl TextWriter for Faulty {
         // SAFETY: forwarded contract.
         unsafe { Remap.write(addr, bytes) }
     }
+
+    fn sync_cores(&self) -> Result<(), Error> {
+        let failing = self.fail_syncs.load(Ordering::Relaxed);
+        if failing > 0 {
+            self.fail_syncs.store(failing - 1, Ordering::Relaxed);
+            return Err(Error::WriterFailed {
+                what: "pretend to fail to synchronise",
+                errno: 0,
+            });
+        }
+        Remap.sync_cores()
+    }
 }
 
 #[test]
@@ -429,13 +460,27 @@ fn bad_input_is_refused_and_changes_nothing() {
     let pristine = window(tramp);
     let far = far_code().value;
 
-    // A writer failing on the literal store, then on the branch store
-    // (after the literal was written: it must be rolled back).
-    for fail_at in [0, 1] {
+    // Puts the window back as it was, by hand, after a failed restore.
+    let reset = || {
+        {
+            let _lock = static_call::writer::patch_lock();
+            // SAFETY: BAD's window belongs to this test.
+            unsafe {
+                Remap.write(tramp - 8, &pristine[..8]).unwrap();
+                Remap.write(tramp, &pristine[8..16]).unwrap();
+            }
+            a64::flush_icache_range(tramp - 8, 16);
+        }
+        assert_eq!(window(tramp), pristine);
+    };
+    // BAD was never updated: write 0 publishes its literal, 1 and 2 are
+    // the new literal and branch word. A writer failing at each step, or
+    // failing to synchronise after all of them: the update is undone, the
+    // bytes are as they were, and the key calls its old target.
+    for fail_at in [0, 1, 2] {
         let w = Faulty {
             fail_at,
-            writes: AtomicUsize::new(0),
-            lie: false,
+            ..Faulty::default()
         };
         let err = BAD.update_with(far, &w).unwrap_err();
         assert!(
@@ -443,12 +488,44 @@ fn bad_input_is_refused_and_changes_nothing() {
             "{err}"
         );
         assert_eq!(window(tramp), pristine, "fail_at {fail_at}");
+        assert_eq!(BAD.call(1), 1001, "fail_at {fail_at}");
     }
-    // A writer that reports success without writing (text not writable).
     let w = Faulty {
         fail_at: usize::MAX,
-        writes: AtomicUsize::new(0),
+        fail_syncs: AtomicUsize::new(1),
+        ..Faulty::default()
+    };
+    let err = BAD.update_with(far, &w).unwrap_err();
+    assert!(matches!(err, Error::WriterFailed { errno: 0, .. }), "{err}");
+    assert_eq!(window(tramp), pristine, "failed sync");
+    assert_eq!(BAD.call(1), 1001);
+    // A writer that can never synchronise cannot restore either.
+    let w = Faulty {
+        fail_at: usize::MAX,
+        fail_syncs: AtomicUsize::new(usize::MAX),
+        ..Faulty::default()
+    };
+    let err = BAD.update_with(far, &w).unwrap_err();
+    assert!(matches!(err, Error::RestoreFailed { .. }), "{err}");
+    assert_eq!(BAD.call(1), 1001);
+    reset();
+    // When putting the old bytes back fails too, the error says so.
+    let w = Faulty {
+        fail_at: 2,
+        keep_failing: true,
+        ..Faulty::default()
+    };
+    let err = BAD.update_with(far, &w).unwrap_err();
+    assert!(matches!(err, Error::RestoreFailed { .. }), "{err}");
+    // Whatever is left calls the old or the new target.
+    let r = BAD.call(1);
+    assert!(r == 1001 || r == FAR + 1, "{r}");
+    reset();
+    // A writer that reports success without writing (text not writable).
+    let w = Faulty {
         lie: true,
+        fail_at: usize::MAX,
+        ..Faulty::default()
     };
     assert!(matches!(
         BAD.update_with(far, &w),
@@ -486,11 +563,21 @@ fn bad_input_is_refused_and_changes_nothing() {
     // but the live trampoline.
     unsafe {
         assert!(matches!(
-            Aarch64::retarget(tramp + 4, &Slot, far as usize, &Remap),
+            Aarch64::retarget(
+                tramp + 4,
+                &Slot::new(core::ptr::null_mut()),
+                far as usize,
+                &Remap
+            ),
             Err(Error::MisalignedTrampoline { align: 16, .. })
         ));
         assert!(matches!(
-            Aarch64::retarget(tramp, &Slot, far as usize + 2, &Remap),
+            Aarch64::retarget(
+                tramp,
+                &Slot::new(core::ptr::null_mut()),
+                far as usize + 2,
+                &Remap
+            ),
             Err(Error::MisalignedTarget { .. })
         ));
     }
@@ -499,8 +586,14 @@ fn bad_input_is_refused_and_changes_nothing() {
     struct Fake([u8; 32]);
     let fake = Fake([0x5a; 32]);
     // SAFETY: the fake window is readable and is refused before any write.
-    let err =
-        unsafe { Aarch64::retarget(fake.0.as_ptr() as usize + 8, &Slot, far as usize, &Remap) };
+    let err = unsafe {
+        Aarch64::retarget(
+            fake.0.as_ptr() as usize + 8,
+            &Slot::new(core::ptr::null_mut()),
+            far as usize,
+            &Remap,
+        )
+    };
     assert!(
         matches!(err, Err(Error::UnrecognisedTrampoline { offset: 8, .. })),
         "{err:?}"
@@ -573,10 +666,51 @@ fn concurrent_calls_during_updates_always_reach_a_valid_target() {
     assert!(calls >= UPDATES as u64, "callers barely ran: {calls} calls");
 }
 
-/// The literal is an absolute address in text: the executable must be
-/// position-dependent so it is filled in at link time, with no text
-/// relocation for the loader to apply (which hardened systems refuse).
+/// The test binary is a default (position-independent) executable, and no
+/// relocation lands in text: the assembler leaves every literal 0 and the
+/// initial `b` is PC-relative, so the loader never has to write text
+/// (which hardened systems and lld by default refuse).
 #[test]
+fn the_binary_is_a_pie_without_text_relocations() {
+    let exe = std::env::current_exe().unwrap();
+    let header = Command::new("aarch64-linux-gnu-readelf")
+        .arg("-h")
+        .arg(&exe)
+        .output()
+        .expect("aarch64-linux-gnu-readelf (cargo xtask setup installs it)");
+    let header = String::from_utf8(header.stdout).unwrap();
+    assert!(
+        header.contains("DYN (Position-Independent Executable file)"),
+        "not a PIE:\n{header}"
+    );
+    let relocs = Command::new("aarch64-linux-gnu-readelf")
+        .args(["-r", "-S", "-W"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let relocs = String::from_utf8(relocs.stdout).unwrap();
+    // No dynamic relocation's offset falls inside .static_call.text.
+    let section = relocs
+        .lines()
+        .find(|l| l.contains(" .static_call.text "))
+        .expect(".static_call.text");
+    let cols: Vec<&str> = section.split_whitespace().collect();
+    let at = cols.iter().position(|c| *c == ".static_call.text").unwrap();
+    let start = u64::from_str_radix(cols[at + 2], 16).unwrap();
+    let size = u64::from_str_radix(cols[at + 4], 16).unwrap();
+    let inside: Vec<&str> = relocs
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|o| u64::from_str_radix(o, 16).ok())
+                .is_some_and(|o| (start..start + size).contains(&o))
+        })
+        .collect();
+    assert!(inside.is_empty(), "relocations in trampolines: {inside:?}");
+    the_binary_has_no_text_relocations();
+}
+
 fn the_binary_has_no_text_relocations() {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("aarch64-linux-gnu-readelf")
@@ -590,7 +724,4 @@ fn the_binary_has_no_text_relocations() {
         !dynamic.contains("TEXTREL"),
         "text relocations present:\n{dynamic}"
     );
-    // And the literal in the image already equals the target.
-    let t = decoded(VALUE.trampoline_addr());
-    assert_ne!(t.target, 0);
 }

@@ -1222,10 +1222,13 @@ fn seed_001_a_call_parked_on_a_null_update_returns_through_the_static_stub() {
         PARKING.dest.load(Ordering::SeqCst) as u64,
         x86::null_stub_addr()
     );
-    // The stub is a lone `ret` in ordinary text, never written.
-    let stub = x86::null_stub_addr() as *const [u8; 2];
-    // SAFETY: the stub is two readable bytes of text.
-    assert_eq!(unsafe { stub.read() }, [insn::RET, insn::INT3]);
+    // The stub is a landing pad and a `ret` in ordinary text, never written.
+    let stub = x86::null_stub_addr() as *const [u8; 6];
+    // SAFETY: the stub is six readable bytes of text.
+    assert_eq!(
+        unsafe { stub.read() },
+        [0xf3, 0x0f, 0x1e, 0xfa, insn::RET, insn::INT3]
+    );
     EFFECT.update(near_effect).unwrap();
 }
 

@@ -4,17 +4,16 @@
 //     static_call_trampoline NAME, NULL, TARGET
 //
 // NULL = 1 emits a NULL key (zero literal, nop: a call returns at once);
-// otherwise TARGET is the initial target. Layout and patch protocol are
-// described in src/arch/aarch64/mod.rs; only the literal and the word after
-// `bti c` are ever rewritten, as two aligned 64-bit stores.
+// otherwise TARGET is the initial target (PC-relative `b`, no relocation
+// left for the loader). Layout and patch protocol are described in
+// src/arch/aarch64/mod.rs; only the literal and the word after `bti c` are
+// ever rewritten, as two aligned 64-bit stores.
 .macro static_call_trampoline name:req, null:req, target:req
 	.pushsection .static_call.text, "ax", %progbits
 	.balign	16			// literal + [bti c | branch] share 16 bytes
-.if \null
-0:	.quad	0
-.else
-0:	.quad	\target			// always the current target
-.endif
+0:	.quad	0			// 0 until the first update: an absolute
+					// address here would be a text relocation
+					// in a PIE; the `b` below is authoritative
 	.globl	\name
 	.type	\name, %function
 \name:

@@ -22,6 +22,11 @@ impl Slot {
         Slot(AtomicPtr::new(target))
     }
 
+    /// The same slot (generic keys have no assembled code).
+    pub const fn assembled_for(self, _entry: *mut ()) -> Self {
+        self
+    }
+
     /// The current target, null for NULL. Acquire pairs with the release
     /// in [`Backend::retarget`], so data the target reads that was published
     /// before the update is visible to it.

@@ -45,7 +45,8 @@ pub enum Branch {
 /// A decoded, well-formed trampoline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trampoline {
-    /// The literal: the current target, 0 for NULL.
+    /// The literal: the current target, 0 for NULL; also 0 (with a `B`)
+    /// in a trampoline never updated.
     pub target: u64,
     /// The patched instruction.
     pub branch: Branch,
@@ -54,6 +55,12 @@ pub struct Trampoline {
 }
 
 impl Trampoline {
+    /// Whether this is a trampoline as assembled, never updated: literal 0
+    /// and a `B` (which may lead to a veneer or an init shim).
+    pub fn never_updated(&self) -> bool {
+        self.target == 0 && matches!(self.branch, Branch::B(_))
+    }
+
     /// The window as a patch (what is there now).
     pub fn patch(&self) -> Patch {
         Patch {
@@ -97,22 +104,27 @@ pub fn patch_of(bytes: &[u8; TRAMPOLINE_LEN]) -> Patch {
 }
 
 /// Checks that `bytes` (read at `tramp - 8`) are a trampoline of exactly
-/// the expected shape, and decodes it.
+/// the expected shape, and decodes it. An error names the window (the
+/// literal, 8 bytes before the entry) and the offset of the bad word in it.
 ///
-/// A `b` must point where the literal does: the two always agree in a
-/// trampoline this crate wrote, so a mismatch means foreign bytes.
+/// Once updated, a `b` points where the literal does: the two always agree
+/// in a trampoline this crate wrote, so a mismatch means foreign bytes. A
+/// trampoline never updated has a literal of 0 (the assembler writes no
+/// absolute address, see `asm/aarch64/trampoline.S`) and its `b` may lead
+/// anywhere: to the target, to a linker veneer when the target is out of
+/// reach, or to a key's init shim.
 ///
 /// ```
 /// use static_call::{Error, arch::aarch64::decode};
 /// let zeros = [0u8; 32];
 /// assert!(matches!(
 ///     decode(0x1008, &zeros),
-///     Err(Error::UnrecognisedTrampoline { offset: 8, .. })
+///     Err(Error::UnrecognisedTrampoline { addr: 0x1000, offset: 8, .. })
 /// ));
 /// ```
 pub fn decode(tramp: usize, bytes: &[u8; TRAMPOLINE_LEN]) -> Result<Trampoline, Error> {
     let unrecognised = |offset: usize, found: u32| Error::UnrecognisedTrampoline {
-        addr: tramp,
+        addr: tramp.wrapping_sub(8),
         offset,
         found: u64::from(found),
     };
@@ -134,7 +146,7 @@ pub fn decode(tramp: usize, bytes: &[u8; TRAMPOLINE_LEN]) -> Result<Trampoline, 
         Branch::Nop
     } else {
         match insn::decode_b(tramp as u64 + 4, branch_word) {
-            Some(dest) if dest == target => Branch::B(dest),
+            Some(dest) if dest == target || target == 0 => Branch::B(dest),
             _ => return Err(unrecognised(BRANCH_OFFSET, branch_word)),
         }
     };
@@ -240,6 +252,64 @@ mod tests {
                 matches!(err, Error::UnrecognisedTrampoline { offset: o, .. } if o == offset),
                 "offset {offset}: {err:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_never_updated_trampoline_may_branch_anywhere() {
+        // As assembled: literal 0, `b` to the target, a veneer or a shim.
+        for dest in [TRAMP + 64, TRAMP + 4 - (1 << 27), TRAMP + (1 << 26)] {
+            let mut p = plan(TRAMP, dest).unwrap();
+            p.literal = 0;
+            let t = decode(TRAMP as usize, &image(p)).unwrap();
+            assert_eq!((t.target, t.branch), (0, Branch::B(dest)));
+        }
+    }
+
+    /// What a call entering the window does, given the branch word it
+    /// fetched and the literal it loaded (possibly from different
+    /// moments): `Some(address)` it branches to, `None` it returns.
+    fn run(branch_word: u32, literal: u64, shim_behaves_as: u64, shim: u64) -> Option<u64> {
+        match insn::decode_b(TRAMP + 4, branch_word) {
+            Some(dest) if dest == shim => Some(shim_behaves_as),
+            Some(dest) => Some(dest),
+            None if literal == 0 => None,
+            None => Some(literal),
+        }
+    }
+
+    /// The first update of a never-updated trampoline: literal 0 and a `b`
+    /// to a shim (or veneer) that behaves as the initial target. The
+    /// update first publishes the initial target in the literal (with
+    /// cache maintenance, so every later literal load sees it), then
+    /// writes the new literal and branch. A CPU running the new branch
+    /// word with a literal from any moment after publication, or the old
+    /// `b`, reaches the old or the new target. Without publication, a
+    /// `nop` with the as-assembled literal 0 would return: the race the
+    /// publication step exists for.
+    #[test]
+    fn the_first_update_publishes_the_literal_before_anything_else() {
+        let (old, shim) = (TRAMP + 0x400, TRAMP + 0x800);
+        let assembled = insn::encode_b(TRAMP + 4, shim).unwrap();
+        for new in [TRAMP + 64, TRAMP + (1 << 30), 0, TRAMP - 0x1000] {
+            let new_word = plan(TRAMP, new).unwrap().branch_word();
+            let expect_new = (new != 0).then_some(new);
+            // Branch words a CPU can run: the assembled one, or the new.
+            // Literals it can load once it runs the new word: the
+            // published old target, or the new one.
+            for word in [assembled, new_word] {
+                for literal in [old, new] {
+                    let got = run(word, literal, old, shim);
+                    assert!(
+                        got == Some(old) || got == expect_new,
+                        "{new:#x}: word {word:#x} literal {literal:#x} -> {got:?}"
+                    );
+                }
+            }
+            // The stale literal 0 is what publication rules out.
+            if new_word == NOP && new != 0 {
+                assert_eq!(run(new_word, 0, old, shim), None);
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!         .balign 16
-//! 0:      .quad   target        // literal, at tramp - 8
+//! 0:      .quad   target        // literal, at tramp - 8 (0 as assembled)
 //! tramp:  bti     c             // hint #34
 //!         b       target        // or nop: the only word ever patched
 //!         ldr     x16, 0b
@@ -23,6 +23,23 @@
 //! | new `b new` | any | new target |
 //! | `nop` | old | old target (or `ret` if old was NULL) |
 //! | `nop` | new | new target (or `ret` if new is NULL) |
+//!
+//! As assembled, the literal is 0 (an absolute address in text would be a
+//! text relocation in a position-independent executable) and the `b` is
+//! authoritative: it leads to the target, to a linker veneer when the target
+//! is more than 128 MiB away, or to a Rust-ABI key's init shim. The key's
+//! slot holds the target `query` reports. Before the first update writes
+//! anything else, it publishes that target in the literal and does the
+//! cache maintenance, so that the table above holds from then on: without
+//! it, a CPU pairing a new `nop` with the literal 0 would return instead of
+//! calling the old target.
+//!
+//! The second 64-bit store rewrites the `bti c` word with its own value.
+//! That is no modification of `bti c` in the ARM ARM's sense: a concurrent
+//! fetch of that word sees the same bits whichever copy it reads, so the
+//! only instruction whose value changes is the `B`/`NOP` beside it, which is
+//! in the list of instructions that may be modified while other CPUs run
+//! them.
 //!
 //! Instruction fetch and data loads are not coherent on arm64, so a CPU may
 //! see a stale branch with a fresh literal or the reverse; the table covers
@@ -49,22 +66,51 @@ pub use cache::{flush_icache_range, read_ctr_el0};
 use super::Backend;
 #[cfg(target_arch = "aarch64")]
 use crate::{Error, TextWriter};
+use core::sync::atomic::AtomicPtr;
 #[cfg(target_arch = "aarch64")]
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 /// The arm64 backend (implements [`Backend`](super::Backend) on arm64
 /// targets; elsewhere only its pure functions are used).
 #[derive(Debug)]
 pub enum Aarch64 {}
 
-/// arm64 keys keep their whole state in the trampoline.
+/// Per-key state: the key's current target as the API reports it.
+///
+/// It is kept here rather than read from the literal because a trampoline
+/// as assembled has a literal of 0 (no absolute address in text) and a `b`
+/// that may lead to a linker veneer or the key's init shim; `query` must
+/// answer the function itself.
 #[derive(Debug)]
-pub struct Slot;
+pub struct Slot {
+    /// The current target, 0 for NULL; written under the patch lock once
+    /// an update has fully succeeded.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    target: AtomicPtr<()>,
+    /// Where the assembled `b` leads (the target, or a Rust-ABI key's init
+    /// shim), to recognise a never-updated trampoline; null if unknown.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    entry: *mut (),
+}
+
+// SAFETY: `entry` is an address only compared, never dereferenced.
+unsafe impl Sync for Slot {}
 
 impl Slot {
-    /// The (empty) slot; the initial target lives in the trampoline.
-    pub const fn new(_target: *mut ()) -> Self {
-        Slot
+    /// A slot for a key whose trampoline was assembled for `target` (null
+    /// for NULL).
+    pub const fn new(target: *mut ()) -> Self {
+        Slot {
+            target: AtomicPtr::new(target),
+            entry: core::ptr::null_mut(),
+        }
+    }
+
+    /// The same slot, recording where the assembled `b` leads, so that an
+    /// update can check it before writing.
+    pub const fn assembled_for(mut self, entry: *mut ()) -> Self {
+        self.entry = entry;
+        self
     }
 }
 
@@ -81,49 +127,120 @@ unsafe fn read_trampoline(window: usize) -> [u8; TRAMPOLINE_LEN] {
 }
 
 // SAFETY: `retarget` follows the protocol in the module documentation:
-// it checks the shape before writing, writes the literal then the branch
-// word (each one aligned 64-bit store), rolls the literal back if the second
-// store fails, and finishes with cache maintenance to the point of
-// unification before the writer's CPU synchronization.
+// it checks the shape before writing, publishes the current target in a
+// never-updated trampoline's literal first (with cache maintenance), writes
+// the literal then the branch word (each one aligned 64-bit store), and
+// finishes with cache maintenance to the point of unification before the
+// writer's CPU synchronization; on any failure it puts the old window back.
 #[cfg(target_arch = "aarch64")]
 unsafe impl Backend for Aarch64 {
     const NAME: &'static str = "aarch64";
     const WRITES_TEXT: bool = true;
     type Slot = Slot;
 
-    unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
-        // The literal alone is the current target, and it is written first;
-        // query takes no lock, so it must not insist that the branch word
-        // already agrees.
-        let window = layout::window_of(tramp)?;
-        // SAFETY: the caller passes a live trampoline, whose literal is an
-        // aligned u64 at `window`, only ever written by atomic stores.
-        let literal = unsafe { (*(window as *const AtomicU64)).load(Ordering::Acquire) };
-        Ok(literal as usize)
+    unsafe fn query(tramp: usize, slot: &Slot) -> Result<usize, Error> {
+        layout::window_of(tramp)?;
+        Ok(slot.target.load(Ordering::Acquire) as usize)
     }
 
     unsafe fn retarget(
         tramp: usize,
-        _slot: &Slot,
+        slot: &Slot,
         target: usize,
         writer: &dyn TextWriter,
     ) -> Result<(), Error> {
         let window = layout::window_of(tramp)?;
         // SAFETY: the caller passes a live trampoline.
         let before = unsafe { read_trampoline(window) };
-        let current = decode(tramp, &before)?;
+        let mut current = decode(tramp, &before)?;
         let patch = plan(tramp as u64, target as u64)?;
-        if patch == current.patch() {
-            return Ok(());
+        if let (true, Branch::B(dest)) = (current.never_updated(), current.branch) {
+            // The assembled `b` must lead where the key was assembled to
+            // go, or (only when that is out of reach) to a linker veneer.
+            let entry = slot.entry as u64;
+            let reachable = insn::encode_b(tramp as u64 + 4, entry).is_some();
+            if entry != 0 && dest != entry && reachable {
+                return Err(Error::UnrecognisedTrampoline {
+                    addr: window,
+                    offset: 12,
+                    found: u64::from(current.branch_word),
+                });
+            }
         }
-        // SAFETY: the window is this key's trampoline and the caller holds
-        // the patch lock.
-        unsafe { write_patch(window, current.patch(), patch, writer) }
+        if current.never_updated() {
+            // A CPU may pair the new branch word with a stale literal, so
+            // the literal must hold the current target before anything
+            // else changes: with a literal of 0 a stale-literal `nop`
+            // would return instead of calling the old target.
+            let now = slot.target.load(Ordering::Relaxed) as u64;
+            // SAFETY: the window is this key's, the lock is held.
+            unsafe { write_words(window, &[(0, now)], writer) }?;
+            flush_icache_range(window, 16);
+            // SAFETY: the window is readable.
+            let published = unsafe { read_trampoline(window) };
+            if layout::patch_of(&published).literal != now {
+                // Not written (a writer that cannot really write): the
+                // window still behaves as before, its `b` is taken.
+                return Err(Error::VerifyFailed { addr: window });
+            }
+            current.target = now;
+        }
+        if patch != current.patch() {
+            // SAFETY: the window is this key's trampoline, holding
+            // `current`, and the caller holds the patch lock.
+            let written = unsafe { write_patch(window, current.patch(), patch, writer) };
+            if let Err(e) = written {
+                if before[..8] != current.target.to_le_bytes()
+                    && !matches!(e, Error::RestoreFailed { .. })
+                {
+                    // Put the as-assembled literal back too, so a refused
+                    // update leaves the bytes exactly as they were. The
+                    // window behaves the same either way (its `b` is taken).
+                    // SAFETY: as above.
+                    let undone = unsafe { write_words(window, &[(0, 0)], writer) };
+                    flush_icache_range(window, 16);
+                    undone.map_err(|_| Error::RestoreFailed {
+                        addr: window,
+                        state: "the never-updated window keeps the current target in its \
+                                literal (it behaves exactly as before)",
+                    })?;
+                }
+                return Err(e);
+            }
+        }
+        slot.target.store(target as *mut (), Ordering::Release);
+        Ok(())
     }
 }
 
+/// Writes `(offset, word)` pairs into the window through `writer`, each one
+/// aligned 64-bit store.
+///
+/// # Safety
+///
+/// `window` must be a trampoline window the caller may patch, with the
+/// patch lock held.
+#[cfg(target_arch = "aarch64")]
+unsafe fn write_words(
+    window: usize,
+    words: &[(usize, u64)],
+    writer: &dyn TextWriter,
+) -> Result<(), Error> {
+    for &(offset, word) in words {
+        // SAFETY: per this function's contract.
+        unsafe { writer.write(window + offset, &word.to_le_bytes()) }?;
+    }
+    Ok(())
+}
+
 /// Writes `patch` over `old` in the window at `window` (literal first),
-/// checks it reads back, and makes it visible to instruction fetch.
+/// checks it reads back, makes it visible to instruction fetch and has the
+/// writer synchronise every CPU.
+///
+/// On any failure it writes `old` back, does the cache maintenance and
+/// synchronises again, so the key behaves as before on every CPU, and
+/// returns the first error; if putting `old` back fails too, it returns
+/// [`Error::RestoreFailed`].
 ///
 /// # Safety
 ///
@@ -136,24 +253,50 @@ pub unsafe fn write_patch(
     patch: Patch,
     writer: &dyn TextWriter,
 ) -> Result<(), Error> {
-    // SAFETY: both writes target this window, per this function's contract.
-    unsafe {
-        writer.write(window, &patch.literal.to_le_bytes())?;
-        if let Err(e) = writer.write(window + 8, &patch.entry.to_le_bytes()) {
-            // Put the literal back so the key is exactly as it was. Even if
-            // this fails, (new literal, old branch) is a valid state.
-            let _ = writer.write(window, &old.literal.to_le_bytes());
-            flush_icache_range(window, 16);
-            return Err(e);
+    let new = [(0, patch.literal), (8, patch.entry)];
+    let mut written = 0;
+    let mut apply = || {
+        for &(offset, word) in &new {
+            // SAFETY: per this function's contract.
+            unsafe { writer.write(window + offset, &word.to_le_bytes()) }?;
+            written += 1;
         }
+        // SAFETY: the window is readable.
+        let now = unsafe { read_trampoline(window) };
+        flush_icache_range(window, 16);
+        if layout::patch_of(&now) != patch {
+            return Err(Error::VerifyFailed { addr: window });
+        }
+        writer.sync_cores()
+    };
+    let Err(error) = apply() else {
+        return Ok(());
+    };
+    // Every mix of old and new words is a valid state (module docs), so
+    // putting back, in the same order, the words whose store succeeded (a
+    // failed store stored nothing) returns the key to its old behaviour on
+    // every CPU once they are synchronised.
+    let old_words = [(0, old.literal), (8, old.entry)];
+    // SAFETY: per this function's contract.
+    let restored = unsafe { write_words(window, &old_words[..written], writer) }.and_then(|()| {
+        // SAFETY: the window is readable.
+        let now = unsafe { read_trampoline(window) };
+        flush_icache_range(window, 16);
+        if layout::patch_of(&now) == old {
+            writer.sync_cores()
+        } else {
+            Err(Error::VerifyFailed { addr: window })
+        }
+    });
+    match restored {
+        Ok(()) => Err(error),
+        Err(_) => Err(Error::RestoreFailed {
+            addr: window,
+            state: "the window may hold the old or the new literal and branch \
+                    (each pairing calls the old or the new target) and other CPUs \
+                    may not have been synchronised",
+        }),
     }
-    // SAFETY: the window is readable.
-    let now = unsafe { read_trampoline(window) };
-    flush_icache_range(window, 16);
-    if layout::patch_of(&now) != patch {
-        return Err(Error::VerifyFailed { addr: window });
-    }
-    writer.sync_cores()
 }
 
 /// `global_asm!` with this target's options (the default syntax). Used by

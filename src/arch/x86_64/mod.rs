@@ -115,12 +115,20 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize};
 #[derive(Debug)]
 pub enum X86_64 {}
 
-/// Per-key state: a link in the list of trampolines that have had an
-/// `int3` written, so the trap handler recognises them. The target itself
-/// lives in the trampoline.
+/// Per-key state: the key's current target as the API reports it, and a
+/// link in the list of trampolines that have had an `int3` written, so the
+/// trap handler recognises them.
+///
+/// The target is kept here rather than decoded from the trampoline because
+/// the trampoline's `jmp` may lead elsewhere first: a Rust-ABI key starts
+/// at its init shim (see `static_call!`), and `query` must answer the
+/// function itself.
 #[derive(Debug)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Slot {
+    /// The current target, 0 for NULL; written under the patch lock once
+    /// an update has fully succeeded.
+    target: AtomicPtr<()>,
     /// The trampoline, once armed; 0 before.
     tramp: AtomicUsize,
     /// The slot armed before this one.
@@ -128,12 +136,20 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// A slot not yet armed; the initial target lives in the trampoline.
-    pub const fn new(_target: *mut ()) -> Self {
+    /// A slot for a key whose trampoline was assembled for `target` (null
+    /// for NULL); not yet armed.
+    pub const fn new(target: *mut ()) -> Self {
         Slot {
+            target: AtomicPtr::new(target),
             tramp: AtomicUsize::new(0),
             next: AtomicPtr::new(core::ptr::null_mut()),
         }
+    }
+
+    /// The same slot; x86-64 accepts any `jmp` in a never-updated
+    /// trampoline (its literal is 0), so where it leads is not recorded.
+    pub const fn assembled_for(self, _entry: *mut ()) -> Self {
+        self
     }
 }
 
@@ -352,11 +368,9 @@ mod live {
         const WRITES_TEXT: bool = true;
         type Slot = Slot;
 
-        unsafe fn query(tramp: usize, _slot: &Slot) -> Result<usize, Error> {
+        unsafe fn query(tramp: usize, slot: &Slot) -> Result<usize, Error> {
             layout::check_alignment(tramp)?;
-            // SAFETY: the caller passes a live, aligned trampoline.
-            let image = unsafe { read_image(tramp) };
-            layout::current_target(tramp as u64, &image, null_stub_addr()).map(|t| t as usize)
+            Ok(slot.target.load(Ordering::Acquire) as usize)
         }
 
         unsafe fn retarget(
@@ -382,7 +396,9 @@ mod live {
                 unsafe { trap::arm(tramp, slot) };
             }
             // SAFETY: the trampoline holds `old`; the lock is held.
-            unsafe { execute(tramp, old, &plan, writer) }
+            unsafe { execute(tramp, old, &plan, writer) }?;
+            slot.target.store(target as *mut (), Ordering::Release);
+            Ok(())
         }
     }
 }

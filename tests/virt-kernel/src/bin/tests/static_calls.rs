@@ -738,7 +738,14 @@ pub(crate) fn static_call_bad_input() -> TestResult {
     let pristine = window_bytes(tramp);
     let near = value_target(Near, 0);
     let far = value_target(Far, 0);
-    check_shape("BAD", tramp, near, true)?;
+    // As assembled: no literal yet, a `b` to the key's init shim, and the
+    // slot reporting the function itself.
+    let t = decoded(tramp)?;
+    check!(
+        t.never_updated() && BAD.query().map(|f| f as usize as u64) == Some(near),
+        "BAD as assembled: {t:?}, query {:?}",
+        BAD.query().map(|f| f as usize as u64)
+    );
     let unchanged = |what: &str| -> TestResult {
         let now = window_bytes(tramp);
         check!(
@@ -761,7 +768,7 @@ pub(crate) fn static_call_bad_input() -> TestResult {
             let before = window_bytes(tramp);
             let err = BAD.update(sc_far_value);
             let expected = Error::UnrecognisedTrampoline {
-                addr: tramp,
+                addr: window,
                 offset,
                 found: u64::from(bad),
             };
@@ -781,15 +788,21 @@ pub(crate) fn static_call_bad_input() -> TestResult {
         }
     }
 
-    // (b) A writer failing on its first write (the literal), then one
-    // failing on its second (the branch word, after the literal was
-    // written: the library writes the old literal back, a third write).
-    // (c) A writer that reports success without writing.
-    let mut writer_errors = [None; 3];
+    // BAD was never updated, so an update first publishes its current
+    // target in the literal (write 0), then writes the new literal (1) and
+    // branch word (2).
+    // (b) A writer failing on the publication; one failing on the new
+    // literal (the library puts the published literal back: 0 again, a
+    // third write); one failing on the branch word (the library writes the
+    // old literal back, then the as-assembled 0: five writes).
+    // (c) A writer that reports success without writing: the publication
+    // does not read back, and nothing else is written.
+    let mut writer_errors = [None; 4];
     for (i, (fail_at, lie, expected, writes)) in [
         (0, false, FAULTY, 1),
         (1, false, FAULTY, 3),
-        (usize::MAX, true, Error::VerifyFailed { addr: window }, 2),
+        (2, false, FAULTY, 5),
+        (usize::MAX, true, Error::VerifyFailed { addr: window }, 1),
     ]
     .into_iter()
     .enumerate()
@@ -835,7 +848,14 @@ pub(crate) fn static_call_bad_input() -> TestResult {
         let _lock = patch_lock();
         // SAFETY: not a trampoline address, on purpose: the backend refuses
         // it by its alignment before reading or writing anything.
-        let err = unsafe { Aarch64::retarget(bad_tramp, &Slot, far as usize, w) };
+        let err = unsafe {
+            Aarch64::retarget(
+                bad_tramp,
+                &Slot::new(core::ptr::null_mut()),
+                far as usize,
+                w,
+            )
+        };
         let expected = Error::MisalignedTrampoline {
             addr: bad_tramp,
             align: a64::WINDOW_ALIGN,
@@ -851,7 +871,14 @@ pub(crate) fn static_call_bad_input() -> TestResult {
         let _lock = patch_lock();
         // SAFETY: BAD's trampoline, with the patch lock held; the target is
         // no function, on purpose: it is refused before anything is written.
-        let err = unsafe { Aarch64::retarget(tramp, &Slot, bad_target as usize, w) };
+        let err = unsafe {
+            Aarch64::retarget(
+                tramp,
+                &Slot::new(core::ptr::null_mut()),
+                bad_target as usize,
+                w,
+            )
+        };
         let expected = Error::MisalignedTarget {
             target: bad_target as usize,
         };
@@ -871,10 +898,12 @@ pub(crate) fn static_call_bad_input() -> TestResult {
     BAD.update(sc_near_value)
         .map_err(|e| format!("final update: {e}"))?;
     check_value(&BAD, 9, value_of(Near, 9), 0..CPUS)?;
-    unchanged("update there and back")?;
+    // Once updated, the window holds the target in its literal and a `b`
+    // straight to it (no longer the init shim).
+    check_shape("BAD after updates", tramp, near, true)?;
 
     println!(
-        "bad input: {corrupted} corrupted words refused as UnrecognisedTrampoline at their offset; writers failing on write 1, write 2, not writing: {}; Alias not covering the trampoline: WriterFailed x2; {misaligned} misaligned trampolines/targets refused; the 32 bytes unchanged every time",
+        "bad input: {corrupted} corrupted words refused as UnrecognisedTrampoline at their offset; writers failing on the publication, the literal, the branch, not writing: {}; Alias not covering the trampoline: WriterFailed x2; {misaligned} misaligned trampolines/targets refused; the 32 bytes unchanged every time",
         writer_errors
             .iter()
             .map(|e| match e {
