@@ -23,8 +23,8 @@ use virt_kernel::{check, check_eq, println, smp, tests};
 use virt_kernel::{gic, mmu};
 
 use static_calls::{
-    static_call_bad_input, static_call_declared_across_crates, static_call_torn_states,
-    static_call_transitions,
+    static_call_bad_input, static_call_declared_across_crates, static_call_far_initial_target,
+    static_call_torn_states, static_call_transitions,
 };
 
 /// CPUs the harness starts QEMU with (`-smp 4`).
@@ -59,6 +59,7 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         static_call_transitions,
         static_call_torn_states,
         static_call_bad_input,
+        static_call_far_initial_target,
         static_call_declared_across_crates,
         static_call_smp_stress,
         #[cfg(feature = "deliberate-failure")]

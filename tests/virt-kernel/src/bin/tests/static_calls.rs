@@ -65,6 +65,24 @@ fn sc_far_value(x: u32) -> u64 {
     u64::from(x) + FAR
 }
 
+/// An `extern "C"` function in `.far_text`, out of a `B`'s reach.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".far_text.sc_c_far_value")]
+extern "C" fn sc_c_far_value(x: u32) -> u64 {
+    u64::from(x) + FAR
+}
+
+/// Its near twin.
+extern "C" fn sc_c_near_value(x: u32) -> u64 {
+    u64::from(x) + NEAR
+}
+
+static_call::static_call! {
+    /// An `extern "C"` key (its call is the crate's own `bl`) whose initial
+    /// target is out of branch range: the linker gives its `b` a veneer.
+    static C_FAR_INIT: extern "C" fn(u32) -> u64 = sc_c_far_value;
+}
+
 static_call::static_call! {
     /// Walked through every transition among near, far, NULL and RET0.
     static TRANS_EFFECT: fn(*mut u64, u64) = sc_near_effect;
@@ -932,6 +950,53 @@ fn sc_clock_fine(scale: u32) -> u64 {
 /// (the core kernel, which cannot depend on this crate). Updates through
 /// the declaration are what the definition sees, and the reverse; the core
 /// kernel's calls follow, on every CPU.
+/// A key whose initial target is more than 128 MiB away: its assembled
+/// `b` goes to a linker veneer, yet `query` reports the function, calls
+/// reach it on every CPU, and updates work both ways (near, then far, then
+/// near again). The key is `extern "C"`, so every call here is the crate's
+/// own `bl` as well as a call through the key's pointer.
+pub(crate) fn static_call_far_initial_target() -> TestResult {
+    let tramp = C_FAR_INIT.trampoline_addr();
+    let far = sc_c_far_value as extern "C" fn(u32) -> u64 as usize as u64;
+    let near = sc_c_near_value as extern "C" fn(u32) -> u64 as usize as u64;
+    let t = decoded(tramp)?;
+    let veneer = match t.branch {
+        Branch::B(dest) => dest,
+        Branch::Nop => return Err("C_FAR_INIT: assembled without a b".into()),
+    };
+    check!(
+        t.never_updated() && veneer != far && insn::encode_b(tramp as u64 + 4, far).is_none(),
+        "C_FAR_INIT as assembled: {t:?}, far target {far:#x}"
+    );
+    check_eq!(C_FAR_INIT.query().map(|f| f as usize as u64), Some(far));
+    let check = |what: &str, expect_add: u64| -> Result<usize, String> {
+        check_calls(what, 5 + expect_add, 0..CPUS, || {
+            Ok([C_FAR_INIT.call(5), C_FAR_INIT.trampoline()(5)])
+        })
+    };
+    let mut calls = check("C_FAR_INIT(5) through the veneer", FAR)?;
+    C_FAR_INIT
+        .update(sc_c_near_value)
+        .map_err(|e| format!("to near: {e}"))?;
+    check_shape("C_FAR_INIT near", tramp, near, true)?;
+    calls += check("C_FAR_INIT(5) near", NEAR)?;
+    C_FAR_INIT
+        .update(sc_c_far_value)
+        .map_err(|e| format!("to far: {e}"))?;
+    check_shape("C_FAR_INIT far", tramp, far, false)?;
+    check_eq!(C_FAR_INIT.query().map(|f| f as usize as u64), Some(far));
+    calls += check("C_FAR_INIT(5) far", FAR)?;
+    C_FAR_INIT
+        .update(sc_c_near_value)
+        .map_err(|e| format!("back to near: {e}"))?;
+    calls += check("C_FAR_INIT(5) near again", NEAR)?;
+    println!(
+        "far initial target: b to a veneer at {veneer:#x} for {far:#x}; query reports the function; \
+         veneer -> near -> far -> near, {calls} calls on {CPUS} CPUs"
+    );
+    Ok(())
+}
+
 pub(crate) fn static_call_declared_across_crates() -> TestResult {
     let declared: &StaticCall<ValueFn> = &hooks::PLATFORM_CLOCK;
     let defined: &StaticCall<ValueFn> = &PLATFORM_CLOCK;
