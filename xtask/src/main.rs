@@ -5,6 +5,7 @@
 //! - `cargo xtask test`: setup, then every test suite, then a summary table.
 //! - `cargo xtask demo`: setup, then boot the arm64 demo kernel on QEMU.
 
+mod callsites;
 mod cmd;
 mod qemu;
 mod setup;
@@ -25,7 +26,8 @@ commands:
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
           a summary table; suites: host, host-generic, host-lint,
-          aarch64-linux, aarch64-none, virt-el1, virt-el2, virt-negative
+          call-sites, aarch64-linux, aarch64-none, virt-el1, virt-el2,
+          virt-negative
   demo    setup, then boot the arm64 demo kernel on the QEMU virt board";
 
 fn main() -> ExitCode {

@@ -86,6 +86,7 @@ const HOST_SUITES: &[&str] = &[
     "host",
     "host-generic",
     "host-lint",
+    "call-sites",
     "aarch64-linux",
     "aarch64-none",
 ];
@@ -106,6 +107,7 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
             "host" => timed(name, &host, || host_tests(root)),
             "host-generic" => timed(name, &host, || generic_tests(root)),
             "host-lint" => timed(name, &host, || host_lint(root)),
+            "call-sites" => timed(name, "6 configurations", || call_sites(root, tc)),
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
             _ => timed(name, BARE, || bare_checks(root, tc)),
         });
@@ -209,6 +211,16 @@ fn host_lint(root: &Path) -> Counts {
         "warnings",
     ])));
     counts
+}
+
+/// Each key's call site, disassembled in every configuration users build.
+fn call_sites(root: &Path, tc: &Toolchain) -> Counts {
+    let (passed, failed, problems) = crate::callsites::run(root, tc);
+    Counts {
+        passed,
+        failed,
+        problems,
+    }
 }
 
 /// The library's tests on aarch64 Linux, run by qemu-aarch64 (the runner in
