@@ -10,6 +10,8 @@
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -261,49 +263,17 @@ fn thunk(target: usize) -> Vec<u8> {
 fn far_code() -> &'static FarCode {
     static FAR: std::sync::OnceLock<FarCode> = std::sync::OnceLock::new();
     FAR.get_or_init(|| {
-        let text = VALUE.trampoline_addr();
-        let mut page = libc::MAP_FAILED;
-        for hint in [text + (64 << 30), text.wrapping_sub(64 << 30)] {
-            // SAFETY: a fresh anonymous mapping where nothing is mapped
-            // (MAP_FIXED_NOREPLACE never replaces a mapping).
-            page = unsafe {
-                libc::mmap(
-                    (hint & !0xffff) as *mut _,
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
-            if page != libc::MAP_FAILED {
-                break;
-            }
-        }
-        assert_ne!(page, libc::MAP_FAILED, "mapping far code");
-        let page = page as usize;
-        assert!(page.abs_diff(text) > 4 << 30, "far code is not far");
         let targets = [
             far_value_target as extern "C" fn(u32) -> u64 as usize,
             far_effect_target as extern "C" fn(*mut u64, u64) as usize,
         ];
-        for (i, t) in targets.iter().enumerate() {
-            let code = thunk(*t);
-            // SAFETY: the page is ours and writable; 32 bytes per thunk.
-            unsafe {
-                std::ptr::copy_nonoverlapping(code.as_ptr(), (page + 32 * i) as *mut u8, code.len())
-            };
-        }
-        #[cfg(all(target_arch = "aarch64", not(feature = "force-generic")))]
-        static_call::arch::aarch64::flush_icache_range(page, 64);
-        // SAFETY: our own mapping, now complete.
-        let rc = unsafe { libc::mprotect(page as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC) };
-        assert_eq!(rc, 0);
+        let thunks: Vec<Vec<u8>> = targets.iter().map(|&t| thunk(t)).collect();
+        let at = common::map_far_code(VALUE.trampoline_addr(), &thunks);
         // SAFETY: each thunk forwards to a function of this signature.
         unsafe {
             FarCode {
-                value: std::mem::transmute::<usize, extern "C" fn(u32) -> u64>(page),
-                effect: std::mem::transmute::<usize, extern "C" fn(*mut u64, u64)>(page + 32),
+                value: std::mem::transmute::<usize, extern "C" fn(u32) -> u64>(at[0]),
+                effect: std::mem::transmute::<usize, extern "C" fn(*mut u64, u64)>(at[1]),
             }
         }
     })

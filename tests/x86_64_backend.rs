@@ -7,6 +7,7 @@
     not(feature = "force-generic")
 ))]
 
+mod common;
 use static_call::arch::x86_64::{
     self as x86, __test_hooks as hooks, BreakpointFrame, Form, Image, NULL_ENTRY, Slot, X86_64,
     insn,
@@ -110,42 +111,17 @@ struct FarCode {
 fn far_code() -> &'static FarCode {
     static FAR_CODE: OnceLock<FarCode> = OnceLock::new();
     FAR_CODE.get_or_init(|| {
-        let text = EFFECT.trampoline_addr();
-        let mut page = libc::MAP_FAILED;
-        for hint in [text + (64 << 30), text.wrapping_sub(64 << 30)] {
-            // SAFETY: a fresh anonymous mapping where nothing is mapped
-            // (MAP_FIXED_NOREPLACE never replaces a mapping).
-            page = unsafe {
-                libc::mmap(
-                    (hint & !0xffff) as *mut _,
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
-            if page != libc::MAP_FAILED {
-                break;
-            }
-        }
-        assert_ne!(page, libc::MAP_FAILED, "mapping far code");
-        let page = page as usize;
         let targets = [
             far_effect as fn(*mut u64, u64) as usize,
             far2_effect as fn(*mut u64, u64) as usize,
             far_value as fn(u32) -> u64 as usize,
         ];
-        for (i, t) in targets.iter().enumerate() {
-            let code = insn::encode_movabs_r11_jmp(*t as u64);
-            // SAFETY: the page is ours and writable; 32 bytes per thunk.
-            unsafe {
-                std::ptr::copy_nonoverlapping(code.as_ptr(), (page + 32 * i) as *mut u8, code.len())
-            };
-        }
-        // SAFETY: our own mapping, now complete.
-        let rc = unsafe { libc::mprotect(page as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC) };
-        assert_eq!(rc, 0);
+        let thunks: Vec<Vec<u8>> = targets
+            .iter()
+            .map(|&t| insn::encode_movabs_r11_jmp(t as u64).to_vec())
+            .collect();
+        let at = common::map_far_code(EFFECT.trampoline_addr(), &thunks);
+        let page = at[0];
         for key in [&*EFFECT, &*STRESS] {
             let d = page.abs_diff(key.trampoline_addr());
             assert!(d > 4 << 30, "far code only {d:#x} from a trampoline");
