@@ -558,3 +558,51 @@ fn stack_arguments_keep_the_call_aligned() {
         assert_eq!(nest(depth), (0, 0), "depth {depth}");
     }
 }
+
+/// An `extern "C"` function linked 512 MiB from the rest of the text
+/// (`build.rs`), out of a `b`'s reach.
+#[cfg(all(target_arch = "aarch64", not(feature = "force-generic")))]
+#[unsafe(link_section = ".far_text")]
+extern "C" fn far_initial(x: u32) -> u64 {
+    u64::from(x) + FAR
+}
+
+#[cfg(all(target_arch = "aarch64", not(feature = "force-generic")))]
+static_call::static_call! {
+    /// Assembled with a `b` the linker must route through a veneer.
+    static FAR_INIT: extern "C" fn(u32) -> u64 = far_initial;
+}
+
+/// A key whose initial target is out of branch range, in a default PIE:
+/// the assembled `b` leads to a linker veneer, `query` reports the
+/// function itself, calls reach it, and updates work both ways.
+#[cfg(all(target_arch = "aarch64", not(feature = "force-generic")))]
+#[test]
+fn an_initial_target_out_of_branch_range_works_and_updates_both_ways() {
+    use static_call::arch::aarch64::{self as a64, Branch, insn};
+    let _serial = serial();
+    let tramp = FAR_INIT.trampoline_addr();
+    let far = far_initial as extern "C" fn(u32) -> u64 as usize;
+    // SAFETY: the trampoline's 32 bytes from its literal are readable text.
+    let bytes = unsafe { std::ptr::read_volatile((tramp - 8) as *const [u8; a64::TRAMPOLINE_LEN]) };
+    let t = a64::decode(tramp, &bytes).unwrap();
+    assert!(t.never_updated(), "{t:?}");
+    assert!(
+        insn::encode_b(tramp as u64 + 4, far as u64).is_none(),
+        "not far: {far:#x}"
+    );
+    assert!(
+        matches!(t.branch, Branch::B(dest) if dest != far as u64),
+        "{t:?}"
+    );
+    assert_eq!(FAR_INIT.query().map(|f| f as usize), Some(far));
+    assert_eq!(FAR_INIT.call(5), 5 + FAR);
+    assert_eq!(FAR_INIT.trampoline()(5), 5 + FAR);
+    FAR_INIT.update(near_value).unwrap();
+    assert_eq!(FAR_INIT.call(5), 5 + NEAR);
+    FAR_INIT.update(far_initial).unwrap();
+    assert_eq!(FAR_INIT.query().map(|f| f as usize), Some(far));
+    assert_eq!(FAR_INIT.call(5), 5 + FAR);
+    FAR_INIT.update(near_value).unwrap();
+    assert_eq!(FAR_INIT.call(6), 6 + NEAR);
+}
