@@ -105,10 +105,12 @@ impl<F: FnPtr> StaticCall<F> {
     /// The current target, `None` for a NULL key. A RET0 key answers its
     /// return-zero function (see [`is_ret0`](Self::is_ret0)).
     ///
-    /// # Panics
-    ///
-    /// If the trampoline's bytes are no longer a trampoline (something other
-    /// than this crate wrote over them).
+    /// It reads the key's slot, which every successful update sets, not the
+    /// trampoline's bytes (whose branch may lead to a linker veneer or the
+    /// key's init shim): it takes no lock and never fails, and during an
+    /// update it answers the old target until the update has succeeded.
+    /// Bytes that something else wrote over the trampoline are found by the
+    /// next update, which refuses them.
     ///
     /// ```
     /// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
