@@ -9,14 +9,12 @@
 #[macro_export]
 macro_rules! __static_call_c_call {
     ($tramp:path, $ret:ty; $($arg:expr),* $(,)?) => {
-        $crate::__static_call_c_call!(
-            @zip $tramp, $ret; [] [$($arg),*] ["x0" "x1" "x2" "x3" "x4" "x5" "x6" "x7"]
+        $crate::__static_call_zip_registers!(
+            __static_call_c_call ($tramp, $ret) []
+            [$($arg),*] ["x0" "x1" "x2" "x3" "x4" "x5" "x6" "x7"]
         )
     };
-    (@zip $tramp:path, $ret:ty; [$($done:tt)*] [$a:expr $(, $rest:expr)*] [$r:tt $($regs:tt)*]) => {
-        $crate::__static_call_c_call!(@zip $tramp, $ret; [$($done)* ($r, $a)] [$($rest),*] [$($regs)*])
-    };
-    (@zip $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] [] [$($unused:tt)*]) => {{
+    (@emit $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] []) => {{
         let ret: u64;
         // SAFETY: the trampoline branches to a function of the key's
         // `extern "C"` type (or returns, for NULL), which receives the

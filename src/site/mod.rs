@@ -12,6 +12,22 @@
 //! Without `options(nostack)` the compiler keeps the stack aligned for the
 //! call and keeps nothing in a red zone below the stack pointer.
 
+/// Pairs a call's arguments with the ABI's argument registers, in order,
+/// and hands `[(register, argument)..] [arguments past the registers..]` to
+/// the architecture's `$emit!(@emit ..)`. Used by `__static_call_c_call!`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_zip_registers {
+    ($emit:ident ($($head:tt)*) [$($done:tt)*] [$a:expr $(, $rest:expr)*] [$r:tt $($regs:tt)*]) => {
+        $crate::__static_call_zip_registers!(
+            $emit ($($head)*) [$($done)* ($r, $a)] [$($rest),*] [$($regs)*]
+        )
+    };
+    ($emit:ident ($($head:tt)*) [$($done:tt)*] [$($rest:expr),*] [$($regs:tt)*]) => {
+        $crate::$emit!(@emit $($head)*; [$($done)*] [$($rest),*])
+    };
+}
+
 #[cfg(static_call_backend = "aarch64")]
 mod aarch64;
 #[cfg(static_call_backend = "x86_64")]

@@ -10,15 +10,12 @@
 #[macro_export]
 macro_rules! __static_call_c_call {
     ($tramp:path, $ret:ty; $($arg:expr),* $(,)?) => {
-        $crate::__static_call_c_call!(
-            @zip $tramp, $ret; [] [$($arg),*] ["rdi" "rsi" "rdx" "rcx" "r8" "r9"]
+        $crate::__static_call_zip_registers!(
+            __static_call_c_call ($tramp, $ret) [] [$($arg),*] ["rdi" "rsi" "rdx" "rcx" "r8" "r9"]
         )
     };
-    (@zip $tramp:path, $ret:ty; [$($done:tt)*] [$a:expr $(, $rest:expr)*] [$r:tt $($regs:tt)*]) => {
-        $crate::__static_call_c_call!(@zip $tramp, $ret; [$($done)* ($r, $a)] [$($rest),*] [$($regs)*])
-    };
     // Up to six arguments: all in registers.
-    (@zip $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] [] [$($unused:tt)*]) => {{
+    (@emit $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] []) => {{
         let ret: u64;
         // SAFETY: the trampoline jumps to a function of the key's
         // `extern "C"` type (or returns, for NULL), which receives the
@@ -38,7 +35,7 @@ macro_rules! __static_call_c_call {
     }};
     // Seven arguments: the seventh on the stack, with 8 bytes of padding
     // so the stack stays 16-byte aligned at the call.
-    (@zip $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] [$a6:expr] []) => {{
+    (@emit $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] [$a6:expr]) => {{
         let ret: u64;
         // SAFETY: as for the register-only form; the seventh argument is
         // at the stack pointer when the call is made, as the ABI places it,
@@ -59,7 +56,7 @@ macro_rules! __static_call_c_call {
         }
     }};
     // Eight arguments: the seventh and eighth on the stack.
-    (@zip $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] [$a6:expr, $a7:expr] []) => {{
+    (@emit $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] [$a6:expr, $a7:expr]) => {{
         let ret: u64;
         // SAFETY: as for the seven-argument form, with the eighth argument
         // above the seventh.
