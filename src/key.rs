@@ -508,6 +508,30 @@ macro_rules! static_call {
 /// # }
 /// ```
 ///
+/// `extern "C"` keys are declared the same way; the declaring crate's
+/// calls are the crate's own direct `call`/`bl`:
+///
+/// ```
+/// static_call::static_call! { pub static TIMER_ACK: extern "C" fn(u32) -> u32 = ack; }
+/// extern "C" fn ack(irq: u32) -> u32 { irq + 1 }
+/// extern "C" fn nack(irq: u32) -> u32 { irq }
+///
+/// mod core_kernel {
+///     static_call::declare_static_call! {
+///         // SAFETY: defined with exactly this signature and these types.
+///         pub unsafe static TIMER_ACK: extern "C" fn(u32) -> u32;
+///     }
+///     pub fn ack(irq: u32) -> u32 { TIMER_ACK.call(irq) }
+/// }
+/// # fn main() {
+/// assert_eq!(core_kernel::ack(7), 8);
+/// # if static_call::DEFAULT_WRITER_AVAILABLE {
+/// core_kernel::TIMER_ACK.update(nack).unwrap(); // updates through the declaration
+/// assert_eq!(TIMER_ACK.call(7), 7);
+/// # }
+/// # }
+/// ```
+///
 /// A declaration without `unsafe` does not compile:
 ///
 /// ```compile_fail
