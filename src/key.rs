@@ -218,7 +218,7 @@ impl<F: FnPtr> StaticCall<F> {
     fn retarget(&self, target: usize, writer: Option<&dyn TextWriter>) -> Result<(), Error> {
         let writer = match (writer, Active::WRITES_TEXT) {
             (w, true) => w,
-            (_, false) => Some(&writer::Direct as &dyn TextWriter),
+            (_, false) => Some(&writer::Direct::UNUSED as &dyn TextWriter),
         };
         writer::with_patch_lock(writer, |w| {
             // SAFETY: the trampoline and slot are this key's; `target` is a

@@ -312,9 +312,11 @@ mod tests {
 
     #[test]
     fn writers_ask_for_no_strategy_unless_wrapped() {
-        assert_eq!(Direct.strategy(), None);
+        // SAFETY: these writers are never asked to write.
+        let direct = unsafe { Direct::new() };
+        assert_eq!(direct.strategy(), None);
         for s in [Strategy::Breakpoint, Strategy::AtomicStore] {
-            let w = s.with(&Direct);
+            let w = s.with(&direct);
             assert_eq!(w.strategy(), Some(s));
             // Wrapping again: the outermost request wins.
             let other = match s {
@@ -344,7 +346,9 @@ mod tests {
     #[test]
     fn wrapped_writes_reach_the_inner_writer() {
         let mut buf = [0u64; 1];
-        let w = Strategy::AtomicStore.with(&Direct);
+        // SAFETY: it writes to `buf` only, which is live and writable.
+        let direct = unsafe { Direct::new() };
+        let w = Strategy::AtomicStore.with(&direct);
         // SAFETY: `buf` is live, writable and aligned.
         unsafe { w.write(buf.as_mut_ptr() as usize, &7u64.to_ne_bytes()) }.unwrap();
         w.sync_cores().unwrap();

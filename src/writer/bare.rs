@@ -11,12 +11,39 @@ use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 /// It has no `sync_cores` step; wrap it if your kernel can interrupt other
 /// CPUs.
 ///
-/// ```
-/// static WRITER: static_call::writer::Direct = static_call::writer::Direct;
+/// Building one is `unsafe`: it stores wherever a backend asks, so the
+/// text must really be writable at its executable address. In a Linux
+/// process it is not (text is read-only), and a store through `Direct`
+/// would fault: use [`linux::Remap`](super::linux::Remap) there.
+///
+/// ```no_run
+/// use static_call::writer::Direct;
+/// // SAFETY: this kernel runs with the MMU off, so its text is writable
+/// // where it executes.
+/// static WRITER: Direct = unsafe { Direct::new() };
 /// static_call::set_default_writer(&WRITER);
 /// ```
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Direct;
+#[derive(Debug, Clone, Copy)]
+pub struct Direct {
+    _promise: (),
+}
+
+impl Direct {
+    /// A writer that stores to text in place.
+    ///
+    /// # Safety
+    ///
+    /// Every trampoline and call site this writer is used for must be
+    /// writable at its executable address (MMU off, or text mapped
+    /// read-write) for as long as the writer is used.
+    pub const unsafe fn new() -> Self {
+        Direct { _promise: () }
+    }
+
+    /// For the generic backend, which never calls a writer: no store can
+    /// happen through it.
+    pub(crate) const UNUSED: Direct = Direct { _promise: () };
+}
 
 // SAFETY: `store` performs exactly the requested stores, single-copy atomic
 // for aligned power-of-two sizes up to 8.
@@ -38,8 +65,9 @@ unsafe impl TextWriter for Direct {
 ///
 /// ```
 /// use static_call::writer::Alias;
-/// // Text at 0x4008_0000 is also mapped writable at 0xffff_0000_4008_0000.
-/// let writer = Alias::new(0x4008_0000, 0xffff_0000_4008_0000, 0x20_0000);
+/// // SAFETY (of this sketch): the kernel maps its 2 MiB of text at
+/// // 0x4008_0000 read-write at 0xffff_0000_4008_0000 too, for good.
+/// let writer = unsafe { Alias::new(0x4008_0000, 0xffff_0000_4008_0000, 0x20_0000) };
 /// assert_eq!(writer.translate(0x4008_0010, 8), Some(0xffff_0000_4008_0010));
 /// assert_eq!(writer.translate(0x4028_0000, 8), None);
 /// ```
@@ -54,7 +82,15 @@ pub struct Alias {
 impl Alias {
     /// An alias writer for `len` bytes of text at `exec_base`, writable at
     /// `alias_base`.
-    pub const fn new(exec_base: usize, alias_base: usize, len: usize) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// For as long as the writer is used, `alias_base..alias_base + len`
+    /// must be mapped writable onto the same memory as
+    /// `exec_base..exec_base + len`, and nothing else may live there: the
+    /// writer stores through the alias wherever a backend asks inside the
+    /// range.
+    pub const unsafe fn new(exec_base: usize, alias_base: usize, len: usize) -> Self {
         Alias {
             exec_base,
             alias_base,
@@ -141,7 +177,8 @@ mod tests {
 
     #[test]
     fn alias_translates_only_inside_its_range() {
-        let w = Alias::new(0x1000, 0x9000, 0x100);
+        // SAFETY: only `translate` is used; nothing is written.
+        let w = unsafe { Alias::new(0x1000, 0x9000, 0x100) };
         assert_eq!(w.translate(0x1000, 8), Some(0x9000));
         assert_eq!(w.translate(0x10f8, 8), Some(0x90f8));
         assert_eq!(w.translate(0x10f9, 8), None);
@@ -153,7 +190,9 @@ mod tests {
     fn alias_writes_through_the_alias_and_refuses_outside() {
         let mut exec = [0u64; 4];
         let mut alias = [0u64; 4];
-        let w = Alias::new(exec.as_mut_ptr() as usize, alias.as_mut_ptr() as usize, 32);
+        // SAFETY: a stand-in: `alias` plays the writable view of `exec`;
+        // both are live, writable 32-byte buffers.
+        let w = unsafe { Alias::new(exec.as_mut_ptr() as usize, alias.as_mut_ptr() as usize, 32) };
         // SAFETY: both buffers are live, writable and 8-byte aligned.
         unsafe {
             w.write(
@@ -173,10 +212,11 @@ mod tests {
         let base = buf.as_mut_ptr() as usize;
         // SAFETY: `buf` is live, writable and aligned.
         unsafe {
-            Direct.write(base, &[0xaa]).unwrap();
-            Direct.write(base + 2, &[0xbb, 0xcc]).unwrap();
-            Direct.write(base + 4, &[1, 2, 3, 4]).unwrap();
-            Direct.write(base + 8, &[9, 8, 7]).unwrap();
+            let direct = Direct::new();
+            direct.write(base, &[0xaa]).unwrap();
+            direct.write(base + 2, &[0xbb, 0xcc]).unwrap();
+            direct.write(base + 4, &[1, 2, 3, 4]).unwrap();
+            direct.write(base + 8, &[9, 8, 7]).unwrap();
         }
         let bytes: std::vec::Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
         assert_eq!(&bytes[..11], &[0xaa, 0, 0xbb, 0xcc, 1, 2, 3, 4, 9, 8, 7]);

@@ -34,8 +34,9 @@ use spin::Mutex;
 /// unsafe impl TextWriter for KernelWriter {
 ///     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
 ///         // map_alias(addr); ...
-///         // SAFETY: forwarded from the caller.
-///         unsafe { static_call::writer::Direct.write(addr, bytes) }
+///         // SAFETY: forwarded from the caller; this kernel's text is
+///         // writable where it runs.
+///         unsafe { static_call::writer::Direct::new().write(addr, bytes) }
 ///     }
 ///     fn sync_cores(&self) -> Result<(), Error> {
 ///         // send_ipi_to_all_and_wait();
@@ -95,7 +96,9 @@ pub(crate) const PLATFORM_DEFAULT_AVAILABLE: bool = cfg!(target_os = "linux");
 /// Kernels call this once at boot with a writer that knows their mappings.
 ///
 /// ```
-/// static WRITER: static_call::writer::Direct = static_call::writer::Direct;
+/// use static_call::writer::Direct;
+/// // SAFETY: this kernel's text is writable where it runs (MMU off).
+/// static WRITER: Direct = unsafe { Direct::new() };
 /// # fn boot() {
 /// static_call::set_default_writer(&WRITER);
 /// # }

@@ -93,8 +93,11 @@ static WRITER: AtomicPtr<KernelWriter> = AtomicPtr::new(core::ptr::null_mut());
 /// default. Call after `mmu::init`.
 pub fn install() -> &'static KernelWriter {
     let text = mmu::layout().text;
+    // SAFETY: `mmu::init` maps the whole text read-write at
+    // `ALIAS_OFFSET` above itself, for good.
+    let alias = unsafe { Alias::new(text.start, text.start + mmu::ALIAS_OFFSET, text.len()) };
     let writer: &'static KernelWriter = Box::leak(Box::new(KernelWriter {
-        alias: Alias::new(text.start, text.start + mmu::ALIAS_OFFSET, text.len()),
+        alias,
         written: SpinMutex::new(([(0, 0); REPLAY], 0)),
     }));
     static_call::set_default_writer(writer);

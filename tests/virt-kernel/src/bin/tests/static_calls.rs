@@ -849,7 +849,10 @@ pub(crate) fn static_call_bad_input() -> TestResult {
         ("up to the window", window),
         ("the literal only", window + 8),
     ] {
-        let alias = Alias::new(text.start, text.start + mmu::ALIAS_OFFSET, end - text.start);
+        // SAFETY: the text's writable alias covers all of it, so this
+        // prefix of it is mapped read-write at the same offset.
+        let alias =
+            unsafe { Alias::new(text.start, text.start + mmu::ALIAS_OFFSET, end - text.start) };
         let err = BAD.update_with(sc_far_value, &alias);
         check!(
             matches!(err, Err(Error::WriterFailed { .. })),
