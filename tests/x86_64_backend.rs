@@ -81,6 +81,7 @@ static_call::static_call! {
     static NULL_KEY: fn(*mut u64, u64) = NULL;
     static RET0_KEY: fn(u32) -> u64 = RET0;
     static CHAIN: fn(u32) -> u64 = near_value;
+    static BLOCKED: fn(u32) -> u64 = near_value;
     static C_VALUE: extern "C" fn(u32) -> u64 = c_near_value;
 }
 
@@ -978,6 +979,115 @@ fn trap_handler_chains_and_is_checked() {
         "{}: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Calls the worker of [`child_blocked_sigtrap`] has made.
+static BLOCKED_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// After each store of an update, waits until the worker has made more
+/// calls, so it runs every intermediate state (an `int3` among them, if the
+/// strategy places one).
+fn wait_for_blocked_worker(tramp: usize, _index: usize, _store: x86::protocol::Store) {
+    if tramp != BLOCKED.trampoline_addr() {
+        return;
+    }
+    let start = BLOCKED_CALLS.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while BLOCKED_CALLS.load(Ordering::SeqCst) < start + 100 && Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+}
+
+/// Child: a worker thread blocks every signal (as thread pools commonly
+/// do) and calls a key while the main thread updates it with the strategy
+/// named by `STATIC_CALL_STRATEGY` (`default` or `breakpoint`). Each update
+/// waits after every store until the worker has called through that state.
+#[test]
+#[ignore = "run as a child process by updates_never_kill_a_thread_that_blocks_sigtrap"]
+fn child_blocked_sigtrap() {
+    let Some(strategy) = std::env::var_os("STATIC_CALL_STRATEGY") else {
+        return;
+    };
+    let explicit = match strategy.to_str() {
+        Some("default") => None,
+        Some("breakpoint") => Some(Strategy::Breakpoint),
+        other => panic!("unknown strategy {other:?}"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // SAFETY: a full set, built by sigfillset, blocked for this
+            // thread only.
+            unsafe {
+                let mut all: libc::sigset_t = core::mem::zeroed();
+                libc::sigfillset(&mut all);
+                assert_eq!(
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &all, core::ptr::null_mut()),
+                    0
+                );
+            }
+            while !stop.load(Ordering::SeqCst) {
+                let v = BLOCKED.call(1);
+                assert!(v == 1 + NEAR || v == 1 + FAR, "a call returned {v}");
+                BLOCKED_CALLS.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    hooks::set_after_store(Some(wait_for_blocked_worker));
+    const UPDATES: u32 = 2000;
+    for i in 0..UPDATES {
+        let f: fn(u32) -> u64 = if i % 2 == 0 { far_value } else { near_value };
+        match explicit {
+            None => BLOCKED.update(f).unwrap(),
+            Some(s) => BLOCKED.update_with(f, &s.with(&Remap)).unwrap(),
+        }
+    }
+    hooks::set_after_store(None);
+    stop.store(true, Ordering::SeqCst);
+    worker.join().unwrap();
+    println!(
+        "child_blocked_sigtrap: {UPDATES} updates, {} calls, ok",
+        BLOCKED_CALLS.load(Ordering::SeqCst)
+    );
+}
+
+/// Issue: a thread that blocks SIGTRAP and calls a key during an int3
+/// update is killed by the kernel, and the whole process with it. The
+/// default strategy in Linux user space never places an `int3`, so such a
+/// program survives every update; the int3 protocol, asked for explicitly,
+/// still shows the hazard it is documented to have.
+#[test]
+fn updates_never_kill_a_thread_that_blocks_sigtrap() {
+    use std::os::unix::process::ExitStatusExt;
+    let run = |strategy: &str| {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_blocked_sigtrap",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("STATIC_CALL_STRATEGY", strategy)
+            .output()
+            .unwrap()
+    };
+    let out = run("default");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("updates") && stdout.contains("ok"),
+        "default strategy: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("breakpoint");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGTRAP),
+        "the int3 protocol with SIGTRAP blocked in a calling thread: {}",
+        out.status
     );
 }
 

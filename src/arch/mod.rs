@@ -169,8 +169,21 @@ pub mod active {
 /// Chosen, most specific first: per update by passing a [`WithStrategy`]
 /// writer to `update_with`; per program with [`set_default_strategy`]; per
 /// build with the `strategy-atomic-store` cargo feature, which makes
-/// [`AtomicStore`](Strategy::AtomicStore) the initial default instead of
-/// [`Breakpoint`](Strategy::Breakpoint).
+/// [`AtomicStore`](Strategy::AtomicStore) the initial default everywhere.
+///
+/// Without the feature the initial default depends on where the program
+/// runs (see [`default_strategy`]): [`AtomicStore`](Strategy::AtomicStore)
+/// in Linux user space, where a trap arrives as a signal that a thread may
+/// block (and a blocked SIGTRAP kills the process, a debugger stops on it),
+/// and [`Breakpoint`](Strategy::Breakpoint) on bare metal, where a kernel's
+/// #BP handler cannot be masked.
+///
+/// What each needs:
+///
+/// | strategy | needs |
+/// | --- | --- |
+/// | `Breakpoint` | every `int3` reaching [`x86_64::handle_breakpoint`]: in Linux user space no thread may call a key with SIGTRAP blocked or ignored, and no debugger may stop on SIGTRAP; a writer whose `sync_cores` reaches every CPU |
+/// | `AtomicStore` | instruction fetch seeing an aligned 8-byte store whole (what CPUs do, the SDM does not promise); nothing else |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// The breakpoint protocol (x86-64: Linux's `text_poke_bp`, `int3`
@@ -198,18 +211,29 @@ impl Strategy {
 const BREAKPOINT: u8 = 0;
 const ATOMIC_STORE: u8 = 1;
 
-static DEFAULT_STRATEGY: AtomicU8 = AtomicU8::new(if cfg!(feature = "strategy-atomic-store") {
+/// The initial default: see [`Strategy`].
+const INITIAL_STRATEGY: u8 = if cfg!(any(feature = "strategy-atomic-store", target_os = "linux")) {
     ATOMIC_STORE
 } else {
     BREAKPOINT
-});
+};
 
-/// The strategy updates use when their writer does not ask for one.
+static DEFAULT_STRATEGY: AtomicU8 = AtomicU8::new(INITIAL_STRATEGY);
+
+/// The strategy updates use when their writer does not ask for one:
+/// initially `AtomicStore` in Linux user space (an update can never make a
+/// thread trap there) and `Breakpoint` elsewhere, unless changed with
+/// [`set_default_strategy`] or the `strategy-atomic-store` feature.
 ///
 /// ```
 /// use static_call::arch::{Strategy, default_strategy};
 /// # if !cfg!(feature = "strategy-atomic-store") {
-/// assert_eq!(default_strategy(), Strategy::Breakpoint);
+/// let expected = if cfg!(target_os = "linux") {
+///     Strategy::AtomicStore
+/// } else {
+///     Strategy::Breakpoint
+/// };
+/// assert_eq!(default_strategy(), expected);
 /// # }
 /// ```
 pub fn default_strategy() -> Strategy {
@@ -224,8 +248,9 @@ pub fn default_strategy() -> Strategy {
 ///
 /// ```no_run
 /// use static_call::arch::{Strategy, set_default_strategy};
-/// // This program never lets a call trap; it accepts the SDM caveat.
-/// set_default_strategy(Strategy::AtomicStore);
+/// // This program never blocks SIGTRAP in a thread that calls a key and
+/// // runs without a debugger: it asks for the protocol the SDM documents.
+/// set_default_strategy(Strategy::Breakpoint);
 /// ```
 pub fn set_default_strategy(strategy: Strategy) {
     let v = match strategy {
@@ -330,7 +355,7 @@ mod tests {
     #[test]
     fn the_default_strategy_round_trips() {
         let initial = default_strategy();
-        let expected = if cfg!(feature = "strategy-atomic-store") {
+        let expected = if cfg!(any(feature = "strategy-atomic-store", target_os = "linux")) {
             Strategy::AtomicStore
         } else {
             Strategy::Breakpoint

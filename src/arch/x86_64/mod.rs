@@ -27,7 +27,11 @@
 //! Chosen per update with [`WithStrategy`](crate::arch::WithStrategy) (also
 //! installable as the default writer), per program with
 //! [`set_default_strategy`](crate::arch::set_default_strategy), or per build
-//! with the `strategy-atomic-store` feature (default: int3):
+//! with the `strategy-atomic-store` feature. The default is the atomic
+//! store in Linux user space (no update can make a thread trap, so a thread
+//! with SIGTRAP blocked, or a debugger, is never caught out) and int3 on
+//! bare metal (see [`Strategy`](crate::arch::Strategy) for what each
+//! needs):
 //!
 //! - [`Strategy::Breakpoint`](crate::arch::Strategy::Breakpoint), Linux's
 //!   `text_poke_bp`: publish the literal; sync all CPUs; `int3` over the
@@ -54,10 +58,12 @@
 //!   `membarrier(SYNC_CORE)`; a kernel supplies an IPI (for example through
 //!   [`Alias::with_sync`](crate::writer::Alias::with_sync)). A writer that
 //!   does not synchronize (`Direct`) is fine on one CPU only.
-//! - In Linux user space, a call that traps with SIGTRAP blocked (inside a
-//!   signal handler whose mask blocks everything, say) is killed by the
-//!   kernel instead of being steered. Code that calls static calls there
-//!   should update them with [`Strategy::AtomicStore`](crate::arch::Strategy::AtomicStore).
+//! - In Linux user space, with the int3 protocol chosen, a call that traps
+//!   with SIGTRAP blocked (a worker thread that blocks every signal, a
+//!   signal handler whose mask blocks everything) is killed by the kernel
+//!   instead of being steered, and a debugger stops on the trap. This is
+//!   why the atomic store is the default there; choose int3 only for a
+//!   program that rules both out.
 //! - A SIGTRAP handler installed after ours must chain to it (or call
 //!   [`handle_breakpoint`]); if ours is found replaced, int3 updates fail
 //!   with [`Error::WriterFailed`](crate::Error::WriterFailed) before
@@ -73,7 +79,7 @@
 //! # fn main() {
 //! # #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "force-generic")))] {
 //! use static_call::arch::x86_64::{Form, decode, null_stub_addr};
-//! OP.update(dec).unwrap(); // int3 protocol, unless configured otherwise
+//! OP.update(dec).unwrap(); // the atomic store, unless configured otherwise
 //! let tramp = OP.trampoline_addr();
 //! // SAFETY: a live trampoline: 16 readable bytes, 8-byte aligned.
 //! let bytes = unsafe { core::ptr::read_volatile(tramp as *const [u8; 16]) };
