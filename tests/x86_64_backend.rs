@@ -462,7 +462,8 @@ fn far_to_far_writes_only_the_literal() {
 
 /// A writer that forwards to `Remap`, records every write, and can fail one
 /// chosen write (by index), lie about one (report success without writing),
-/// or corrupt one (write other bytes), or fail a chosen sync.
+/// or corrupt one (write other bytes), fail a chosen sync, or fail every
+/// write or every sync from a chosen one on (so that undoing fails too).
 struct Recorder {
     log: Mutex<Vec<(usize, usize)>>,
     count: AtomicUsize,
@@ -477,6 +478,8 @@ enum Fault {
     Lie,
     Corrupt,
     FailSync,
+    WritesFailFrom,
+    SyncsFailFrom,
 }
 
 impl Recorder {
@@ -504,6 +507,12 @@ unsafe impl TextWriter for Recorder {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
         let n = self.count.fetch_add(1, Ordering::SeqCst);
         self.log.lock().unwrap().push((addr, bytes.len()));
+        if self.mode == Fault::WritesFailFrom && n >= self.fail_at {
+            return Err(Error::WriterFailed {
+                what: "test failure (and every later write)",
+                errno: 0,
+            });
+        }
         if n == self.fail_at {
             match self.mode {
                 Fault::Fail => {
@@ -519,7 +528,7 @@ unsafe impl TextWriter for Recorder {
                     // SAFETY: the caller's contract is Remap's.
                     return unsafe { Remap.write(addr, &wrong) };
                 }
-                Fault::FailSync => {}
+                Fault::FailSync | Fault::WritesFailFrom | Fault::SyncsFailFrom => {}
             }
         }
         // SAFETY: the caller's contract is Remap's.
@@ -527,7 +536,12 @@ unsafe impl TextWriter for Recorder {
     }
     fn sync_cores(&self) -> Result<(), Error> {
         let n = self.syncs.fetch_add(1, Ordering::SeqCst);
-        if self.mode == Fault::FailSync && n == self.fail_at {
+        let fails = match self.mode {
+            Fault::FailSync => n == self.fail_at,
+            Fault::SyncsFailFrom => n >= self.fail_at,
+            _ => false,
+        };
+        if fails {
             return Err(Error::WriterFailed {
                 what: "test sync failure",
                 errno: 0,
@@ -665,9 +679,37 @@ fn bad_input_is_refused_and_changes_nothing() {
                             Fault::Lie | Fault::Corrupt => {
                                 assert!(matches!(err, Error::VerifyFailed { .. }), "{what}: {err}")
                             }
+                            Fault::WritesFailFrom | Fault::SyncsFailFrom => unreachable!(),
                         }
                         assert_eq!(image(tramp), before, "{what}: bytes changed");
                         assert_eq!(BAD.call(2), result_of(from, 2), "{what}");
+                    }
+                }
+                // Writers that stop working for good at step k: the undo
+                // fails too. Unless nothing was written (the very first
+                // write failed), the error says the restore failed, and
+                // what is left is a state of the protocol that still calls
+                // the old or the new target.
+                let old_target = BAD.query();
+                for mode in [Fault::WritesFailFrom, Fault::SyncsFailFrom] {
+                    for k in 0..steps {
+                        let rec = Recorder::with(k, mode);
+                        let err = set(to, &strategy.with(&rec)).unwrap_err();
+                        let what = format!("{strategy:?} {from}->{to} {mode:?} at {k}");
+                        if mode == Fault::WritesFailFrom && k == 0 {
+                            assert!(matches!(err, Error::WriterFailed { .. }), "{what}: {err}");
+                            assert_eq!(image(tramp), before, "{what}: bytes changed");
+                        } else {
+                            assert!(matches!(err, Error::RestoreFailed { .. }), "{what}: {err}");
+                        }
+                        let v = BAD.call(2);
+                        assert!(
+                            v == result_of(from, 2) || v == result_of(to, 2),
+                            "{what}: a call returned {v}"
+                        );
+                        assert_eq!(BAD.query(), old_target, "{what}: query() moved");
+                        write_raw(tramp, before);
+                        assert_eq!(BAD.call(2), result_of(from, 2), "{what}: repaired");
                     }
                 }
             }

@@ -307,7 +307,8 @@ mod live {
 
     /// Makes the plan's stores, each followed by a read-back and a sync of
     /// all CPUs. On any failure, undoes the stores made so far in reverse
-    /// (each undo also synced), so the trampoline is as it was.
+    /// (each undo also read back and synced), so the trampoline is as it
+    /// was; if an undo fails, returns [`Error::RestoreFailed`].
     ///
     /// # Safety
     ///
@@ -326,8 +327,7 @@ mod live {
             if let Err(e) = unsafe { store(tramp, s, writer) } {
                 // The writer stored nothing.
                 // SAFETY: as above.
-                unsafe { rollback(tramp, &done[..i], writer) };
-                return Err(e);
+                return unsafe { rollback(tramp, &done[..i], writer) }.and(Err(e));
             }
             done[i] = Some((s, image));
             image = s.apply(image);
@@ -341,27 +341,54 @@ mod live {
             };
             if let Err(e) = verified.and_then(|()| writer.sync_cores()) {
                 // SAFETY: as above; includes this store.
-                unsafe { rollback(tramp, &done[..=i], writer) };
-                return Err(e);
+                return unsafe { rollback(tramp, &done[..=i], writer) }.and(Err(e));
             }
             trap::hooks::after_store(tramp, i, s);
         }
         Ok(())
     }
 
-    /// Writes back, newest first, what each store overwrote; best effort
-    /// (every intermediate state is a valid one, so a failure to undo
-    /// leaves calls working, at worst through the trap handler).
+    /// What [`Error::RestoreFailed`] reports when an undo fails.
+    const PARTLY_RESTORED: &str = "the trampoline holds an intermediate state of its update \
+        protocol (every CPU runs the old target or the new one, an int3 in place being \
+        steered through the literal); query() reports the old target, and the trampoline \
+        must be rewritten before the key can be updated again";
+
+    /// Writes back, newest first, what each store overwrote, reading each
+    /// undo back and synchronizing all CPUs after it.
+    ///
+    /// The newest store is undone even if the sync after it failed: undoing
+    /// it reverses one step of the protocol, so a CPU that still holds
+    /// bytes from either side of that step runs the old or the new target.
+    /// Any earlier undo relies on the sync after the previous one (without
+    /// it, a CPU could combine bytes from two steps apart, such as a new
+    /// opcode with a stale displacement), so the first failed undo write,
+    /// read-back or sync stops the rollback where it is, and the error says
+    /// so.
     ///
     /// # Safety
     ///
     /// As for [`execute`].
-    unsafe fn rollback(tramp: usize, done: &[Option<(Store, Image)>], writer: &dyn TextWriter) {
+    unsafe fn rollback(
+        tramp: usize,
+        done: &[Option<(Store, Image)>],
+        writer: &dyn TextWriter,
+    ) -> Result<(), Error> {
         for (s, before) in done.iter().rev().flatten() {
+            let failed = Err(Error::RestoreFailed {
+                addr: tramp + s.offset(),
+                state: PARTLY_RESTORED,
+            });
             // SAFETY: per this function's contract.
-            let _ = unsafe { store(tramp, s.undo(before), writer) };
-            let _ = writer.sync_cores();
+            if unsafe { store(tramp, s.undo(before), writer) }.is_err() {
+                return failed;
+            }
+            // SAFETY: the trampoline is aligned and readable.
+            if unsafe { read_image(tramp) } != *before || writer.sync_cores().is_err() {
+                return failed;
+            }
         }
+        Ok(())
     }
 
     // SAFETY: `retarget` checks alignment and the exact shape before
