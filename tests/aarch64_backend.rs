@@ -725,3 +725,107 @@ fn the_binary_has_no_text_relocations() {
         "text relocations present:\n{dynamic}"
     );
 }
+
+// ---------------------------------------------------------------------
+// BTI: a writer keeps the guard of the page it rewrites.
+
+/// What a child of [`writers_keep_the_bti_guard_of_the_page_they_rewrite`]
+/// reports by its exit code, if it is not killed first.
+const BTI_WRONG_RESULT: i32 = 10;
+const BTI_WRITE_FAILED: i32 = 11;
+const BTI_NOT_WRITTEN: i32 = 12;
+const BTI_UNGUARDED: i32 = 20;
+
+/// Issue 12.7: `Remap` and `Mprotect` rewrite a whole page; on arm64 the
+/// page of an object built for BTI is mapped with `PROT_BTI`, and the
+/// writer must keep it, or every function on that page loses its guard.
+///
+/// A BTI-marked library (`tests/data/bti_guarded.S`) is loaded; a child
+/// process rewrites a word of its text page through each writer, checks a
+/// landing pad still works, and then calls a function without one through
+/// a pointer: on a guarded page that raises SIGILL. A baseline child that
+/// writes nothing shows BTI is enforced here at all.
+#[test]
+fn writers_keep_the_bti_guard_of_the_page_they_rewrite() {
+    use static_call::writer::linux::Mprotect;
+    let path = std::env::var("STATIC_CALL_BTI_LIBRARY").expect(
+        "STATIC_CALL_BTI_LIBRARY: run through `cargo xtask test aarch64-linux`, which \
+         assembles tests/data/bti_guarded.S",
+    );
+    let path = std::ffi::CString::new(path).unwrap();
+    // Loaded (and looked up) before forking: the children only call and
+    // write.
+    // SAFETY: a library of three symbols and no initialisers.
+    let lib = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
+    assert!(!lib.is_null(), "dlopen failed");
+    let sym = |name: &std::ffi::CStr| {
+        // SAFETY: `lib` is a live handle; `name` is NUL-terminated.
+        let p = unsafe { libc::dlsym(lib, name.as_ptr()) };
+        assert!(!p.is_null(), "{name:?} missing");
+        p as usize
+    };
+    let (no_pad, with_pad, scratch) = (sym(c"no_pad"), sym(c"with_pad"), sym(c"scratch"));
+    assert_eq!(no_pad & !0xfff, scratch & !0xfff, "one page");
+
+    let writers: [(&str, Option<&dyn TextWriter>); 3] = [
+        ("no writer", None),
+        ("Remap", Some(&Remap)),
+        ("Mprotect", Some(&Mprotect)),
+    ];
+    for (name, writer) in writers {
+        // Held across the fork so that no other test thread holds it in
+        // the child's copy of memory.
+        let lock = static_call::writer::patch_lock();
+        // SAFETY: the child only makes syscalls, calls the library's
+        // functions and `_exit`s; it takes no lock another thread could
+        // hold (the patch lock is held by this thread, copied as held).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: all of the child's work; see above.
+            unsafe {
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                if let Some(w) = writer {
+                    // The lock is held (the parent's thread took it).
+                    let word = 0x5a5a_5a5a_5a5a_5a5au64.to_le_bytes();
+                    if w.write(scratch, &word).is_err() || w.sync_cores().is_err() {
+                        libc::_exit(BTI_WRITE_FAILED);
+                    }
+                    if core::ptr::read_volatile(scratch as *const [u8; 8]) != word {
+                        libc::_exit(BTI_NOT_WRITTEN);
+                    }
+                }
+                let with_pad: extern "C" fn() -> u64 = core::mem::transmute(with_pad);
+                if with_pad() != 2 {
+                    libc::_exit(BTI_WRONG_RESULT);
+                }
+                let no_pad: extern "C" fn() -> u64 = core::mem::transmute(no_pad);
+                core::hint::black_box(no_pad());
+                libc::_exit(BTI_UNGUARDED);
+            }
+        }
+        drop(lock);
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let what = if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            match libc::WEXITSTATUS(status) {
+                BTI_UNGUARDED => "a call without a landing pad ran: the page lost PROT_BTI".into(),
+                BTI_WRITE_FAILED => "the write failed".into(),
+                BTI_NOT_WRITTEN => "the word did not read back".into(),
+                BTI_WRONG_RESULT => "the landing pad returned a wrong value".into(),
+                code => format!("exited with {code}"),
+            }
+        };
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGILL,
+            "{name}: {what} (expected SIGILL from the unguarded call)"
+        );
+    }
+}

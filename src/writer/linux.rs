@@ -1,5 +1,9 @@
 //! Writers for Linux user space.
 //!
+//! Both keep the page's protection: on arm64, text of an object built for
+//! BTI is mapped with `PROT_BTI`, and the page stays guarded after an
+//! update.
+//!
 //! [`Remap`] keeps text W^X: it never makes a page writable and executable
 //! at once. [`Mprotect`] briefly maps the page read-write-execute, which is
 //! simpler but refused by hardened kernels; it exists for comparison and for
@@ -73,6 +77,80 @@ fn membarrier_sync_core() -> Result<(), Error> {
     }
 }
 
+/// Protection bits beyond read+execute that the text at `addr` was mapped
+/// with and that a writer must ask for again when it re-protects or
+/// replaces the page: `PROT_BTI` on arm64 (see [`super::bti`]). Without it,
+/// every function on the page would lose its BTI guard after an update.
+#[cfg(target_arch = "aarch64")]
+fn kept_protection(addr: usize) -> libc::c_int {
+    use core::ffi::{c_int, c_void};
+    /// `HWCAP2_BTI`: the CPU and kernel support BTI.
+    const HWCAP2_BTI: libc::c_ulong = 1 << 17;
+    /// `PT_GNU_PROPERTY`: the segment of the GNU property note.
+    const PT_GNU_PROPERTY: u32 = 0x6474_e553;
+    struct Query {
+        addr: usize,
+        bti: bool,
+    }
+    /// Visits one loaded object: if one of its executable segments holds
+    /// the address, records whether its notes ask for BTI and stops.
+    ///
+    /// # Safety
+    ///
+    /// Called by `dl_iterate_phdr` with a valid `info` and our `Query`.
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: per the contract: `info` describes a loaded object whose
+        // program headers are mapped; `data` is the caller's `Query`.
+        let (info, query) = unsafe { (&*info, &mut *data.cast::<Query>()) };
+        // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
+        let phdrs = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
+        let base = info.dlpi_addr as usize;
+        let holds = phdrs.iter().any(|p| {
+            let start = base.wrapping_add(p.p_vaddr as usize);
+            p.p_type == libc::PT_LOAD
+                && p.p_flags & libc::PF_X != 0
+                && (start..start.wrapping_add(p.p_memsz as usize)).contains(&query.addr)
+        });
+        if !holds {
+            return 0;
+        }
+        query.bti = phdrs
+            .iter()
+            .filter(|p| p.p_type == libc::PT_NOTE || p.p_type == PT_GNU_PROPERTY)
+            .any(|p| {
+                // SAFETY: note segments lie inside a loaded, readable
+                // segment of the object, `p_filesz` bytes long.
+                let notes = unsafe {
+                    core::slice::from_raw_parts(
+                        base.wrapping_add(p.p_vaddr as usize) as *const u8,
+                        p.p_filesz as usize,
+                    )
+                };
+                super::bti::marked(notes, p.p_align as usize)
+            });
+        1
+    }
+    // SAFETY: getauxval has no preconditions.
+    if unsafe { libc::getauxval(libc::AT_HWCAP2) } & HWCAP2_BTI == 0 {
+        return 0;
+    }
+    let mut query = Query { addr, bti: false };
+    // SAFETY: `visit` keeps dl_iterate_phdr's callback contract, and
+    // `query` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&raw mut query).cast()) };
+    if query.bti { libc::PROT_BTI } else { 0 }
+}
+
+/// No other architecture has protection bits a writer must keep.
+#[cfg(not(target_arch = "aarch64"))]
+fn kept_protection(_addr: usize) -> libc::c_int {
+    0
+}
+
 /// The pages that hold `addr..addr + len`.
 fn page_span(addr: usize, len: usize) -> (usize, usize) {
     let page = page_size();
@@ -111,6 +189,7 @@ unsafe impl TextWriter for Remap {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
         ensure_membarrier()?;
         let (start, len) = page_span(addr, bytes.len());
+        let rx = libc::PROT_READ | libc::PROT_EXEC | kept_protection(addr);
         // SAFETY: an anonymous private mapping with no address hint.
         let copy = unsafe {
             libc::mmap(
@@ -142,7 +221,7 @@ unsafe impl TextWriter for Remap {
             store(copy + (addr - start), bytes);
         }
         // SAFETY: changes the protection of our own mapping only.
-        if unsafe { libc::mprotect(copy as *mut _, len, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+        if unsafe { libc::mprotect(copy as *mut _, len, rx) } != 0 {
             return fail("make the patched copy read+execute");
         }
         // SAFETY: moves our mapping over the text pages; on failure the
@@ -185,12 +264,22 @@ unsafe impl TextWriter for Remap {
 pub struct Mprotect;
 
 // SAFETY: `store` writes exactly `bytes` in place (atomic for aligned sizes
-// up to 8); the protection change is undone before returning.
+// up to 8); the protection change is undone before returning, and if that
+// fails the old bytes are stored back before the error is returned.
 unsafe impl TextWriter for Mprotect {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        // The old bytes are kept to be put back if the page cannot be made
+        // read+execute again; backends write 8 bytes at most.
+        let mut old = [0u8; 16];
+        let Some(old) = old.get_mut(..bytes.len()) else {
+            return Err(Error::WriterFailed {
+                what: "write more than 16 bytes at once (Mprotect's limit)",
+                errno: 0,
+            });
+        };
         ensure_membarrier()?;
         let (start, len) = page_span(addr, bytes.len());
-        let rx = libc::PROT_READ | libc::PROT_EXEC;
+        let rx = libc::PROT_READ | libc::PROT_EXEC | kept_protection(addr);
         // SAFETY: changes the protection of mapped text pages we patch.
         if unsafe { libc::mprotect(start as *mut _, len, rx | libc::PROT_WRITE) } != 0 {
             return Err(Error::WriterFailed {
@@ -199,12 +288,23 @@ unsafe impl TextWriter for Mprotect {
             });
         }
         // SAFETY: the page is now writable; the caller owns these bytes.
-        unsafe { store(addr, bytes) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(addr as *const u8, old.as_mut_ptr(), old.len());
+            store(addr, bytes);
+        }
         // SAFETY: as above, restoring read+execute.
         if unsafe { libc::mprotect(start as *mut _, len, rx) } != 0 {
+            let errno = errno();
+            // An error must mean nothing was stored: put the old bytes back
+            // while the page is still writable. Every byte a backend writes
+            // is a valid state on both sides, so a CPU that ran the new
+            // bytes meanwhile did no harm.
+            // SAFETY: the page is still writable (restoring failed).
+            unsafe { store(addr, old) };
             return Err(Error::WriterFailed {
-                what: "restore the text page to read+execute",
-                errno: errno(),
+                what: "restore the text page to read+execute (the old bytes were put back; \
+                       the page is left writable)",
+                errno,
             });
         }
         Ok(())

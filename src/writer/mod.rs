@@ -6,6 +6,8 @@
 //! the MMU off, and a Linux process that must stay W^X.
 
 mod bare;
+#[cfg(any(test, all(target_os = "linux", target_arch = "aarch64")))]
+mod bti;
 #[cfg(target_os = "linux")]
 pub mod linux;
 

@@ -7,7 +7,7 @@
 //! direct call everywhere; the Rust-ABI rows pin what the compiler does,
 //! so a change either way is noticed (the README explains them).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::setup::{BARE, LINUX, Toolchain};
 use crate::{Result, cmd};
@@ -200,7 +200,7 @@ fn build_and_disassemble(
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let target_dir = target_base(root).join("call-sites").join(slug);
+    let target_dir = cmd::target_base(root).join("call-sites").join(slug);
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(&dir)
@@ -233,15 +233,6 @@ fn build_and_disassemble(
         "objdump"
     };
     cmd::output(objdump, &[std::ffi::OsStr::new("-d"), exe.as_os_str()])
-}
-
-/// Where cargo puts builds: `CARGO_TARGET_DIR`, else `target/`.
-fn target_base(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir,
-        Some(dir) => std::env::current_dir().unwrap_or_default().join(dir),
-        None => root.join("target"),
-    }
 }
 
 #[cfg(test)]

@@ -240,7 +240,27 @@ fn linux_tests(root: &Path, tc: &Toolchain) -> Counts {
             .arg("-Zbuild-std=std,panic_unwind")
             .env("RUSTC_BOOTSTRAP", "1");
     }
-    libtest_suite(&mut cargo)
+    let bti_library = cmd::target_base(root).join("bti_guarded.so");
+    let built = assemble_bti_library(root, &bti_library);
+    cargo.env("STATIC_CALL_BTI_LIBRARY", &bti_library);
+    let mut counts = libtest_suite(&mut cargo);
+    counts.check(built);
+    counts
+}
+
+/// Assembles `tests/data/bti_guarded.S` into the BTI-marked shared library
+/// the aarch64 Linux tests load (to check that writers keep `PROT_BTI`).
+fn assemble_bti_library(root: &Path, out: &Path) -> Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    cmd::run(
+        Command::new("aarch64-linux-gnu-gcc")
+            .current_dir(root)
+            .args(["-shared", "-nostdlib", "-o"])
+            .arg(out)
+            .arg("tests/data/bti_guarded.S"),
+    )
 }
 
 /// The library builds and is clippy-clean for bare metal.
