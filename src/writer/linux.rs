@@ -166,8 +166,12 @@ fn page_span(addr: usize, len: usize) -> (usize, usize) {
 ///
 /// The page becomes anonymous memory (it no longer shares the executable
 /// file's page cache), exactly as a copy-on-write text relocation would.
-/// Text that something else patches without the
-/// [patch lock](super::patch_lock) must not share its page with a key.
+/// The page may hold other code next to the trampolines (the end of
+/// `.text`, `.plt`, `.fini`): a change something else makes to it while an
+/// update runs without the [patch lock](super::patch_lock) (a debugger's
+/// breakpoint, a uprobe) can be lost, and a uprobe there no longer matches
+/// its file afterwards. Keep such tools off those functions while keys are
+/// updated, or give `.static_call.text` pages of its own (see the README).
 ///
 /// ```
 /// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
