@@ -155,7 +155,27 @@ impl<F: FnPtr> StaticCall<F> {
     /// the update reach the old or the new target, never anything else.
     /// Data the new target reads should be published before `update`.
     ///
-    /// On `Err` nothing was written.
+    /// On `Err` the key behaves exactly as before on every CPU, except
+    /// after [`Error::RestoreFailed`], which says what may be in place.
+    ///
+    /// # Locking, signal handlers and interrupts
+    ///
+    /// Updates take the patch lock, which calls never take. A thread
+    /// waiting for it yields its CPU in Linux user space (the holder may be
+    /// preempted in a system call) and spins on bare metal.
+    ///
+    /// In Linux user space the lock holds off the holder's asynchronous
+    /// signals, so a signal handler that updates a key never runs on a
+    /// thread in the middle of an update (it would wait forever for its own
+    /// thread); it waits like any other updater. Updating from a handler of
+    /// a synchronous fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP)
+    /// raised inside an update is not supported, and on arm64 an update
+    /// consults the dynamic loader (`dl_iterate_phdr`, for BTI), so it must
+    /// not interrupt `dlopen`/`dlclose` either.
+    ///
+    /// On bare metal nothing is masked for you: a kernel that updates keys
+    /// from an interrupt handler masks that interrupt around its other
+    /// updates.
     ///
     /// ```
     /// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }

@@ -14,7 +14,7 @@ pub mod linux;
 pub use bare::{Alias, Direct};
 
 use crate::Error;
-use spin::Mutex;
+use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 /// Writes to executable memory on behalf of a backend, and optionally makes
 /// every CPU see the result.
@@ -88,7 +88,78 @@ pub unsafe trait TextWriter: Sync {
 
 /// The patch lock, holding the default writer. Every retarget takes it, so
 /// patches of the same text never interleave; calls never take it.
-static PATCH: Mutex<Option<&'static dyn TextWriter>> = Mutex::new(None);
+static PATCH: SpinMutex<Option<&'static dyn TextWriter>, Relax> = SpinMutex::new(None);
+
+/// How a thread waits for the patch lock. In Linux user space the holder
+/// may be preempted in the middle of its `mmap`/`mremap`/`membarrier`
+/// calls, so a waiter gives its CPU away instead of spinning against it;
+/// on bare metal the holder runs on another CPU and a waiter spins.
+struct Relax;
+
+impl spin::relax::RelaxStrategy for Relax {
+    fn relax() {
+        #[cfg(target_os = "linux")]
+        // SAFETY: sched_yield has no preconditions.
+        unsafe {
+            libc::sched_yield();
+        }
+        #[cfg(not(target_os = "linux"))]
+        core::hint::spin_loop();
+    }
+}
+
+/// Signals held off while this thread holds the patch lock, so that no
+/// signal handler can run on the thread that holds it: one that updated a
+/// key would otherwise wait forever for a lock its own thread holds. The
+/// synchronous fault signals stay deliverable: they cannot be deferred (the
+/// kernel kills a thread that faults with them blocked), and a call made
+/// under the lock must still be able to trap on an `int3`.
+///
+/// Bare metal has nothing to hold off here: a kernel that updates keys
+/// from an interrupt handler masks that interrupt around its own updates.
+struct SignalsHeld {
+    #[cfg(target_os = "linux")]
+    previous: libc::sigset_t,
+}
+
+impl SignalsHeld {
+    fn hold() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: sigset_t is plain data, filled in by sigfillset and
+            // edited with sigdelset; pthread_sigmask only changes this
+            // thread's mask and writes the previous one into our local.
+            unsafe {
+                let mut held: libc::sigset_t = core::mem::zeroed();
+                libc::sigfillset(&mut held);
+                for sync in [
+                    libc::SIGTRAP,
+                    libc::SIGSEGV,
+                    libc::SIGBUS,
+                    libc::SIGILL,
+                    libc::SIGFPE,
+                ] {
+                    libc::sigdelset(&mut held, sync);
+                }
+                let mut previous: libc::sigset_t = core::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, &held, &mut previous);
+                SignalsHeld { previous }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        SignalsHeld {}
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        // SAFETY: puts back the mask `hold` saved, for this thread only.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, core::ptr::null_mut());
+        }
+    }
+}
 
 /// Whether [`default_writer`] has a platform writer to fall back to.
 pub(crate) const PLATFORM_DEFAULT_AVAILABLE: bool = cfg!(target_os = "linux");
@@ -106,7 +177,8 @@ pub(crate) const PLATFORM_DEFAULT_AVAILABLE: bool = cfg!(target_os = "linux");
 /// # }
 /// ```
 pub fn set_default_writer(writer: &'static dyn TextWriter) {
-    *PATCH.lock() = Some(writer);
+    let mut lock = patch_lock();
+    *lock._guard = Some(writer);
 }
 
 /// The patch lock, held: no static call is retargeted while it lives.
@@ -121,13 +193,22 @@ pub fn set_default_writer(writer: &'static dyn TextWriter) {
 /// // ... write text ...
 /// drop(guard);
 /// ```
-pub struct PatchLock(
-    #[allow(dead_code)] spin::MutexGuard<'static, Option<&'static dyn TextWriter>>,
-);
+///
+/// While it is held, the thread's asynchronous signals are held off (see
+/// [`StaticCall::update`](crate::StaticCall::update) on signal handlers).
+pub struct PatchLock {
+    // Fields drop in order: the lock is released before signals return.
+    _guard: SpinMutexGuard<'static, Option<&'static dyn TextWriter>, Relax>,
+    _signals: SignalsHeld,
+}
 
-/// Takes the patch lock (spinning while an update holds it).
+/// Takes the patch lock (waiting while an update holds it).
 pub fn patch_lock() -> PatchLock {
-    PatchLock(PATCH.lock())
+    let signals = SignalsHeld::hold();
+    PatchLock {
+        _guard: PATCH.lock(),
+        _signals: signals,
+    }
 }
 
 /// Runs `f` with the patch lock held and the writer to use: `explicit` if
@@ -136,8 +217,8 @@ pub(crate) fn with_patch_lock<T>(
     explicit: Option<&dyn TextWriter>,
     f: impl FnOnce(&dyn TextWriter) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let guard = PATCH.lock();
-    let writer: &dyn TextWriter = match (explicit, *guard) {
+    let lock = patch_lock();
+    let writer: &dyn TextWriter = match (explicit, *lock._guard) {
         (Some(w), _) => w,
         (None, Some(w)) => w,
         (None, None) => platform_default().ok_or(Error::NoTextWriter)?,
