@@ -352,8 +352,8 @@ fn trampolines_disassemble_to_the_expected_shape() {
         assert_eq!(total, 16, "{name}: {asm:?}");
         found += 1;
     }
-    assert_eq!(found, 10, "expected every key's trampoline:\n{text}");
-    assert_eq!(indirect, 10, "expected every key's indirect entry:\n{text}");
+    assert_eq!(found, 11, "expected every key's trampoline:\n{text}");
+    assert_eq!(indirect, 11, "expected every key's indirect entry:\n{text}");
 }
 
 /// Position independence is kept: the assembler writes no absolute address
@@ -690,7 +690,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 // write failed), the error says the restore failed, and
                 // what is left is a state of the protocol that still calls
                 // the old or the new target.
-                let old_target = BAD.query();
+                let old_target = BAD.query().map(|f| f as usize);
                 for mode in [Fault::WritesFailFrom, Fault::SyncsFailFrom] {
                     for k in 0..steps {
                         let rec = Recorder::with(k, mode);
@@ -707,7 +707,11 @@ fn bad_input_is_refused_and_changes_nothing() {
                             v == result_of(from, 2) || v == result_of(to, 2),
                             "{what}: a call returned {v}"
                         );
-                        assert_eq!(BAD.query(), old_target, "{what}: query() moved");
+                        assert_eq!(
+                            BAD.query().map(|f| f as usize),
+                            old_target,
+                            "{what}: query() moved"
+                        );
                         write_raw(tramp, before);
                         assert_eq!(BAD.call(2), result_of(from, 2), "{what}: repaired");
                     }
@@ -1003,6 +1007,65 @@ fn child_default() {
     println!("child_default: survived a foreign int3");
 }
 
+/// The mask a chained handler of [`child_chain_mask`] ran with: bit 0
+/// SIGUSR1 blocked, bit 1 SIGTRAP blocked; 4 once it has run.
+static CHAINED_MASK: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn record_mask(_sig: libc::c_int) {
+    // SAFETY: reads this thread's mask into a local.
+    let mask = unsafe {
+        let mut cur: libc::sigset_t = core::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, core::ptr::null(), &mut cur);
+        cur
+    };
+    // SAFETY: `mask` is a valid set.
+    let (usr1, trap) = unsafe {
+        (
+            libc::sigismember(&mask, libc::SIGUSR1) == 1,
+            libc::sigismember(&mask, libc::SIGTRAP) == 1,
+        )
+    };
+    CHAINED_MASK.store(
+        4 | usize::from(usr1) | usize::from(trap) << 1,
+        Ordering::SeqCst,
+    );
+}
+
+/// Child: the handler ours replaces was installed with `sa_mask` {SIGUSR1},
+/// without `SA_NODEFER`, and with `SA_RESETHAND`. A foreign trap reaches it
+/// with SIGUSR1 and SIGTRAP blocked, as the kernel would have run it; the
+/// second foreign trap finds it spent and takes the default action.
+#[test]
+#[ignore = "run as a child process by trap_handler_chains_and_is_checked"]
+fn child_chain_mask() {
+    if std::env::var_os("STATIC_CALL_CHILD").is_none() {
+        return;
+    }
+    // SAFETY: a valid action with a plain handler, built from zero.
+    unsafe {
+        let mut act: libc::sigaction = core::mem::zeroed();
+        act.sa_sigaction = record_mask as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaddset(&mut act.sa_mask, libc::SIGUSR1);
+        act.sa_flags = libc::SA_RESETHAND;
+        assert_eq!(
+            libc::sigaction(libc::SIGTRAP, &act, core::ptr::null_mut()),
+            0
+        );
+    }
+    CHAIN
+        .update_with(far_value, &Strategy::Breakpoint.with(&Remap))
+        .unwrap();
+    // SAFETY: int3 traps; the chained handler returns past it.
+    unsafe { std::arch::asm!("int3") };
+    println!("chained mask: {}", CHAINED_MASK.load(Ordering::SeqCst));
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    // SAFETY: as above; this time the default action ends the process.
+    unsafe { std::arch::asm!("int3") };
+    println!("child_chain_mask: survived a second foreign int3");
+}
+
 #[test]
 fn trap_handler_chains_and_is_checked() {
     use std::os::unix::process::ExitStatusExt;
@@ -1021,6 +1084,19 @@ fn trap_handler_chains_and_is_checked() {
         "{}: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run_child("child_chain_mask");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("chained mask: 7"),
+        "the chained handler must run with its sa_mask and SIGTRAP blocked \
+         (mask 7): {stdout}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGTRAP),
+        "SA_RESETHAND: the second foreign trap takes the default action: {}\n{stdout}",
+        out.status
     );
 }
 

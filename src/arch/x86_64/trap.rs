@@ -164,12 +164,17 @@ mod sigtrap {
     use core::sync::atomic::{AtomicBool, Ordering};
 
     static INSTALLED: AtomicBool = AtomicBool::new(false);
+    /// Set once [`PREVIOUS`] holds the action ours replaced.
+    static PREVIOUS_READY: AtomicBool = AtomicBool::new(false);
+    /// Set once a previous action with `SA_RESETHAND` has had its one
+    /// signal: the kernel would have reset it to the default then.
+    static PREVIOUS_SPENT: AtomicBool = AtomicBool::new(false);
 
     /// The SIGTRAP action that was in place before ours, for traps that are
-    /// not at a trampoline. Written once, before our handler is installed.
+    /// not at a trampoline. Written once, right after ours replaced it.
     struct Previous(UnsafeCell<MaybeUninit<libc::sigaction>>);
-    // SAFETY: written once under the patch lock before any handler of ours
-    // can run (INSTALLED orders it), read-only afterwards.
+    // SAFETY: written once under the patch lock, before PREVIOUS_READY is
+    // set (Release); read only after PREVIOUS_READY is seen (Acquire).
     unsafe impl Sync for Previous {}
     static PREVIOUS: Previous = Previous(UnsafeCell::new(MaybeUninit::uninit()));
 
@@ -191,13 +196,17 @@ mod sigtrap {
         Ok(cur)
     }
 
-    /// Installs the handler once, chaining to the action found in place;
+    /// Installs the handler once, chaining to the action it replaces;
     /// afterwards checks it is still installed, so that an update never
     /// arms an `int3` nobody would steer.
+    ///
+    /// The install and the read of the previous action are one `sigaction`
+    /// call, so a handler installed by another thread meanwhile is either
+    /// replaced and chained to, or found by the next check: never lost.
     pub(super) fn ensure_installed() -> Result<(), Error> {
-        let cur = current()?;
         let ours = on_sigtrap as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
         if INSTALLED.load(Ordering::Acquire) {
+            let cur = current()?;
             return if cur.sa_sigaction == ours {
                 Ok(())
             } else {
@@ -209,20 +218,45 @@ mod sigtrap {
                 })
             };
         }
-        // SAFETY: no handler of ours is installed yet, so nothing reads it;
-        // the patch lock excludes other writers.
-        unsafe { (*PREVIOUS.0.get()).write(cur) };
         // SAFETY: all-zero is a valid `sigaction` to fill in.
         let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
         act.sa_sigaction = ours;
         // SIGINFO for the context; ONSTACK to honour sigaltstack; NODEFER so
         // a static call made from another SIGTRAP handler can trap too.
         act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
-        // SAFETY: `act` is a valid action whose handler is async-signal-safe.
-        if unsafe { libc::sigaction(libc::SIGTRAP, &act, core::ptr::null_mut()) } != 0 {
+        // SAFETY: all-zero is a valid `sigaction` to be overwritten.
+        let mut previous: libc::sigaction = unsafe { core::mem::zeroed() };
+        // A foreign SIGTRAP in another thread before PREVIOUS is written
+        // waits for it in the handler; this thread must not take one until
+        // then (it would wait for itself), so SIGTRAP is blocked here. It
+        // runs no int3 meanwhile, so no trap can be forced on it.
+        // SAFETY: sigset_t operations on locals; pthread_sigmask changes
+        // this thread's mask only, and the old one is put back below.
+        let unblocked = unsafe {
+            let mut trap: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut trap);
+            libc::sigaddset(&mut trap, libc::SIGTRAP);
+            let mut old: libc::sigset_t = core::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &trap, &mut old);
+            old
+        };
+        // SAFETY: `act` is a valid action whose handler is async-signal-safe;
+        // the previous action is written into our local.
+        let installed = unsafe { libc::sigaction(libc::SIGTRAP, &act, &mut previous) } == 0;
+        let install_errno = errno();
+        if installed {
+            // SAFETY: nothing reads PREVIOUS before PREVIOUS_READY is set;
+            // the patch lock excludes other writers, and INSTALLED makes
+            // this the only write.
+            unsafe { (*PREVIOUS.0.get()).write(previous) };
+            PREVIOUS_READY.store(true, Ordering::Release);
+        }
+        // SAFETY: puts back the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &unblocked, core::ptr::null_mut()) };
+        if !installed {
             return Err(Error::WriterFailed {
                 what: "install the SIGTRAP handler",
-                errno: errno(),
+                errno: install_errno,
             });
         }
         INSTALLED.store(true, Ordering::Release);
@@ -249,17 +283,52 @@ mod sigtrap {
         }
     }
 
-    /// Hands a trap that is not ours to the action installed before ours.
+    /// What the previous action does with a signal that is not ours.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Chained {
+        /// The default action: end the process with SIGTRAP.
+        Default,
+        /// Nothing.
+        Ignore,
+        /// Call the handler.
+        Handler,
+    }
+
+    /// Decides as the kernel would have without our handler: an ignored
+    /// SIGTRAP is still fatal when it comes from a trap (the kernel forces
+    /// a synchronous signal it cannot deliver), and a handler installed
+    /// with `SA_RESETHAND` gets one signal, after which the default holds.
+    pub(super) fn chained(handler: usize, flags: c_int, synchronous: bool, spent: bool) -> Chained {
+        match handler {
+            libc::SIG_DFL => Chained::Default,
+            libc::SIG_IGN if synchronous => Chained::Default,
+            libc::SIG_IGN => Chained::Ignore,
+            _ if flags & libc::SA_RESETHAND != 0 && spent => Chained::Default,
+            _ => Chained::Handler,
+        }
+    }
+
+    /// Hands a trap that is not ours to the action installed before ours,
+    /// with the signal mask that action asked for.
     ///
     /// # Safety
     ///
     /// Called from the SIGTRAP handler with its arguments.
     unsafe fn chain(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
-        // SAFETY: written before our handler was installed.
+        // The install stores PREVIOUS right after replacing the action; a
+        // signal that arrives in between waits for it.
+        while !PREVIOUS_READY.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+        // SAFETY: written before PREVIOUS_READY was set, never again.
         let prev = unsafe { (*PREVIOUS.0.get()).assume_init_ref() };
-        match prev.sa_sigaction {
-            libc::SIG_IGN => {}
-            libc::SIG_DFL => {
+        // SAFETY: the kernel passes a valid siginfo.
+        let synchronous = unsafe { (*info).si_code } == libc::SI_KERNEL;
+        let resets = prev.sa_flags & libc::SA_RESETHAND != 0;
+        let spent = resets && PREVIOUS_SPENT.swap(true, Ordering::AcqRel);
+        match chained(prev.sa_sigaction, prev.sa_flags, synchronous, spent) {
+            Chained::Ignore => {}
+            Chained::Default => {
                 // Reinstate the default action and raise again, so the
                 // process ends as it would have without us.
                 // SAFETY: all-zero with SIG_DFL (= 0) is the default action;
@@ -270,21 +339,60 @@ mod sigtrap {
                     libc::raise(libc::SIGTRAP);
                 }
             }
-            h if prev.sa_flags & libc::SA_SIGINFO != 0 => {
-                // SAFETY: with SA_SIGINFO the handler has this signature.
-                let f = unsafe {
-                    core::mem::transmute::<
-                        usize,
-                        extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void),
-                    >(h)
+            Chained::Handler => {
+                // The mask the kernel would have applied for that action:
+                // its sa_mask, plus SIGTRAP itself unless SA_NODEFER.
+                // SAFETY: sigset_t operations on locals and the previous
+                // action's mask; pthread_sigmask is async-signal-safe and
+                // only affects this thread, and the old mask is put back.
+                let saved = unsafe {
+                    let mut mask = prev.sa_mask;
+                    if prev.sa_flags & libc::SA_NODEFER == 0 {
+                        libc::sigaddset(&mut mask, libc::SIGTRAP);
+                    }
+                    let mut saved: libc::sigset_t = core::mem::zeroed();
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut saved);
+                    saved
                 };
-                f(sig, info, ctx);
+                if prev.sa_flags & libc::SA_SIGINFO != 0 {
+                    // SAFETY: with SA_SIGINFO the handler has this signature.
+                    let f = unsafe {
+                        core::mem::transmute::<
+                            usize,
+                            extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void),
+                        >(prev.sa_sigaction)
+                    };
+                    f(sig, info, ctx);
+                } else {
+                    // SAFETY: without SA_SIGINFO the handler has this
+                    // signature.
+                    let f = unsafe {
+                        core::mem::transmute::<usize, extern "C" fn(c_int)>(prev.sa_sigaction)
+                    };
+                    f(sig);
+                }
+                // SAFETY: restores this thread's mask saved above.
+                unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, core::ptr::null_mut()) };
             }
-            h => {
-                // SAFETY: without SA_SIGINFO the handler has this signature.
-                let f = unsafe { core::mem::transmute::<usize, extern "C" fn(c_int)>(h) };
-                f(sig);
-            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::{Chained, chained};
+
+        #[test]
+        fn foreign_traps_get_what_the_kernel_would_have_given_them() {
+            let handler = 0x1234;
+            let dfl = libc::SIG_DFL;
+            let ign = libc::SIG_IGN;
+            assert_eq!(chained(dfl, 0, true, false), Chained::Default);
+            assert_eq!(chained(ign, 0, true, false), Chained::Default);
+            assert_eq!(chained(ign, 0, false, false), Chained::Ignore);
+            assert_eq!(chained(handler, 0, true, true), Chained::Handler);
+            let reset = libc::SA_RESETHAND;
+            assert_eq!(chained(handler, reset, true, false), Chained::Handler);
+            assert_eq!(chained(handler, reset, true, true), Chained::Default);
         }
     }
 }
