@@ -119,9 +119,39 @@ pub(super) fn steer(rip: usize) -> Option<usize> {
 /// How many calls have trapped on an `int3` and been steered since the
 /// program started: a measure of how often updates race with calls.
 ///
+/// A call made while an int3 update has its breakpoint in place is one of
+/// them (here from the update's own thread, through the hidden test hook
+/// that runs after each store):
+///
 /// ```
-/// let before = static_call::arch::x86_64::traps_steered();
-/// assert!(static_call::arch::x86_64::traps_steered() >= before);
+/// # #[cfg(all(target_os = "linux", not(feature = "force-generic")))]
+/// # mod demo {
+/// use static_call::arch::x86_64::{__test_hooks as hooks, protocol::Store, traps_steered};
+/// use static_call::arch::Strategy;
+/// use static_call::writer::linux::Remap;
+///
+/// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
+/// fn inc(x: u32) -> u32 { x + 1 }
+/// fn dec(x: u32) -> u32 { x - 1 }
+///
+/// fn call_while_armed(_tramp: usize, _index: usize, store: Store) {
+///     if store == Store::First(0xcc) {
+///         assert_eq!(OP.call(5), 4); // trapped, steered to `dec`
+///     }
+/// }
+///
+/// pub fn run() {
+///     let before = traps_steered();
+///     hooks::set_after_store(Some(call_while_armed));
+///     OP.update_with(dec, &Strategy::Breakpoint.with(&Remap)).unwrap();
+///     hooks::set_after_store(None);
+///     assert_eq!(traps_steered(), before + 1);
+/// }
+/// # }
+/// # fn main() {
+/// # #[cfg(all(target_os = "linux", not(feature = "force-generic")))]
+/// # demo::run();
+/// # }
 /// ```
 pub fn traps_steered() -> u64 {
     STEERED.load(Ordering::Relaxed)
