@@ -195,3 +195,54 @@ impl fmt::Debug for Error {
 }
 
 impl core::error::Error for Error {}
+
+/// A refused update: the key it was for, and why.
+///
+/// Its `Display` names the key; [`error`](Self::error) is the reason, with
+/// the same contract as every [`Error`]: unless it is
+/// [`RestoreFailed`](Error::RestoreFailed), the key behaves as before.
+///
+/// ```
+/// use static_call::{Error, UpdateError};
+/// let e = UpdateError::new("HOOK", Error::MisalignedTarget { target: 0x1002 });
+/// assert_eq!(e.to_string(), "static call HOOK: target 0x1002 is not an instruction address");
+/// assert_eq!(e, Error::MisalignedTarget { target: 0x1002 });
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct UpdateError {
+    /// The key's name, as written in its macro.
+    pub key: &'static str,
+    /// Why the update was refused.
+    pub error: Error,
+}
+
+impl UpdateError {
+    /// An update of `key` refused for `error`.
+    pub const fn new(key: &'static str, error: Error) -> Self {
+        UpdateError { key, error }
+    }
+}
+
+impl fmt::Display for UpdateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "static call {}: {}", self.key, self.error)
+    }
+}
+
+impl PartialEq<Error> for UpdateError {
+    fn eq(&self, other: &Error) -> bool {
+        self.error == *other
+    }
+}
+
+impl From<UpdateError> for Error {
+    fn from(e: UpdateError) -> Error {
+        e.error
+    }
+}
+
+impl core::error::Error for UpdateError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}

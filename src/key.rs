@@ -4,7 +4,7 @@
 use crate::arch::Backend;
 use crate::arch::active::{Active, Slot};
 use crate::fnptr::{FnPtr, Ret0Safe};
-use crate::{Error, TextWriter, writer};
+use crate::{TextWriter, UpdateError, writer};
 
 /// A static call key for functions of type `F`.
 ///
@@ -189,7 +189,7 @@ impl<F: FnPtr> StaticCall<F> {
     /// # }
     /// # }
     /// ```
-    pub fn update(&self, f: F) -> Result<(), Error> {
+    pub fn update(&self, f: F) -> Result<(), UpdateError> {
         self.retarget(f.addr(), None)
     }
 
@@ -207,7 +207,7 @@ impl<F: FnPtr> StaticCall<F> {
     /// # }
     /// # }
     /// ```
-    pub fn update_with(&self, f: F, writer: &dyn TextWriter) -> Result<(), Error> {
+    pub fn update_with(&self, f: F, writer: &dyn TextWriter) -> Result<(), UpdateError> {
         self.retarget(f.addr(), Some(writer))
     }
 
@@ -231,11 +231,11 @@ impl<F: FnPtr> StaticCall<F> {
         &self,
         target: usize,
         writer: Option<&dyn TextWriter>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), UpdateError> {
         self.retarget(target, writer)
     }
 
-    fn retarget(&self, target: usize, writer: Option<&dyn TextWriter>) -> Result<(), Error> {
+    fn retarget(&self, target: usize, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError> {
         let writer = match (writer, Active::WRITES_TEXT) {
             (w, true) => w,
             (_, false) => Some(&writer::Direct::UNUSED as &dyn TextWriter),
@@ -246,6 +246,7 @@ impl<F: FnPtr> StaticCall<F> {
             // for a key whose return type allows NULL; the lock is held.
             unsafe { Active::retarget(self.tramp.addr(), self.slot, target, w) }
         })
+        .map_err(|error| UpdateError::new(self.name, error))
     }
 }
 
@@ -268,7 +269,7 @@ where
     /// # }
     /// # }
     /// ```
-    pub fn update_null(&self) -> Result<(), Error> {
+    pub fn update_null(&self) -> Result<(), UpdateError> {
         self.retarget(0, None)
     }
 
@@ -285,7 +286,7 @@ where
     /// # }
     /// # }
     /// ```
-    pub fn update_null_with(&self, writer: &dyn TextWriter) -> Result<(), Error> {
+    pub fn update_null_with(&self, writer: &dyn TextWriter) -> Result<(), UpdateError> {
         self.retarget(0, Some(writer))
     }
 }
@@ -311,7 +312,7 @@ where
     /// # }
     /// # }
     /// ```
-    pub fn update_ret0(&self) -> Result<(), Error> {
+    pub fn update_ret0(&self) -> Result<(), UpdateError> {
         self.retarget(self.ret0.addr(), None)
     }
 
@@ -328,7 +329,7 @@ where
     /// # }
     /// # }
     /// ```
-    pub fn update_ret0_with(&self, writer: &dyn TextWriter) -> Result<(), Error> {
+    pub fn update_ret0_with(&self, writer: &dyn TextWriter) -> Result<(), UpdateError> {
         self.retarget(self.ret0.addr(), Some(writer))
     }
 }

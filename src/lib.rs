@@ -58,7 +58,7 @@ mod site;
 pub mod writer;
 
 pub use abi::{RegisterArg, RegisterReturn};
-pub use error::Error;
+pub use error::{Error, UpdateError};
 pub use fnptr::{FnPtr, Ret0Safe};
 pub use key::{NullSafe, StaticCall};
 pub use writer::{TextWriter, set_default_writer};

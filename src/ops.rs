@@ -219,7 +219,7 @@ macro_rules! __static_call_ops {
                 "Points every operation of [`", ::core::stringify!($trait_name),
                 "`] at `T`'s implementation. On `Err`, every operation behaves as before."
             )]
-            pub fn install<T: $trait_name>() -> ::core::result::Result<(), $crate::Error> {
+            pub fn install<T: $trait_name>() -> ::core::result::Result<(), $crate::UpdateError> {
                 let keys: &[&dyn $crate::ops::Retarget] = &[$(
                     &$crate::__static_call_ops!(@target $key [$kind] T)
                 ),*];
@@ -229,7 +229,7 @@ macro_rules! __static_call_ops {
             /// As `install`, writing through `writer`.
             pub fn install_with<T: $trait_name>(
                 writer: &dyn $crate::TextWriter,
-            ) -> ::core::result::Result<(), $crate::Error> {
+            ) -> ::core::result::Result<(), $crate::UpdateError> {
                 let keys: &[&dyn $crate::ops::Retarget] = &[$(
                     &$crate::__static_call_ops!(@target $key [$kind] T)
                 ),*];
@@ -343,7 +343,7 @@ macro_rules! __static_call_ops {
 }
 
 use crate::fnptr::{FnPtr, Ret0Safe};
-use crate::{Error, NullSafe, StaticCall, TextWriter};
+use crate::{Error, NullSafe, StaticCall, TextWriter, UpdateError};
 use core::cell::Cell;
 
 /// Where [`static_call_ops!`](crate::static_call_ops)'s `install` points one
@@ -401,13 +401,16 @@ where
 pub trait Retarget {
     /// Retargets the key (through `writer`, else the installed writer),
     /// remembering its previous target.
-    fn apply(&self, writer: Option<&dyn TextWriter>) -> Result<(), Error>;
+    fn apply(&self, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError>;
     /// Puts back the target [`apply`](Self::apply) replaced.
-    fn undo(&self, writer: Option<&dyn TextWriter>) -> Result<(), Error>;
+    fn undo(&self, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError>;
+    /// The key's trampoline, for errors that name what could not be put
+    /// back.
+    fn trampoline_addr(&self) -> usize;
 }
 
 impl<F: FnPtr> Retarget for To<'_, F> {
-    fn apply(&self, writer: Option<&dyn TextWriter>) -> Result<(), Error> {
+    fn apply(&self, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError> {
         self.before.set(Some(self.key.current_target()));
         let target = match self.target {
             Target::Function(f) => f.addr(),
@@ -420,7 +423,11 @@ impl<F: FnPtr> Retarget for To<'_, F> {
         unsafe { self.key.retarget_to(target, writer) }
     }
 
-    fn undo(&self, writer: Option<&dyn TextWriter>) -> Result<(), Error> {
+    fn trampoline_addr(&self) -> usize {
+        self.key.trampoline_addr()
+    }
+
+    fn undo(&self, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError> {
         match self.before.take() {
             // SAFETY: the key's own previous target, which had its type.
             Some(before) => unsafe { self.key.retarget_to(before, writer) },
@@ -430,13 +437,32 @@ impl<F: FnPtr> Retarget for To<'_, F> {
 }
 
 /// Applies every retarget in order; on the first error, undoes the ones
-/// already applied (newest first) and returns it, so every key behaves as
-/// before.
-pub fn retarget_all(keys: &[&dyn Retarget], writer: Option<&dyn TextWriter>) -> Result<(), Error> {
+/// already applied (newest first) and returns it, naming its key, so every
+/// key behaves as before. If an undo fails too, the error is
+/// [`Error::RestoreFailed`] naming the key that could not be put back
+/// (which may keep its new target; the keys after it in `keys` were put
+/// back, those before it were not tried).
+pub fn retarget_all(
+    keys: &[&dyn Retarget],
+    writer: Option<&dyn TextWriter>,
+) -> Result<(), UpdateError> {
     for (i, key) in keys.iter().enumerate() {
         if let Err(e) = key.apply(writer) {
             for done in keys[..i].iter().rev() {
-                done.undo(writer)?;
+                done.undo(writer).map_err(|undo| {
+                    let addr = match undo.error {
+                        Error::RestoreFailed { addr, .. } => addr,
+                        _ => done.trampoline_addr(),
+                    };
+                    UpdateError::new(
+                        undo.key,
+                        Error::RestoreFailed {
+                            addr,
+                            state: "an install failed and putting this key back failed too: \
+                                    it may keep its new target",
+                        },
+                    )
+                })?;
             }
             return Err(e);
         }

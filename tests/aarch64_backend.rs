@@ -482,7 +482,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             fail_at,
             ..Faulty::default()
         };
-        let err = BAD.update_with(far, &w).unwrap_err();
+        let err = BAD.update_with(far, &w).unwrap_err().error;
         assert!(
             matches!(err, Error::WriterFailed { errno: 13, .. }),
             "{err}"
@@ -495,7 +495,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         fail_syncs: AtomicUsize::new(1),
         ..Faulty::default()
     };
-    let err = BAD.update_with(far, &w).unwrap_err();
+    let err = BAD.update_with(far, &w).unwrap_err().error;
     assert!(matches!(err, Error::WriterFailed { errno: 0, .. }), "{err}");
     assert_eq!(window(tramp), pristine, "failed sync");
     assert_eq!(BAD.call(1), 1001);
@@ -505,7 +505,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         fail_syncs: AtomicUsize::new(usize::MAX),
         ..Faulty::default()
     };
-    let err = BAD.update_with(far, &w).unwrap_err();
+    let err = BAD.update_with(far, &w).unwrap_err().error;
     assert!(matches!(err, Error::RestoreFailed { .. }), "{err}");
     assert_eq!(BAD.call(1), 1001);
     reset();
@@ -515,7 +515,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         keep_failing: true,
         ..Faulty::default()
     };
-    let err = BAD.update_with(far, &w).unwrap_err();
+    let err = BAD.update_with(far, &w).unwrap_err().error;
     assert!(matches!(err, Error::RestoreFailed { .. }), "{err}");
     // Whatever is left calls the old or the new target.
     let r = BAD.call(1);
@@ -527,10 +527,9 @@ fn bad_input_is_refused_and_changes_nothing() {
         fail_at: usize::MAX,
         ..Faulty::default()
     };
-    assert!(matches!(
-        BAD.update_with(far, &w),
-        Err(Error::VerifyFailed { .. })
-    ));
+    let refused = BAD.update_with(far, &w).unwrap_err();
+    assert!(matches!(refused.error, Error::VerifyFailed { .. }));
+    assert_eq!(refused.key, "BAD", "the error names the key");
     assert_eq!(window(tramp), pristine);
 
     // Corrupt each instruction word of the trampoline in turn.
@@ -545,7 +544,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             unsafe { Remap.write(word_at, &bytes[start..start + 8]).unwrap() };
         }
         let corrupted = window(tramp);
-        let err = BAD.update(far).unwrap_err();
+        let err = BAD.update(far).unwrap_err().error;
         assert!(
             matches!(err, Error::UnrecognisedTrampoline { offset: o, .. } if o == offset),
             "offset {offset}: {err}"

@@ -138,7 +138,7 @@ fn check(i: Impl) {
     assert_eq!(timer::missed(), missed_of(i), "missed as {i:?}");
 }
 
-fn install(i: Impl) -> Result<(), Error> {
+fn install(i: Impl) -> Result<(), static_call::UpdateError> {
     match i {
         Impl::Boot => timer::install::<BootTimer>(),
         Impl::Full => timer::install::<Full>(),
@@ -230,9 +230,12 @@ fn an_install_that_fails_anywhere_leaves_every_operation_as_it_was() {
         };
         let result = timer::install_with::<Bare>(&failing);
         assert!(
-            matches!(result, Err(Error::WriterFailed { .. })),
+            matches!(result.map_err(|e| e.error), Err(Error::WriterFailed { .. })),
             "write {fail_at} of {total} failed, install returned {result:?}"
         );
+        // The error names the key whose update failed: one of the three.
+        let key = result.unwrap_err().key;
+        assert!(key.starts_with("TIMER_"), "{key}");
         check(Impl::Full);
         assert!(timer::TIMER_ARM.query().is_some());
     }

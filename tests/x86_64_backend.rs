@@ -169,7 +169,11 @@ fn tour() -> Vec<State> {
     walk.into_iter().map(|i| STATES[i]).collect()
 }
 
-fn set_effect(key: &EffectKey, s: State, strategy: Strategy) -> Result<(), Error> {
+fn set_effect(
+    key: &EffectKey,
+    s: State,
+    strategy: Strategy,
+) -> Result<(), static_call::UpdateError> {
     let w = strategy.with(&Remap);
     match s {
         Near => key.update_with(near_effect, &w),
@@ -615,7 +619,8 @@ fn bad_input_is_refused_and_changes_nothing() {
         for strategy in STRATEGIES {
             let err = BAD
                 .update_with(far.value, &strategy.with(&Remap))
-                .unwrap_err();
+                .unwrap_err()
+                .error;
             let want = if (1..5).contains(&offset) {
                 8
             } else {
@@ -633,10 +638,19 @@ fn bad_input_is_refused_and_changes_nothing() {
     let mut armed = good;
     armed.entry[0] = insn::INT3;
     write_raw(tramp, armed);
+    let refused = BAD.update_with(far.value, &w).unwrap_err();
     assert!(matches!(
-        BAD.update_with(far.value, &w),
-        Err(Error::UnrecognisedTrampoline { offset: 0, .. })
+        refused.error,
+        Error::UnrecognisedTrampoline { offset: 0, .. }
     ));
+    // The error names the key.
+    assert_eq!(refused.key, "BAD");
+    assert!(
+        refused
+            .to_string()
+            .starts_with("static call BAD: bytes at "),
+        "{refused}"
+    );
     assert_eq!(image(tramp), armed);
     write_raw(tramp, good);
     assert_eq!(BAD.call(1), 1001);
@@ -670,7 +684,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 for mode in [Fault::Fail, Fault::Lie, Fault::Corrupt, Fault::FailSync] {
                     for k in 0..steps {
                         let rec = Recorder::with(k, mode);
-                        let err = set(to, &strategy.with(&rec)).unwrap_err();
+                        let err = set(to, &strategy.with(&rec)).unwrap_err().error;
                         let what = format!("{strategy:?} {from}->{to} {mode:?} at {k}");
                         match mode {
                             Fault::Fail | Fault::FailSync => {
@@ -694,7 +708,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 for mode in [Fault::WritesFailFrom, Fault::SyncsFailFrom] {
                     for k in 0..steps {
                         let rec = Recorder::with(k, mode);
-                        let err = set(to, &strategy.with(&rec)).unwrap_err();
+                        let err = set(to, &strategy.with(&rec)).unwrap_err().error;
                         let what = format!("{strategy:?} {from}->{to} {mode:?} at {k}");
                         if mode == Fault::WritesFailFrom && k == 0 {
                             assert!(matches!(err, Error::WriterFailed { .. }), "{what}: {err}");
@@ -981,7 +995,8 @@ fn child_chain() {
     let before = image(CHAIN.trampoline_addr());
     let err = CHAIN
         .update_with(near_value, &Strategy::Breakpoint.with(&Remap))
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(matches!(err, Error::WriterFailed { errno: 0, .. }), "{err}");
     assert_eq!(image(CHAIN.trampoline_addr()), before);
     CHAIN
