@@ -318,7 +318,7 @@ pub struct Step {
 /// Problems found while driving the stress run.
 pub type StressResult = Result<(), alloc::string::String>;
 
-fn apply(state: State) -> Result<(), static_call::Error> {
+fn apply(state: State) -> Result<(), static_call::UpdateError> {
     match state {
         State::Near => {
             HOOK.update(hook_near)?;

@@ -202,7 +202,7 @@ fn value_target(s: State, ret0: u64) -> u64 {
 /// (`update_with` and friends) when `with` is set, else the default writer.
 fn set_effect<K: EffectKey>(key: &K, s: State, with: bool) -> Result<(), Error> {
     let w = patching::writer();
-    match (s, with) {
+    let result = match (s, with) {
         (Near, false) => key.update(sc_near_effect),
         (Near, true) => key.update_with(sc_near_effect, w),
         (Far, false) => key.update(sc_far_effect),
@@ -211,13 +211,15 @@ fn set_effect<K: EffectKey>(key: &K, s: State, with: bool) -> Result<(), Error> 
         (Null, true) => key.update_null_with(w),
         (Ret0, false) => key.update_ret0(),
         (Ret0, true) => key.update_ret0_with(w),
-    }
+    };
+    // The key is named by the caller's message; compare reasons.
+    result.map_err(Error::from)
 }
 
 /// As [`set_effect`] for a value key (never NULL).
 fn set_value<K: ValueKey>(key: &K, s: State, with: bool) -> Result<(), Error> {
     let w = patching::writer();
-    match (s, with) {
+    let result = match (s, with) {
         (Near, false) => key.update(sc_near_value),
         (Near, true) => key.update_with(sc_near_value, w),
         (Far, false) => key.update(sc_far_value),
@@ -225,7 +227,9 @@ fn set_value<K: ValueKey>(key: &K, s: State, with: bool) -> Result<(), Error> {
         (Null, _) => unreachable!("a key with a result cannot be NULL"),
         (Ret0, false) => key.update_ret0(),
         (Ret0, true) => key.update_ret0_with(w),
-    }
+    };
+    // The key is named by the caller's message; compare reasons.
+    result.map_err(Error::from)
 }
 
 fn describe(fault: &exceptions::Fault) -> String {
@@ -784,7 +788,7 @@ pub(crate) fn static_call_bad_input() -> TestResult {
             // until the word is restored below.
             unsafe { write_text(&[(window + offset, &bad.to_le_bytes())]) }?;
             let before = window_bytes(tramp);
-            let err = BAD.update(sc_far_value);
+            let err = BAD.update(sc_far_value).map_err(Error::from);
             let expected = Error::UnrecognisedTrampoline {
                 addr: window,
                 offset,
@@ -826,7 +830,7 @@ pub(crate) fn static_call_bad_input() -> TestResult {
     .enumerate()
     {
         let w = Faulty::new(fail_at, lie);
-        let err = BAD.update_with(sc_far_value, &w);
+        let err = BAD.update_with(sc_far_value, &w).map_err(Error::from);
         check!(
             err == Err(expected),
             "writer failing at write {fail_at} (lying: {lie}): update_with returned {}, expected Err({expected})",
@@ -853,7 +857,7 @@ pub(crate) fn static_call_bad_input() -> TestResult {
         // prefix of it is mapped read-write at the same offset.
         let alias =
             unsafe { Alias::new(text.start, text.start + mmu::ALIAS_OFFSET, end - text.start) };
-        let err = BAD.update_with(sc_far_value, &alias);
+        let err = BAD.update_with(sc_far_value, &alias).map_err(Error::from);
         check!(
             matches!(err, Err(Error::WriterFailed { .. })),
             "Alias over the text {covered}: update_with returned {}, expected WriterFailed",
