@@ -4,7 +4,9 @@
 //!   standard library).
 //! - `cargo xtask test`: setup, then every test suite, then a summary table.
 //! - `cargo xtask demo`: setup, then boot the arm64 demo kernel on QEMU.
+//! - `cargo xtask bench`: setup, then the benchmarks and their report.
 
+mod bench;
 mod callsites;
 mod cmd;
 mod qemu;
@@ -25,10 +27,13 @@ commands:
           aarch64 core/std (a precompiled rustup target, or Debian's rust-src)
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
-          a summary table; suites: host, host-generic, host-lint,
-          call-sites, aarch64-linux, aarch64-none, virt-el1, virt-el2,
-          virt-negative
-  demo    setup, then boot the arm64 demo kernel on the QEMU virt board";
+          a summary table; suites: host, host-generic, host-asan,
+          host-lint, call-sites, aarch64-linux, aarch64-none, virt-el1,
+          virt-el2, virt-negative
+  demo    setup, then boot the arm64 demo kernel on the QEMU virt board
+  bench   setup, then time calls and updates against the alternatives and
+          write target/bench/results.json, benches/BENCHMARKS.md and
+          benches/chart.svg";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,6 +47,11 @@ fn main() -> ExitCode {
         ["setup"] => report(setup::run().map(|_| ExitCode::SUCCESS)),
         ["test", only @ ..] => test(&root, only),
         ["demo"] => report(setup::run().and_then(|_| qemu::demo(&root))),
+        ["bench"] => report(
+            setup::run()
+                .and_then(|_| bench::run(&root))
+                .map(|()| ExitCode::SUCCESS),
+        ),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
