@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::{Result, cmd};
+use crate::{Result, cmd, qemu};
 
 /// One way users build the host benchmark.
 struct Build {
@@ -251,7 +251,39 @@ struct Report {
     shapes: BTreeMap<&'static str, Vec<(String, String)>>,
     update_us: BTreeMap<String, f64>,
     update_syncs: BTreeMap<String, f64>,
+    arm64: BTreeMap<String, f64>,
     machine: String,
+}
+
+/// Instructions per call on arm64: boots the benchmark kernel on the virt
+/// board with `-icount shift=0` and reads its `bench arm64 <row> <count>`
+/// lines.
+fn arm64_instructions(root: &Path) -> Result<BTreeMap<String, f64>> {
+    let elf = qemu::build_kernel(root, "bench", &[])?;
+    let boot = qemu::boot_counting(&elf, false, qemu::TIMEOUT)?;
+    print!("{}", boot.log);
+    if boot.timed_out || boot.status != Some(0) {
+        return Err(format!(
+            "the benchmark kernel failed (status {:?}, timed out: {})",
+            boot.status, boot.timed_out
+        ));
+    }
+    let mut counts = BTreeMap::new();
+    for line in boot.log.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("bench"), Some("arm64"), Some(row), Some(Ok(n))) = (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next().map(str::parse::<f64>),
+        ) {
+            counts.insert(row.to_string(), n);
+        }
+    }
+    if counts.is_empty() {
+        return Err("the benchmark kernel printed no counts".into());
+    }
+    Ok(counts)
 }
 
 /// `cargo xtask bench`.
@@ -262,6 +294,7 @@ pub fn run(root: &Path) -> Result<()> {
         shapes: BTreeMap::new(),
         update_us: BTreeMap::new(),
         update_syncs: BTreeMap::new(),
+        arm64: arm64_instructions(root)?,
         machine: machine(),
     };
     for build in BUILDS {
@@ -434,9 +467,42 @@ fn markdown(r: &Report, json: &str) -> String {
         );
     }
     md.push_str(
-        "\n## arm64\n\n\
-         Instruction counts on the virt board (`-icount shift=0`, PMU INST_RETIRED) are not\n\
-         measured by this harness yet; `arm64_instructions` is `null` in the results.\n\n\
+        "\n## arm64: instructions per call\n\n\
+         The benchmark kernel (`tests/virt-kernel/src/bin/bench.rs`) on QEMU's virt board with\n\
+         `-icount shift=0`, counting the PMU's INST_RETIRED from the call instruction through\n\
+         the callee's return (the empty measurement's own count subtracted). Every callee is\n\
+         `bti c; add x0, x0, #1; ret`. Inline call sites are not built yet.\n\n\
+         | call | instructions |\n| --- | ---: |\n",
+    );
+    for (key, label) in [
+        ("direct", "direct `bl`"),
+        (
+            "trampoline_near",
+            "static call, target in `b` range (`bti c; b`)",
+        ),
+        (
+            "trampoline_far",
+            "static call, target out of range (literal, `br x16`)",
+        ),
+        (
+            "null_trampoline",
+            "NULL static call (returns through `cbz`)",
+        ),
+        ("fn_pointer", "function pointer (`blr`)"),
+        ("fn_pointer_kcfi", "function pointer with a kCFI type check"),
+        (
+            "mainline_2026",
+            "Linux mainline 2026 trampoline (`adrp; ldr; br`)",
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {label} | {} |",
+            r.arm64.get(key).map_or("-".into(), |n| format!("{n:.0}"))
+        );
+    }
+    md.push_str(
+        "\n\
          ## Reading the numbers\n\n\
          - Ratios of 1.2 and 1.0 are one CPU cycle apart at these call costs; a row's ratio can\n  \
          move by such a step between builds when code layout changes (the three hand-written\n  \

@@ -131,6 +131,23 @@ pub struct Boot {
 /// Boots `elf` on the virt board, killing QEMU after `timeout`. With `echo`,
 /// the UART is streamed to our standard output as it arrives.
 pub fn boot(elf: &Path, machine: &str, echo: bool, timeout: Duration) -> Result<Boot> {
+    boot_with(elf, machine, SMP, &[], echo, timeout)
+}
+
+/// Boots one CPU with `-icount shift=0`, under which the PMU's
+/// INST_RETIRED counts exactly (the benchmark kernel).
+pub fn boot_counting(elf: &Path, echo: bool, timeout: Duration) -> Result<Boot> {
+    boot_with(elf, MACHINE_EL1, 1, &["-icount", "shift=0"], echo, timeout)
+}
+
+fn boot_with(
+    elf: &Path,
+    machine: &str,
+    cpus: u32,
+    extra: &[&str],
+    echo: bool,
+    timeout: Duration,
+) -> Result<Boot> {
     let mut qemu = Command::new("qemu-system-aarch64");
     qemu.args([
         "-M",
@@ -138,10 +155,11 @@ pub fn boot(elf: &Path, machine: &str, echo: bool, timeout: Duration) -> Result<
         "-cpu",
         "max",
         "-smp",
-        &SMP.to_string(),
+        &cpus.to_string(),
         "-m",
         "256M",
     ])
+    .args(extra)
     .args(["-nographic", "-semihosting", "-net", "none", "-kernel"])
     .arg(elf);
     println!("$ {}", cmd::describe(&qemu));
