@@ -85,6 +85,7 @@ const VIRT_SUITES: &[VirtSuite] = &[
 const HOST_SUITES: &[&str] = &[
     "host",
     "host-generic",
+    "host-asan",
     "host-lint",
     "call-sites",
     "aarch64-linux",
@@ -106,6 +107,7 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
         outcomes.push(match name {
             "host" => timed(name, &host, || host_tests(root)),
             "host-generic" => timed(name, &host, || generic_tests(root)),
+            "host-asan" => timed(name, &host, || asan_tests(root, &host)),
             "host-lint" => timed(name, &host, || host_lint(root)),
             "call-sites" => timed(name, "6 configurations", || call_sites(root, tc)),
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
@@ -180,6 +182,80 @@ fn generic_tests(root: &Path) -> Counts {
         "--no-fail-fast",
     ]);
     libtest_suite(&mut cargo)
+}
+
+/// Integration test targets the AddressSanitizer run leaves out, and why.
+const NOT_UNDER_ASAN: &[(&str, &str)] = &[(
+    "compile_errors",
+    "compile-time messages only: trybuild drops RUSTFLAGS for its nested \
+     cargo, so nothing would be sanitized; it would repeat the host suite",
+)];
+
+/// The library's unit, integration and doc tests on the host under
+/// AddressSanitizer (`-Zsanitizer=address`, unstable: RUSTC_BOOTSTRAP is set
+/// for these commands only), in their own target directory. The explicit
+/// `--target` keeps RUSTFLAGS off build scripts and proc macros, which run
+/// in the compiler. The xtask crate is left out: it is the harness.
+fn asan_tests(root: &Path, host: &str) -> Counts {
+    let flags = "-Zsanitizer=address";
+    let asan = |cargo: &mut Command| {
+        cargo
+            .current_dir(root)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("RUSTFLAGS", flags)
+            .env("RUSTDOCFLAGS", flags)
+            .env("CARGO_TARGET_DIR", cmd::target_base(root).join("asan"))
+            .args(["test", "--package", "static-call", "--no-fail-fast"])
+            .args(["--target", host]);
+    };
+    let tests = match integration_tests(root) {
+        Ok(tests) => tests,
+        Err(e) => {
+            return Counts {
+                problems: vec![e],
+                ..Counts::default()
+            };
+        }
+    };
+    for (name, why) in NOT_UNDER_ASAN {
+        println!("  not under ASan: tests/{name}.rs ({why})");
+    }
+    let mut cargo = cmd::cargo();
+    asan(&mut cargo);
+    cargo.arg("--lib");
+    for test in tests
+        .iter()
+        .filter(|t| NOT_UNDER_ASAN.iter().all(|(name, _)| name != t))
+    {
+        cargo.args(["--test", test]);
+    }
+    let mut counts = libtest_suite(&mut cargo);
+    // Cargo runs doc tests only when no other target is selected.
+    let mut doc = cmd::cargo();
+    asan(&mut doc);
+    doc.arg("--doc");
+    let docs = libtest_suite(&mut doc);
+    counts.passed += docs.passed;
+    counts.failed += docs.failed;
+    counts.problems.extend(docs.problems);
+    counts
+}
+
+/// The integration test targets: the stems of `tests/*.rs`, sorted.
+fn integration_tests(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("tests");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut tests: Vec<String> = entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.extension()? != "rs" || !path.is_file() {
+                return None;
+            }
+            path.file_stem()?.to_str().map(String::from)
+        })
+        .collect();
+    tests.sort();
+    Ok(tests)
 }
 
 fn host_lint(root: &Path) -> Counts {
@@ -304,7 +380,7 @@ fn libtest_suite(cargo: &mut Command) -> Counts {
         }
     };
     let mut counts = parse_libtest(&stdout);
-    if !status.success() && counts.failed == 0 {
+    if !status.success() && counts.failed == 0 && counts.problems.is_empty() {
         counts.problems.push(format!(
             "cargo test failed ({status}) without a failing test: see above"
         ));
@@ -312,13 +388,28 @@ fn libtest_suite(cargo: &mut Command) -> Counts {
     counts
 }
 
-/// Sums libtest's `test result: ok. N passed; M failed; ...` lines.
+/// Sums libtest's `test result: ok. N passed; M failed; ...` lines. A
+/// `running N tests` without its result line is a test binary that stopped
+/// (a crash, an AddressSanitizer report): its tests are in no count, so it is
+/// a problem of its own.
 fn parse_libtest(stdout: &str) -> Counts {
     let mut counts = Counts::default();
+    let (mut started, mut finished) = (0, 0);
     for line in stdout.lines() {
+        let mut words = line
+            .trim()
+            .strip_prefix("running ")
+            .into_iter()
+            .flat_map(str::split_whitespace);
+        if let (Some(n), Some("test" | "tests")) = (words.next(), words.next())
+            && n.parse::<u32>().is_ok()
+        {
+            started += 1;
+        }
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             continue;
         };
+        finished += 1;
         let Some((_, figures)) = rest.split_once(". ") else {
             continue;
         };
@@ -334,6 +425,15 @@ fn parse_libtest(stdout: &str) -> Counts {
                 _ => {}
             }
         }
+    }
+    if started > finished {
+        let stopped = match started - finished {
+            1 => "1 test binary".to_string(),
+            n => format!("{n} test binaries"),
+        };
+        counts.problems.push(format!(
+            "{stopped} stopped without a result (a crash, or a sanitizer report): see above"
+        ));
     }
     counts
 }
@@ -455,7 +555,26 @@ test result: ok. 0 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; fini
 ";
         let counts = parse_libtest(out);
         assert_eq!((counts.passed, counts.failed), (4, 1));
+        assert!(counts.problems.is_empty(), "{:?}", counts.problems);
         assert_eq!(parse_libtest("test x ... ok\n"), Counts::default());
+    }
+
+    #[test]
+    fn a_test_binary_that_stops_without_a_result_is_a_problem() {
+        let out = "\
+running 2 tests
+test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s
+
+running 1 test
+";
+        let counts = parse_libtest(out);
+        assert_eq!((counts.passed, counts.failed), (2, 0));
+        assert_eq!(counts.problems.len(), 1);
+        assert!(
+            counts.problems[0].starts_with("1 test binary"),
+            "{:?}",
+            counts.problems
+        );
     }
 
     fn outcome(failed: u32, verdict: Verdict) -> Outcome {
@@ -482,6 +601,15 @@ test result: ok. 0 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; fini
         ]);
         assert_eq!((t.passed, t.failed, t.all_ok), (4, 3, false));
         assert!(totals(&[outcome(0, Verdict::Ok)]).all_ok);
+    }
+
+    #[test]
+    fn asan_exclusions_name_integration_tests() {
+        let tests = integration_tests(&crate::repo_root()).unwrap();
+        assert!(tests.iter().any(|t| t == "properties"), "{tests:?}");
+        for (name, _) in NOT_UNDER_ASAN {
+            assert!(tests.iter().any(|t| t == name), "no tests/{name}.rs");
+        }
     }
 
     #[test]
