@@ -3,11 +3,16 @@
 //! caller's live values, reaches every state a key can be in (near, far,
 //! NULL, RET0), and stays correct while another thread retargets the key.
 //!
-//! Runs natively on x86-64, under qemu-aarch64 (threads are host threads),
-//! and on the generic backend (`--features force-generic`).
+//! Runs natively on x86-64, under qemu-aarch64 and qemu-riscv64 (threads
+//! are host threads), and on the generic backend (`--features
+//! force-generic`, and riscv64, which has no backend of its own).
 #![cfg(all(
     target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
 ))]
 
 mod common;
@@ -239,7 +244,8 @@ struct FarCode {
 
 /// A forwarding thunk: x86-64 `movabs $target, %r11; jmp *%r11` (r11
 /// carries no argument); arm64 `bti c; ldr x16, target; br x16` (x16 is
-/// the intra-procedure-call scratch register).
+/// the intra-procedure-call scratch register); riscv64 `auipc t0, 0;
+/// ld t0, 16(t0); jr t0` (t0 is the alternate link register, free here).
 fn thunk(target: usize) -> Vec<u8> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -253,6 +259,18 @@ fn thunk(target: usize) -> Vec<u8> {
             insn::encode_ldr_literal_x(16, 12).unwrap(),
             insn::BR_X16,
             insn::NOP,
+        ];
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.extend_from_slice(&(target as u64).to_le_bytes());
+        bytes
+    }
+    #[cfg(target_arch = "riscv64")]
+    {
+        let words: [u32; 4] = [
+            0x0000_0297, // auipc t0, 0
+            0x0102_b283, // ld t0, 16(t0)
+            0x0002_8067, // jr t0
+            0x0000_0013, // nop (the literal is 8-byte aligned at 16)
         ];
         let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         bytes.extend_from_slice(&(target as u64).to_le_bytes());

@@ -36,6 +36,17 @@ pub fn map_far_code(near: usize, thunks: &[Vec<u8>]) -> Vec<usize> {
     }
     #[cfg(target_arch = "aarch64")]
     static_call::arch::aarch64::flush_icache_range(page, 32 * thunks.len());
+    // riscv64: instruction fetch sees stores only after a FENCE.I on each
+    // hart, which Linux does for every thread with riscv_flush_icache.
+    #[cfg(target_arch = "riscv64")]
+    {
+        /// `__NR_riscv_flush_icache`.
+        const SYS_RISCV_FLUSH_ICACHE: libc::c_long = 259;
+        // SAFETY: takes an address range and flags, dereferences nothing.
+        let rc =
+            unsafe { libc::syscall(SYS_RISCV_FLUSH_ICACHE, page, page + 32 * thunks.len(), 0) };
+        assert_eq!(rc, 0, "riscv_flush_icache");
+    }
     // SAFETY: our own mapping, now complete.
     let rc = unsafe { libc::mprotect(page as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC) };
     assert_eq!(rc, 0);

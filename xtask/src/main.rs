@@ -28,8 +28,8 @@ commands:
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
           a summary table; suites: host, host-generic, host-asan,
-          host-lint, call-sites, aarch64-linux, aarch64-none, virt-el1,
-          virt-el2, virt-negative
+          host-lint, call-sites, aarch64-linux, aarch64-none,
+          riscv64-linux, riscv64-none, virt-el1, virt-el2, virt-negative
   demo    setup, then boot the arm64 demo kernel on the QEMU virt board
   bench   setup, then time calls and updates against the alternatives and
           write target/bench/results.json, benches/BENCHMARKS.md and

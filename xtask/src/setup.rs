@@ -24,6 +24,10 @@ use crate::{Result, cmd};
 pub const BARE: &str = "aarch64-unknown-none";
 /// The Linux user-space target (tests under qemu-aarch64).
 pub const LINUX: &str = "aarch64-unknown-linux-gnu";
+/// riscv64 Linux (the generic backend's tests under qemu-riscv64).
+pub const RISCV_LINUX: &str = "riscv64gc-unknown-linux-gnu";
+/// Bare-metal riscv64 (the library builds and is lint-clean).
+pub const RISCV_BARE: &str = "riscv64gc-unknown-none-elf";
 
 /// What must be present (a command on `PATH`, or a file), and the Debian
 /// package that provides it.
@@ -33,6 +37,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
     ("/usr/aarch64-linux-gnu/lib/crt1.o", "libc6-dev-arm64-cross"),
     ("aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu"),
+    ("qemu-riscv64", "qemu-user"),
+    ("riscv64-linux-gnu-gcc", "gcc-riscv64-linux-gnu"),
+    (
+        "/usr/riscv64-linux-gnu/lib/crt1.o",
+        "libc6-dev-riscv64-cross",
+    ),
 ];
 
 /// Debian suites searched, in order, for a `rust-src` of `rustc`'s version.
@@ -59,7 +69,7 @@ impl Toolchain {
         match target {
             BARE => !self.bare_precompiled,
             LINUX => !self.linux_precompiled,
-            _ => false,
+            other => !precompiled(other).unwrap_or(false),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::qemu::{self, MACHINE_EL1};
-use crate::setup::{BARE, LINUX, Toolchain};
+use crate::setup::{BARE, LINUX, RISCV_BARE, RISCV_LINUX, Toolchain};
 use crate::{Result, cmd};
 
 /// One suite's result, as a row of the summary table.
@@ -90,6 +90,8 @@ const HOST_SUITES: &[&str] = &[
     "call-sites",
     "aarch64-linux",
     "aarch64-none",
+    "riscv64-linux",
+    "riscv64-none",
 ];
 
 /// Every suite's name, in the order they run.
@@ -111,6 +113,8 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
             "host-lint" => timed(name, &host, || host_lint(root)),
             "call-sites" => timed(name, "6 configurations", || call_sites(root, tc)),
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
+            "riscv64-linux" => timed(name, RISCV_LINUX, || riscv_linux_tests(root, tc)),
+            "riscv64-none" => timed(name, RISCV_BARE, || riscv_bare_checks(root, tc)),
             _ => timed(name, BARE, || bare_checks(root, tc)),
         });
     }
@@ -365,6 +369,51 @@ fn bare_checks(root: &Path, tc: &Toolchain) -> Counts {
         qemu::kernel_cargo(root, "clippy")
             .and_then(|mut cargo| cmd::run(cargo.args(["--all-targets", "--", "-D", "warnings"]))),
     );
+    counts
+}
+
+/// The library's tests on riscv64 Linux, run by qemu-riscv64 (the runner
+/// in `.cargo/config.toml`): the generic backend on an architecture that
+/// has no backend of its own, threads and all.
+fn riscv_linux_tests(root: &Path, tc: &Toolchain) -> Counts {
+    let mut cargo = cmd::cargo();
+    cargo.current_dir(root).args([
+        "test",
+        "--package",
+        "static-call",
+        "--no-fail-fast",
+        "--target",
+        RISCV_LINUX,
+    ]);
+    if tc.needs_build_std(RISCV_LINUX) {
+        cargo
+            .arg("-Zbuild-std=std,panic_unwind")
+            .env("RUSTC_BOOTSTRAP", "1");
+    }
+    libtest_suite(&mut cargo)
+}
+
+/// The library builds and is clippy-clean for bare-metal riscv64.
+fn riscv_bare_checks(root: &Path, tc: &Toolchain) -> Counts {
+    let mut counts = Counts::default();
+    for subcommand in ["build", "clippy"] {
+        let mut cargo = cmd::cargo();
+        cargo.current_dir(root).args([
+            subcommand,
+            "--package",
+            "static-call",
+            "--lib",
+            "--target",
+            RISCV_BARE,
+        ]);
+        if tc.needs_build_std(RISCV_BARE) {
+            cargo.arg("-Zbuild-std=core").env("RUSTC_BOOTSTRAP", "1");
+        }
+        if subcommand == "clippy" {
+            cargo.args(["--", "-D", "warnings"]);
+        }
+        counts.check(cmd::run(&mut cargo));
+    }
     counts
 }
 
