@@ -306,6 +306,19 @@ fn call_sites(root: &Path, tc: &Toolchain) -> Counts {
 /// The library's tests on aarch64 Linux, run by qemu-aarch64 (the runner in
 /// `.cargo/config.toml`).
 fn linux_tests(root: &Path, tc: &Toolchain) -> Counts {
+    let mut cargo = cross_test(root, tc, LINUX);
+    let bti_library = cmd::target_base(root).join("bti_guarded.so");
+    let built = assemble_bti_library(root, &bti_library);
+    cargo.env("STATIC_CALL_BTI_LIBRARY", &bti_library);
+    let mut counts = libtest_suite(&mut cargo);
+    counts.check(built);
+    counts
+}
+
+/// `cargo test` of the library for a Linux `target` whose runner (in
+/// `.cargo/config.toml`) is a QEMU user-mode emulator, building its
+/// standard library when none is installed.
+fn cross_test(root: &Path, tc: &Toolchain, target: &str) -> Command {
     let mut cargo = cmd::cargo();
     cargo.current_dir(root).args([
         "test",
@@ -313,19 +326,14 @@ fn linux_tests(root: &Path, tc: &Toolchain) -> Counts {
         "static-call",
         "--no-fail-fast",
         "--target",
-        LINUX,
+        target,
     ]);
-    if tc.needs_build_std(LINUX) {
+    if tc.needs_build_std(target) {
         cargo
             .arg("-Zbuild-std=std,panic_unwind")
             .env("RUSTC_BOOTSTRAP", "1");
     }
-    let bti_library = cmd::target_base(root).join("bti_guarded.so");
-    let built = assemble_bti_library(root, &bti_library);
-    cargo.env("STATIC_CALL_BTI_LIBRARY", &bti_library);
-    let mut counts = libtest_suite(&mut cargo);
-    counts.check(built);
-    counts
+    cargo
 }
 
 /// Assembles `tests/data/bti_guarded.S` into the BTI-marked shared library
@@ -343,27 +351,10 @@ fn assemble_bti_library(root: &Path, out: &Path) -> Result<()> {
     )
 }
 
-/// The library builds and is clippy-clean for bare metal.
+/// The library builds and is clippy-clean for bare metal, and so is the
+/// test kernel.
 fn bare_checks(root: &Path, tc: &Toolchain) -> Counts {
-    let mut counts = Counts::default();
-    for subcommand in ["build", "clippy"] {
-        let mut cargo = cmd::cargo();
-        cargo.current_dir(root).args([
-            subcommand,
-            "--package",
-            "static-call",
-            "--lib",
-            "--target",
-            BARE,
-        ]);
-        if tc.needs_build_std(BARE) {
-            cargo.arg("-Zbuild-std=core").env("RUSTC_BOOTSTRAP", "1");
-        }
-        if subcommand == "clippy" {
-            cargo.args(["--", "-D", "warnings"]);
-        }
-        counts.check(cmd::run(&mut cargo));
-    }
+    let mut counts = library_checks(root, tc, BARE);
     // The test kernel, with its own flags (BTI), lint-clean too.
     counts.check(
         qemu::kernel_cargo(root, "clippy")
@@ -372,29 +363,14 @@ fn bare_checks(root: &Path, tc: &Toolchain) -> Counts {
     counts
 }
 
-/// The library's tests on riscv64 Linux, run by qemu-riscv64 (the runner
-/// in `.cargo/config.toml`): the generic backend on an architecture that
-/// has no backend of its own, threads and all.
-fn riscv_linux_tests(root: &Path, tc: &Toolchain) -> Counts {
-    let mut cargo = cmd::cargo();
-    cargo.current_dir(root).args([
-        "test",
-        "--package",
-        "static-call",
-        "--no-fail-fast",
-        "--target",
-        RISCV_LINUX,
-    ]);
-    if tc.needs_build_std(RISCV_LINUX) {
-        cargo
-            .arg("-Zbuild-std=std,panic_unwind")
-            .env("RUSTC_BOOTSTRAP", "1");
-    }
-    libtest_suite(&mut cargo)
-}
-
 /// The library builds and is clippy-clean for bare-metal riscv64.
 fn riscv_bare_checks(root: &Path, tc: &Toolchain) -> Counts {
+    library_checks(root, tc, RISCV_BARE)
+}
+
+/// `cargo build` and `cargo clippy` of the library for a bare-metal
+/// `target`, building `core` when none is installed.
+fn library_checks(root: &Path, tc: &Toolchain, target: &str) -> Counts {
     let mut counts = Counts::default();
     for subcommand in ["build", "clippy"] {
         let mut cargo = cmd::cargo();
@@ -404,9 +380,9 @@ fn riscv_bare_checks(root: &Path, tc: &Toolchain) -> Counts {
             "static-call",
             "--lib",
             "--target",
-            RISCV_BARE,
+            target,
         ]);
-        if tc.needs_build_std(RISCV_BARE) {
+        if tc.needs_build_std(target) {
             cargo.arg("-Zbuild-std=core").env("RUSTC_BOOTSTRAP", "1");
         }
         if subcommand == "clippy" {
@@ -415,6 +391,13 @@ fn riscv_bare_checks(root: &Path, tc: &Toolchain) -> Counts {
         counts.check(cmd::run(&mut cargo));
     }
     counts
+}
+
+/// The library's tests on riscv64 Linux, run by qemu-riscv64: the generic
+/// backend on an architecture that has no backend of its own, threads and
+/// all.
+fn riscv_linux_tests(root: &Path, tc: &Toolchain) -> Counts {
+    libtest_suite(&mut cross_test(root, tc, RISCV_LINUX))
 }
 
 /// Runs a `cargo test` and counts libtest's results.
