@@ -112,7 +112,8 @@ pub fn patch_of(bytes: &[u8; TRAMPOLINE_LEN]) -> Patch {
 /// trampoline never updated has a literal of 0 (the assembler writes no
 /// absolute address, see `asm/aarch64/trampoline.S`) and its `b` may lead
 /// anywhere: to the target, to a linker veneer when the target is out of
-/// reach, or to a key's init shim.
+/// reach, or to a key's init shim. A `nop` sends calls through the
+/// literal, which must then be 0 or an instruction address.
 ///
 /// ```
 /// use static_call::{Error, arch::aarch64::decode};
@@ -143,6 +144,15 @@ pub fn decode(tramp: usize, bytes: &[u8; TRAMPOLINE_LEN]) -> Result<Trampoline, 
     let target = patch_of(bytes).literal;
     let branch_word = word(bytes, BRANCH_OFFSET);
     let branch = if branch_word == NOP {
+        // The `nop` sends calls through the literal: it must be an
+        // instruction address (or 0, NULL), as every plan writes it.
+        if target % 4 != 0 {
+            return Err(Error::UnrecognisedTrampoline {
+                addr: tramp.wrapping_sub(8),
+                offset: 0,
+                found: target,
+            });
+        }
         Branch::Nop
     } else {
         match insn::decode_b(tramp as u64 + 4, branch_word) {
