@@ -120,7 +120,7 @@ mod aarch64 {
         let branch = words[1];
         let agrees = match insn::decode_b(tramp + 4, branch) {
             Some(dest) => literal == 0 || dest == literal,
-            None if branch == NOP && literal % 4 != 0 => return Err(0),
+            None if branch == NOP && !literal.is_multiple_of(4) => return Err(0),
             None => branch == NOP,
         };
         if agrees { Ok(()) } else { Err(12) }

@@ -146,7 +146,7 @@ pub fn decode(tramp: usize, bytes: &[u8; TRAMPOLINE_LEN]) -> Result<Trampoline, 
     let branch = if branch_word == NOP {
         // The `nop` sends calls through the literal: it must be an
         // instruction address (or 0, NULL), as every plan writes it.
-        if target % 4 != 0 {
+        if !target.is_multiple_of(4) {
             return Err(Error::UnrecognisedTrampoline {
                 addr: tramp.wrapping_sub(8),
                 offset: 0,
