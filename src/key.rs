@@ -221,18 +221,22 @@ impl<F: FnPtr> StaticCall<F> {
         self.ret0.addr()
     }
 
-    /// Retargets to `target` with the installed writer.
+    /// Retargets with the patch lock already held, through `writer`.
     ///
     /// # Safety
     ///
     /// `target` is a function of type `F`, this key's return-zero function
-    /// (only if `F::Output: Ret0Safe`) or 0 (only if `F::Output: NullSafe`).
-    pub(crate) unsafe fn retarget_to(
+    /// (only if `F::Output: Ret0Safe`) or 0 (only if `F::Output: NullSafe`),
+    /// and the caller holds the patch lock.
+    pub(crate) unsafe fn retarget_locked(
         &self,
         target: usize,
-        writer: Option<&dyn TextWriter>,
+        writer: &dyn TextWriter,
     ) -> Result<(), UpdateError> {
-        self.retarget(target, writer)
+        // SAFETY: the trampoline and slot are this key's; `target` is as the
+        // caller promises; the caller holds the lock.
+        unsafe { Active::retarget(self.tramp.addr(), self.slot, target, writer) }
+            .map_err(|error| UpdateError::new(self.name, error))
     }
 
     fn retarget(&self, target: usize, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError> {

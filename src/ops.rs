@@ -397,20 +397,29 @@ where
     }
 }
 
-/// One key's part of an install, whatever the key's type.
+/// One key's part of an install, whatever the key's type. Its methods run
+/// inside [`retarget_all`], which holds the patch lock.
 pub trait Retarget {
-    /// Retargets the key (through `writer`, else the installed writer),
-    /// remembering its previous target.
-    fn apply(&self, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError>;
+    /// Retargets the key through the batch's writer, remembering its
+    /// previous target.
+    fn apply(&self, batch: &Batch<'_>) -> Result<(), UpdateError>;
     /// Puts back the target [`apply`](Self::apply) replaced.
-    fn undo(&self, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError>;
+    fn undo(&self, batch: &Batch<'_>) -> Result<(), UpdateError>;
+    /// The key's name, for errors that are not any one update's.
+    fn key_name(&self) -> &'static str;
     /// The key's trampoline, for errors that name what could not be put
     /// back.
     fn trampoline_addr(&self) -> usize;
 }
 
+/// A batch of updates in progress: the patch lock is held, and the writer
+/// to use is chosen. Only [`retarget_all`] makes one.
+pub struct Batch<'a> {
+    writer: &'a dyn TextWriter,
+}
+
 impl<F: FnPtr> Retarget for To<'_, F> {
-    fn apply(&self, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError> {
+    fn apply(&self, batch: &Batch<'_>) -> Result<(), UpdateError> {
         self.before.set(Some(self.key.current_target()));
         let target = match self.target {
             Target::Function(f) => f.addr(),
@@ -419,53 +428,128 @@ impl<F: FnPtr> Retarget for To<'_, F> {
         };
         // SAFETY: `target` is a function of type `F`, NULL only where the
         // constructor required `NullSafe`, RET0 only where it required
-        // `Ret0Safe`.
-        unsafe { self.key.retarget_to(target, writer) }
+        // `Ret0Safe`; a `Batch` exists only while the patch lock is held.
+        unsafe { self.key.retarget_locked(target, batch.writer) }
+    }
+
+    fn undo(&self, batch: &Batch<'_>) -> Result<(), UpdateError> {
+        match self.before.take() {
+            // SAFETY: the key's own previous target, which had its type;
+            // the lock is held, as above.
+            Some(before) => unsafe { self.key.retarget_locked(before, batch.writer) },
+            None => Ok(()),
+        }
+    }
+
+    fn key_name(&self) -> &'static str {
+        self.key.name()
     }
 
     fn trampoline_addr(&self) -> usize {
         self.key.trampoline_addr()
     }
+}
 
-    fn undo(&self, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError> {
-        match self.before.take() {
-            // SAFETY: the key's own previous target, which had its type.
-            Some(before) => unsafe { self.key.retarget_to(before, writer) },
-            None => Ok(()),
-        }
+/// A writer that defers synchronisation: its `sync_cores` does nothing, so
+/// a batch synchronises every CPU once, at its end, through the real
+/// writer. Only used where the backend says its protocol needs no
+/// synchronisation between its own stores (see
+/// [`Backend::syncs_can_be_deferred`](crate::arch::Backend::syncs_can_be_deferred)).
+struct Deferred<'a> {
+    inner: &'a dyn TextWriter,
+}
+
+// SAFETY: every write is forwarded unchanged to a writer that keeps the
+// contract; only the synchronisation is left to the batch.
+unsafe impl TextWriter for Deferred<'_> {
+    unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.write(addr, bytes) }
+    }
+
+    fn sync_cores(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn strategy(&self) -> Option<crate::arch::Strategy> {
+        self.inner.strategy()
     }
 }
 
-/// Applies every retarget in order; on the first error, undoes the ones
-/// already applied (newest first) and returns it, naming its key, so every
-/// key behaves as before. If an undo fails too, the error is
-/// [`Error::RestoreFailed`] naming the key that could not be put back
-/// (which may keep its new target; the keys after it in `keys` were put
-/// back, those before it were not tried).
+/// What a failed undo leaves, for [`Error::RestoreFailed`].
+const NOT_PUT_BACK: &str = "an install failed and putting this key back failed too: it may keep \
+                            its new target";
+
+/// Applies every retarget in order, under one hold of the patch lock; on
+/// the first error, undoes the ones already applied (newest first) and
+/// returns it, naming its key, so every key behaves as before. If an undo
+/// fails too, the error is [`Error::RestoreFailed`] naming the key that
+/// could not be put back (which may keep its new target; the keys after it
+/// in `keys` were put back, those before it were not tried).
+///
+/// Where the backend allows it (arm64; x86-64 with the one-store
+/// strategy), the writer synchronises every CPU once for the whole batch,
+/// after the last key is written (each key's cache maintenance is still
+/// done as it is written), instead of once or more per key; with the int3
+/// protocol each key keeps its own synchronised steps.
 pub fn retarget_all(
     keys: &[&dyn Retarget],
     writer: Option<&dyn TextWriter>,
 ) -> Result<(), UpdateError> {
+    use crate::arch::{Backend, active::Active};
+    let first = keys.first().map_or("", |k| k.key_name());
+    let writer = match (writer, Active::WRITES_TEXT) {
+        (w, true) => w,
+        (_, false) => Some(&crate::writer::Direct::UNUSED as &dyn TextWriter),
+    };
+    let outcome = crate::writer::with_patch_lock(writer, |w| Ok(install_locked(keys, w)));
+    outcome.unwrap_or_else(|e| Err(UpdateError::new(first, e)))
+}
+
+/// [`retarget_all`] with the patch lock held and the writer chosen.
+fn install_locked(keys: &[&dyn Retarget], w: &dyn TextWriter) -> Result<(), UpdateError> {
+    use crate::arch::{Backend, active::Active};
+    let deferred = Deferred { inner: w };
+    let defer = Active::syncs_can_be_deferred(w);
+    let batch = Batch {
+        writer: if defer { &deferred } else { w },
+    };
+    let restore_failed = |key: &dyn Retarget, addr: usize| {
+        UpdateError::new(
+            key.key_name(),
+            Error::RestoreFailed {
+                addr,
+                state: NOT_PUT_BACK,
+            },
+        )
+    };
+    let undo_all = |done: &[&dyn Retarget]| -> Result<(), UpdateError> {
+        for key in done.iter().rev() {
+            key.undo(&batch).map_err(|undo| match undo.error {
+                Error::RestoreFailed { addr, .. } => restore_failed(*key, addr),
+                _ => restore_failed(*key, key.trampoline_addr()),
+            })?;
+        }
+        Ok(())
+    };
+    // The one synchronisation of a deferred batch.
+    let sync = || if defer { w.sync_cores() } else { Ok(()) };
     for (i, key) in keys.iter().enumerate() {
-        if let Err(e) = key.apply(writer) {
-            for done in keys[..i].iter().rev() {
-                done.undo(writer).map_err(|undo| {
-                    let addr = match undo.error {
-                        Error::RestoreFailed { addr, .. } => addr,
-                        _ => done.trampoline_addr(),
-                    };
-                    UpdateError::new(
-                        undo.key,
-                        Error::RestoreFailed {
-                            addr,
-                            state: "an install failed and putting this key back failed too: \
-                                    it may keep its new target",
-                        },
-                    )
-                })?;
-            }
+        if let Err(e) = key.apply(&batch) {
+            undo_all(&keys[..i])?;
+            // Making the restored state visible everywhere is part of the
+            // restore.
+            sync().map_err(|_| restore_failed(*key, key.trampoline_addr()))?;
             return Err(e);
         }
+    }
+    let Some(last) = keys.last() else {
+        return Ok(());
+    };
+    if let Err(e) = sync() {
+        undo_all(keys)?;
+        sync().map_err(|_| restore_failed(*last, last.trampoline_addr()))?;
+        return Err(UpdateError::new(last.key_name(), e));
     }
     Ok(())
 }

@@ -175,10 +175,24 @@ fn installs_switch_every_operation() {
 }
 
 /// A writer that fails its `fail_at`-th write (counting from 0), storing
-/// nothing, and passes every other write to `Remap`.
+/// nothing, and passes every other write to `Remap`; it counts its syncs
+/// and fails those from `fail_syncs_from` on.
 struct FailingWriter {
     writes: AtomicUsize,
     fail_at: usize,
+    syncs: AtomicUsize,
+    fail_syncs_from: usize,
+}
+
+impl FailingWriter {
+    fn failing_write(fail_at: usize) -> Self {
+        FailingWriter {
+            writes: AtomicUsize::new(0),
+            fail_at,
+            syncs: AtomicUsize::new(0),
+            fail_syncs_from: usize::MAX,
+        }
+    }
 }
 
 // SAFETY: every write it does not refuse is `Remap`'s, which keeps the
@@ -196,6 +210,12 @@ unsafe impl TextWriter for FailingWriter {
     }
 
     fn sync_cores(&self) -> Result<(), Error> {
+        if self.syncs.fetch_add(1, Ordering::Relaxed) >= self.fail_syncs_from {
+            return Err(Error::WriterFailed {
+                what: "sync (refused by the test)",
+                errno: 0,
+            });
+        }
         Remap.sync_cores()
     }
 }
@@ -206,10 +226,7 @@ fn an_install_that_fails_anywhere_leaves_every_operation_as_it_was() {
     install(Impl::Full).unwrap();
     // Count the writes a whole install of `Bare` over `Full` makes, then
     // make each one of them fail in turn.
-    let counting = FailingWriter {
-        writes: AtomicUsize::new(0),
-        fail_at: usize::MAX,
-    };
+    let counting = FailingWriter::failing_write(usize::MAX);
     timer::install_with::<Bare>(&counting).unwrap();
     let total = counting.writes.load(Ordering::Relaxed);
     if !<Active as Backend>::WRITES_TEXT {
@@ -224,10 +241,7 @@ fn an_install_that_fails_anywhere_leaves_every_operation_as_it_was() {
     );
     install(Impl::Full).unwrap();
     for fail_at in 0..total {
-        let failing = FailingWriter {
-            writes: AtomicUsize::new(0),
-            fail_at,
-        };
+        let failing = FailingWriter::failing_write(fail_at);
         let result = timer::install_with::<Bare>(&failing);
         assert!(
             matches!(result.map_err(|e| e.error), Err(Error::WriterFailed { .. })),
@@ -240,6 +254,84 @@ fn an_install_that_fails_anywhere_leaves_every_operation_as_it_was() {
         assert!(timer::TIMER_ARM.query().is_some());
     }
     install(Impl::Boot).unwrap();
+}
+
+/// Issue 11: an install writes every key, then synchronises every CPU
+/// once (the default strategies on arm64 and x86-64 need no
+/// synchronisation between their own stores). If that one sync fails, every
+/// key is put back and synchronised again; if that fails too, the error
+/// says the restore failed.
+#[test]
+fn an_install_synchronises_every_cpu_once() {
+    let _serial = serial();
+    install(Impl::Full).unwrap();
+    let counting = FailingWriter::failing_write(usize::MAX);
+    timer::install_with::<Bare>(&counting).unwrap();
+    let (writes, syncs) = (
+        counting.writes.load(Ordering::Relaxed),
+        counting.syncs.load(Ordering::Relaxed),
+    );
+    report(format_args!(
+        "install of 3 changed keys: {writes} writes, {syncs} sync(s)"
+    ));
+    if !<Active as Backend>::WRITES_TEXT {
+        // The generic backend stores pointers: nothing to synchronise.
+        assert_eq!((writes, syncs), (0, 0));
+        install(Impl::Boot).unwrap();
+        return;
+    }
+    assert_eq!(syncs, 1, "one sync for the whole install ({writes} writes)");
+    check(Impl::Bare);
+    // Every sync fails: the keys are put back, but that cannot be made
+    // visible everywhere either, and the error says so.
+    install(Impl::Full).unwrap();
+    let failing = FailingWriter {
+        fail_syncs_from: 0,
+        ..FailingWriter::failing_write(usize::MAX)
+    };
+    let result = timer::install_with::<Bare>(&failing).unwrap_err();
+    assert!(
+        matches!(result.error, Error::RestoreFailed { .. }),
+        "{result}"
+    );
+    // Only the one sync fails: every key goes back, synchronised again,
+    // and the install's error is the sync's.
+    install(Impl::Full).unwrap();
+    let first_only = FirstSyncFails(FailingWriter::failing_write(usize::MAX));
+    let result = timer::install_with::<Bare>(&first_only).unwrap_err();
+    assert!(
+        matches!(result.error, Error::WriterFailed { .. }),
+        "{result}"
+    );
+    assert_eq!(first_only.0.syncs.load(Ordering::Relaxed), 2);
+    check(Impl::Full);
+    install(Impl::Boot).unwrap();
+}
+
+/// Fails only the first sync of the writer it wraps.
+struct FirstSyncFails(FailingWriter);
+
+// SAFETY: forwards every write to a writer that keeps the contract.
+unsafe impl TextWriter for FirstSyncFails {
+    unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.0.write(addr, bytes) }
+    }
+    fn sync_cores(&self) -> Result<(), Error> {
+        if self.0.syncs.fetch_add(1, Ordering::Relaxed) == 0 {
+            return Err(Error::WriterFailed {
+                what: "sync (refused by the test)",
+                errno: 0,
+            });
+        }
+        Remap.sync_cores()
+    }
+}
+
+/// Prints a line even when libtest captures output.
+fn report(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Callers on every core use every operation while the main thread

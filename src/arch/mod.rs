@@ -60,6 +60,15 @@ pub unsafe trait Backend {
         target: usize,
         writer: &dyn TextWriter,
     ) -> Result<(), Error>;
+
+    /// Whether a batch of retargets through `writer` may leave
+    /// synchronising the CPUs to one `sync_cores` after its last store:
+    /// true where every state the protocol's stores pass through is valid
+    /// without a synchronisation between them (the default), false where a
+    /// step relies on the one before having reached every CPU.
+    fn syncs_can_be_deferred(_writer: &dyn TextWriter) -> bool {
+        true
+    }
 }
 
 /// Emits a key's trampoline from the active backend's

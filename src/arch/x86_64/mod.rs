@@ -406,6 +406,14 @@ mod live {
             Ok(slot.target.load(Ordering::Acquire) as usize)
         }
 
+        /// The int3 protocol relies on every CPU having seen each step
+        /// before the next; the one-store protocol's two stores (literal,
+        /// then entry) are each a whole, valid state, and the entry reads
+        /// the literal as data, which stores make visible in order.
+        fn syncs_can_be_deferred(writer: &dyn TextWriter) -> bool {
+            writer.strategy().unwrap_or_else(default_strategy) == Strategy::AtomicStore
+        }
+
         unsafe fn retarget(
             tramp: usize,
             slot: &Slot,
