@@ -156,7 +156,7 @@ impl<F: FnPtr> StaticCall<F> {
     /// Data the new target reads should be published before `update`.
     ///
     /// On `Err` the key behaves exactly as before on every CPU, except
-    /// after [`Error::RestoreFailed`], which says what may be in place.
+    /// after [`Error::RestoreFailed`](crate::Error::RestoreFailed), which says what may be in place.
     ///
     /// # Locking, signal handlers and interrupts
     ///
