@@ -221,6 +221,15 @@ impl<F: FnPtr> StaticCall<F> {
         self.ret0.addr()
     }
 
+    /// This key's part of a backend's batch, retargeting it to `target`.
+    pub(crate) fn batch_item(&self, target: usize) -> crate::arch::BatchItem<'static, Slot> {
+        crate::arch::BatchItem {
+            tramp: self.tramp.addr(),
+            slot: self.slot,
+            target,
+        }
+    }
+
     /// Retargets with the patch lock already held, through `writer`.
     ///
     /// # Safety

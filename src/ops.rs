@@ -407,6 +407,8 @@ pub trait Retarget {
     fn undo(&self, batch: &Batch<'_>) -> Result<(), UpdateError>;
     /// The key's name, for errors that are not any one update's.
     fn key_name(&self) -> &'static str;
+    /// The key's part of a backend's batched protocol.
+    fn batch_item(&self) -> crate::arch::BatchItem<'static, crate::arch::active::Slot>;
     /// The key's trampoline, for errors that name what could not be put
     /// back.
     fn trampoline_addr(&self) -> usize;
@@ -418,14 +420,24 @@ pub struct Batch<'a> {
     writer: &'a dyn TextWriter,
 }
 
-impl<F: FnPtr> Retarget for To<'_, F> {
-    fn apply(&self, batch: &Batch<'_>) -> Result<(), UpdateError> {
-        self.before.set(Some(self.key.current_target()));
-        let target = match self.target {
+impl<F: FnPtr> To<'_, F> {
+    fn target_addr(&self) -> usize {
+        match self.target {
             Target::Function(f) => f.addr(),
             Target::Null => 0,
             Target::Ret0 => self.key.ret0_addr(),
-        };
+        }
+    }
+}
+
+impl<F: FnPtr> Retarget for To<'_, F> {
+    fn batch_item(&self) -> crate::arch::BatchItem<'static, crate::arch::active::Slot> {
+        self.key.batch_item(self.target_addr())
+    }
+
+    fn apply(&self, batch: &Batch<'_>) -> Result<(), UpdateError> {
+        self.before.set(Some(self.key.current_target()));
+        let target = self.target_addr();
         // SAFETY: `target` is a function of type `F`, NULL only where the
         // constructor required `NullSafe`, RET0 only where it required
         // `Ret0Safe`; a `Batch` exists only while the patch lock is held.
@@ -490,8 +502,9 @@ const NOT_PUT_BACK: &str = "an install failed and putting this key back failed t
 /// Where the backend allows it (arm64; x86-64 with the one-store
 /// strategy), the writer synchronises every CPU once for the whole batch,
 /// after the last key is written (each key's cache maintenance is still
-/// done as it is written), instead of once or more per key; with the int3
-/// protocol each key keeps its own synchronised steps.
+/// done as it is written), instead of once or more per key. With x86-64's
+/// int3 protocol, up to 32 keys go through one batched protocol: at most
+/// four syncs for all of them.
 pub fn retarget_all(
     keys: &[&dyn Retarget],
     writer: Option<&dyn TextWriter>,
@@ -532,6 +545,14 @@ fn install_locked(keys: &[&dyn Retarget], w: &dyn TextWriter) -> Result<(), Upda
         }
         Ok(())
     };
+    if !defer {
+        // SAFETY: every item is a key's trampoline and slot and a target
+        // its `To` constructor checked; the lock is held.
+        let batched = unsafe { Active::retarget_batch(keys.len(), &|i| keys[i].batch_item(), w) };
+        if let Some(result) = batched {
+            return result.map_err(|(i, e)| UpdateError::new(keys[i].key_name(), e));
+        }
+    }
     // The one synchronisation of a deferred batch.
     let sync = || if defer { w.sync_cores() } else { Ok(()) };
     for (i, key) in keys.iter().enumerate() {

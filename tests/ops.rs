@@ -146,6 +146,29 @@ fn install(i: Impl) -> Result<(), static_call::UpdateError> {
     }
 }
 
+fn install_with(i: Impl, w: &dyn TextWriter) -> Result<(), static_call::UpdateError> {
+    match i {
+        Impl::Boot => timer::install_with::<BootTimer>(w),
+        Impl::Full => timer::install_with::<Full>(w),
+        Impl::Bare => timer::install_with::<Bare>(w),
+    }
+}
+
+/// The writers the stress alternates between: the default and, on
+/// x86-64, the int3 protocol (the batched one).
+fn stress_writers() -> Vec<Option<&'static dyn TextWriter>> {
+    #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
+    {
+        use static_call::arch::{Strategy, WithStrategy};
+        static INT3: WithStrategy<'static> = WithStrategy::new(Strategy::Breakpoint, &Remap);
+        vec![None, Some(&INT3)]
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(feature = "force-generic"))))]
+    {
+        vec![None]
+    }
+}
+
 /// Tests that install run one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
@@ -308,6 +331,92 @@ fn an_install_synchronises_every_cpu_once() {
     install(Impl::Boot).unwrap();
 }
 
+/// x86-64's int3 protocol over an install: one batched protocol (literals,
+/// `int3`s, tails, first bytes, a sync after each phase), so at most four
+/// syncs for all the keys; a write or sync that fails at any point leaves
+/// every operation as it was.
+#[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
+#[test]
+fn an_int3_install_is_one_batched_protocol() {
+    use static_call::arch::Strategy;
+    let _serial = serial();
+    install(Impl::Full).unwrap();
+    let counting = FailingWriter::failing_write(usize::MAX);
+    install_with(Impl::Bare, &Strategy::Breakpoint.with(&counting)).unwrap();
+    let (writes, syncs) = (
+        counting.writes.load(Ordering::Relaxed),
+        counting.syncs.load(Ordering::Relaxed),
+    );
+    report(format_args!(
+        "int3 install of 3 changed keys: {writes} writes, {syncs} syncs"
+    ));
+    assert!(syncs <= 4, "{syncs} syncs for one install");
+    assert!(writes >= 3 * 3, "{writes} writes");
+    check(Impl::Bare);
+    for fail_at in 0..writes {
+        install(Impl::Full).unwrap();
+        let failing = FailingWriter::failing_write(fail_at);
+        let err = install_with(Impl::Bare, &Strategy::Breakpoint.with(&failing)).unwrap_err();
+        assert!(
+            matches!(err.error, Error::WriterFailed { .. }),
+            "write {fail_at}: {err}"
+        );
+        check(Impl::Full);
+    }
+    for first_failing in 0..syncs {
+        install(Impl::Full).unwrap();
+        let before = trampolines();
+        let failing = FailingWriter {
+            fail_syncs_from: first_failing,
+            ..FailingWriter::failing_write(usize::MAX)
+        };
+        let err = install_with(Impl::Bare, &Strategy::Breakpoint.with(&failing)).unwrap_err();
+        // Every sync from then on fails, so the undo cannot be made
+        // visible: the error must say so, unless nothing was left to
+        // undo.
+        assert!(
+            matches!(err.error, Error::RestoreFailed { .. }),
+            "syncs failing from {first_failing}: {err}"
+        );
+        // Calls still run the old or the new implementation; repair by
+        // writing the trampolines back as they were.
+        repair(&before);
+        check(Impl::Full);
+    }
+    install(Impl::Boot).unwrap();
+}
+
+/// Every operation's trampoline address and its 16 bytes.
+#[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
+fn trampolines() -> Vec<(usize, [u8; 16])> {
+    [
+        timer::TIMER_READ.trampoline_addr(),
+        timer::TIMER_FREQ.trampoline_addr(),
+        timer::TIMER_ARM.trampoline_addr(),
+        timer::TIMER_MISSED.trampoline_addr(),
+    ]
+    .into_iter()
+    // SAFETY: a trampoline is 16 readable bytes.
+    .map(|t| (t, unsafe { std::ptr::read_volatile(t as *const [u8; 16]) }))
+    .collect()
+}
+
+/// Writes trampolines back as [`trampolines`] saw them: the repair a
+/// kernel makes after `RestoreFailed`.
+#[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
+fn repair(saved: &[(usize, [u8; 16])]) {
+    let _lock = static_call::writer::patch_lock();
+    for &(t, bytes) in saved {
+        // SAFETY: this test's own keys' trampolines, lock held; the literal
+        // first, then the entry, each one aligned 8-byte store.
+        unsafe {
+            Remap.write(t + 8, &bytes[8..]).unwrap();
+            Remap.write(t, &bytes[..8]).unwrap();
+        }
+    }
+    Remap.sync_cores().unwrap();
+}
+
 /// Fails only the first sync of the writer it wraps.
 struct FirstSyncFails(FailingWriter);
 
@@ -373,13 +482,17 @@ fn calls_racing_with_installs_see_each_operations_old_or_new_implementation() {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(2);
+        let writers = stress_writers();
         while Instant::now() < deadline || installs < 100 {
             let i = if installs % 2 == 0 {
                 Impl::Bare
             } else {
                 Impl::Full
             };
-            install(i).unwrap();
+            match writers[(installs / 2) % writers.len()] {
+                None => install(i).unwrap(),
+                Some(w) => install_with(i, w).unwrap(),
+            }
             installs += 1;
         }
         stop.store(true, Ordering::Relaxed);

@@ -69,6 +69,35 @@ pub unsafe trait Backend {
     fn syncs_can_be_deferred(_writer: &dyn TextWriter) -> bool {
         true
     }
+
+    /// Retargets `n` keys (`item(i)` for `i` in `0..n`) in one batched
+    /// protocol, where the backend has one for `writer` and `n` (x86-64's
+    /// batched int3 protocol); `None` where it has not, and the caller
+    /// retargets them one by one. On `Err((i, e))` every key behaves as
+    /// before (unless `e` is [`Error::RestoreFailed`]); `i` is the key the
+    /// error concerns.
+    ///
+    /// # Safety
+    ///
+    /// As for [`retarget`](Backend::retarget), for every item.
+    unsafe fn retarget_batch(
+        _n: usize,
+        _item: &dyn Fn(usize) -> BatchItem<'static, Self::Slot>,
+        _writer: &dyn TextWriter,
+    ) -> Option<Result<(), (usize, Error)>> {
+        None
+    }
+}
+
+/// One key of a [`Backend::retarget_batch`].
+#[derive(Debug)]
+pub struct BatchItem<'a, S> {
+    /// The key's trampoline.
+    pub tramp: usize,
+    /// The key's slot.
+    pub slot: &'a S,
+    /// The new target (0 for NULL).
+    pub target: usize,
 }
 
 /// Emits a key's trampoline from the active backend's

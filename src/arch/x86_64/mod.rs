@@ -273,7 +273,7 @@ mod live {
     use super::layout::{self, Image, LITERAL_OFFSET};
     use super::protocol::{self, Plan, Store};
     use super::{Slot, X86_64, insn::INT3, null_stub_addr, trap};
-    use crate::arch::{Backend, Strategy, default_strategy};
+    use crate::arch::{Backend, BatchItem, Strategy, default_strategy};
     use crate::{Error, TextWriter};
     use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -391,6 +391,170 @@ mod live {
         Ok(())
     }
 
+    /// The most trampolines one batched int3 protocol takes (its state
+    /// lives on the stack); larger batches go one by one.
+    pub const BATCH_MAX: usize = 32;
+
+    /// The batched int3 protocol over `n` trampolines: the phases of
+    /// [`protocol::PHASES`], each followed by one sync of all CPUs, so at
+    /// most four syncs whatever `n`. Each trampoline goes through exactly
+    /// the states of its own [`protocol::breakpoint`] plan, in order, with
+    /// every CPU synchronised between two of them, so the single-trampoline
+    /// proof covers every state a CPU can see. On failure the phases done
+    /// are undone in reverse, each followed by a sync; a failed undo is
+    /// [`Error::RestoreFailed`].
+    ///
+    /// # Safety
+    ///
+    /// Every item is a key's live trampoline and slot, its target one of
+    /// the key's type (or 0 where NULL is allowed), and the caller holds
+    /// the patch lock.
+    unsafe fn breakpoint_batch(
+        n: usize,
+        item: &dyn Fn(usize) -> BatchItem<'static, Slot>,
+        writer: &dyn TextWriter,
+    ) -> Result<(), (usize, Error)> {
+        let stub = null_stub_addr();
+        let mut olds = [Image::from_words(0, 0); BATCH_MAX];
+        let mut plans = [protocol::breakpoint(&olds[0], &olds[0]); BATCH_MAX];
+        let mut arms = false;
+        for i in 0..n {
+            let it = item(i);
+            layout::check_alignment(it.tramp).map_err(|e| (i, e))?;
+            // SAFETY: the caller passes live, aligned trampolines.
+            let old = unsafe { read_image(it.tramp) };
+            layout::decode(it.tramp as u64, &old, stub).map_err(|e| (i, e))?;
+            let new = layout::plan(it.tramp as u64, it.target as u64, stub);
+            olds[i] = old;
+            plans[i] = protocol::breakpoint(&old, &new);
+            arms |= plans[i].stores().contains(&Store::First(INT3));
+        }
+        if arms {
+            trap::ensure_handler().map_err(|e| (0, e))?;
+            for (i, plan) in plans.iter().enumerate().take(n) {
+                if plan.stores().contains(&Store::First(INT3)) {
+                    let it = item(i);
+                    // SAFETY: the key's static slot; the lock is held.
+                    unsafe { trap::arm(it.tramp, it.slot) };
+                }
+            }
+        }
+        // `images[i]`: trampoline i as written so far.
+        let mut images = olds;
+        for phase in 0..protocol::PHASES {
+            let mut stored = false;
+            for i in 0..n {
+                let Some(&s) = plans[i]
+                    .stores()
+                    .iter()
+                    .find(|s| protocol::phase(**s) == phase)
+                else {
+                    continue;
+                };
+                let tramp = item(i).tramp;
+                // SAFETY: the caller's trampoline; lock held.
+                let written = unsafe { store(tramp, s, writer) }.and_then(|()| {
+                    // SAFETY: aligned and readable.
+                    if unsafe { read_image(tramp) } == s.apply(images[i]) {
+                        Ok(())
+                    } else {
+                        Err(Error::VerifyFailed {
+                            addr: tramp + s.offset(),
+                        })
+                    }
+                });
+                if let Err(e) = written {
+                    // A store that read back wrong stands in `images` as
+                    // made, so the rollback writes it back too.
+                    if matches!(e, Error::VerifyFailed { .. }) {
+                        images[i] = s.apply(images[i]);
+                    }
+                    // SAFETY: as for this function.
+                    return unsafe { unwind(n, item, &olds, &plans, &images, phase, writer) }
+                        .map_err(|r| (i, r))
+                        .and(Err((i, e)));
+                }
+                images[i] = s.apply(images[i]);
+                stored = true;
+                trap::hooks::after_store(tramp, phase, s);
+            }
+            if stored && let Err(e) = writer.sync_cores() {
+                // SAFETY: as for this function.
+                return unsafe { unwind(n, item, &olds, &plans, &images, phase, writer) }
+                    .map_err(|r| (0, r))
+                    .and(Err((0, e)));
+            }
+        }
+        for i in 0..n {
+            let it = item(i);
+            it.slot
+                .target
+                .store(it.target as *mut (), Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Undoes a batch from the phase `last` (possibly partly made) down to
+    /// the first: in each phase, every trampoline whose image holds that
+    /// phase's store gets back what it overwrote; then one sync. Any
+    /// failure stops it ([`execute`]'s rollback explains why).
+    ///
+    /// # Safety
+    ///
+    /// As for [`breakpoint_batch`].
+    unsafe fn unwind(
+        n: usize,
+        item: &dyn Fn(usize) -> BatchItem<'static, Slot>,
+        olds: &[Image; BATCH_MAX],
+        plans: &[Plan; BATCH_MAX],
+        images: &[Image; BATCH_MAX],
+        last: usize,
+        writer: &dyn TextWriter,
+    ) -> Result<(), Error> {
+        let mut now = *images;
+        for phase in (0..=last).rev() {
+            let mut undone = false;
+            for i in 0..n {
+                // The image before this trampoline's store of this phase.
+                let mut before = olds[i];
+                let mut this = None;
+                for &s in plans[i].stores() {
+                    if protocol::phase(s) == phase {
+                        this = Some(s);
+                        break;
+                    }
+                    before = s.apply(before);
+                }
+                let Some(s) = this else { continue };
+                if now[i] != s.apply(before) {
+                    continue; // not made (the batch stopped before it)
+                }
+                let tramp = item(i).tramp;
+                let failed = Error::RestoreFailed {
+                    addr: tramp + s.offset(),
+                    state: PARTLY_RESTORED,
+                };
+                // SAFETY: as for this function.
+                if unsafe { store(tramp, s.undo(&before), writer) }.is_err() {
+                    return Err(failed);
+                }
+                // SAFETY: aligned and readable.
+                if unsafe { read_image(tramp) } != before {
+                    return Err(failed);
+                }
+                now[i] = before;
+                undone = true;
+            }
+            if undone && writer.sync_cores().is_err() {
+                return Err(Error::RestoreFailed {
+                    addr: item(0).tramp,
+                    state: PARTLY_RESTORED,
+                });
+            }
+        }
+        Ok(())
+    }
+
     // SAFETY: `retarget` checks alignment and the exact shape before
     // writing, and only makes the stores of a `protocol` plan, every one of
     // whose intermediate states runs the old or the new target (int3 traps
@@ -412,6 +576,19 @@ mod live {
         /// the literal as data, which stores make visible in order.
         fn syncs_can_be_deferred(writer: &dyn TextWriter) -> bool {
             writer.strategy().unwrap_or_else(default_strategy) == Strategy::AtomicStore
+        }
+
+        unsafe fn retarget_batch(
+            n: usize,
+            item: &dyn Fn(usize) -> BatchItem<'static, Slot>,
+            writer: &dyn TextWriter,
+        ) -> Option<Result<(), (usize, Error)>> {
+            let strategy = writer.strategy().unwrap_or_else(default_strategy);
+            if strategy != Strategy::Breakpoint || n > BATCH_MAX {
+                return None;
+            }
+            // SAFETY: forwarded from the caller.
+            Some(unsafe { breakpoint_batch(n, item, writer) })
         }
 
         unsafe fn retarget(

@@ -169,6 +169,32 @@ pub fn atomic_store(old: &Image, new: &Image) -> Plan {
     plan
 }
 
+/// The phases of a batched int3 protocol (Linux's `text_poke_bp_batch`):
+/// every trampoline's literal, then every `int3`, then every tail, then
+/// every new first byte, with one synchronisation of all CPUs after each
+/// phase, so a batch of any size costs at most four.
+pub const PHASES: usize = 4;
+
+/// The phase of the batched int3 protocol a store of a
+/// [`breakpoint`] plan belongs to: each trampoline's stores keep their
+/// order, and within a phase every trampoline makes the same kind of store.
+///
+/// ```
+/// use static_call::arch::x86_64::protocol::{Store, phase};
+/// assert_eq!(phase(Store::Literal(1)), 0);
+/// assert_eq!(phase(Store::First(0xcc)), 1);
+/// assert_eq!(phase(Store::Entry([0xcc; 8])), 2);
+/// assert_eq!(phase(Store::First(0xe9)), 3);
+/// ```
+pub fn phase(store: Store) -> usize {
+    match store {
+        Store::Literal(_) => 0,
+        Store::First(INT3) => 1,
+        Store::Entry(_) => 2,
+        Store::First(_) => 3,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::insn::{self, JMP_REL32, RET};
@@ -260,6 +286,24 @@ mod tests {
                         assert!(seen == from || seen == to, "{name}: query saw {seen:#x}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Batching: the stores of every trampoline's plan fall in phases in
+    /// the plan's own order, so running phase after phase (with a sync
+    /// after each) makes each trampoline go through exactly the states of
+    /// its own plan, and every state a CPU can see between two syncs is
+    /// one the single-trampoline proof above covers.
+    #[test]
+    fn batched_phases_keep_each_plans_order() {
+        for from in targets() {
+            for to in targets() {
+                let (old, new) = (plan(TRAMP, from, STUB), plan(TRAMP, to, STUB));
+                let p = breakpoint(&old, &new);
+                let phases: Vec<usize> = p.stores().iter().map(|s| phase(*s)).collect();
+                assert!(phases.windows(2).all(|w| w[0] < w[1]), "{phases:?}");
+                assert!(phases.iter().all(|&ph| ph < PHASES));
             }
         }
     }
