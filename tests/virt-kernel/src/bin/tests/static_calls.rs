@@ -567,14 +567,52 @@ pub(crate) fn static_call_transitions() -> TestResult {
     Ok(())
 }
 
-/// What a call does in a torn window: a `B` goes where it points, a NOP
-/// falls through to the literal (`ret` for NULL).
+/// What a call does in a torn window, as the walk models it: a `B` goes
+/// where it points, a NOP falls through to the literal (`ret` for NULL).
 fn torn_runs(literal_of: State, branch_of: State, branch: Patch) -> State {
     if branch.branch_word() == insn::NOP {
         literal_of
     } else {
         branch_of
     }
+}
+
+/// What a call executes with the trampoline at `tramp` as its bytes read
+/// now, found independently of how they were written: the destination of
+/// the `B` after `bti c`, else (a NOP) the literal's, NULL when it is 0;
+/// named by the state of `states` whose target (`target_of`) it is. (Not
+/// `a64::decode`: it refuses a `B` that disagrees with the literal, which
+/// is what a torn window is.)
+fn executes(
+    tramp: usize,
+    states: &[State],
+    target_of: impl Fn(State) -> u64,
+) -> Result<State, String> {
+    let bytes = window_bytes(tramp);
+    let literal = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let word =
+        |offset: usize| u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+    check!(
+        word(8) == insn::BTI_C,
+        "the trampoline's entry holds {:#010x}, not bti c",
+        word(8)
+    );
+    let branch = word(12);
+    let (dest, via) = if branch == insn::NOP {
+        if literal == 0 {
+            return Ok(Null);
+        }
+        (literal, "nop + literal")
+    } else {
+        let dest = insn::decode_b(tramp as u64 + 4, branch)
+            .ok_or_else(|| format!("the branch word {branch:#010x} is neither b nor nop"))?;
+        (dest, "b")
+    };
+    states
+        .iter()
+        .copied()
+        .find(|&s| s != Null && target_of(s) == dest)
+        .ok_or_else(|| format!("the trampoline reaches {dest:#x} ({via}), the target of no state"))
 }
 
 /// Tally of torn-state calls.
@@ -589,9 +627,12 @@ struct Torn {
 impl Torn {
     /// For every ordered pair of distinct `states`, writes the four (old/new
     /// literal, old/new branch) windows into the trampoline at `tramp` and
-    /// runs `call(runs, old, new, n, cpu)` after each: it calls the key on
-    /// CPU 0 and `cpu` expecting the state `runs` (the one the window
-    /// selects) and returns how many calls it made; `n` numbers the window.
+    /// checks what the written bytes execute ([`executes`], with
+    /// `target_of` naming the targets): the old or the new state, and the
+    /// one the walk's model ([`torn_runs`]) predicts. Then it runs
+    /// `call(runs, n, cpu)`: it calls the key on CPU 0 and `cpu` expecting
+    /// the state `runs` and returns how many calls it made; `n` numbers the
+    /// window.
     ///
     /// # Safety
     ///
@@ -602,13 +643,17 @@ impl Torn {
         name: &str,
         tramp: usize,
         states: &[State],
+        target_of: impl Fn(State) -> u64,
         plan_of: impl Fn(State) -> Result<Patch, Error>,
-        mut call: impl FnMut(State, State, State, usize, usize) -> Result<usize, String>,
+        mut call: impl FnMut(State, usize, usize) -> Result<usize, String>,
     ) -> TestResult {
         let plan = |s| plan_of(s).map_err(|e| format!("plan: {e}"));
         for &old in states {
             for &new in states.iter().filter(|&&s| s != old) {
                 for (literal_of, branch_of) in [(old, old), (new, old), (old, new), (new, new)] {
+                    let what = format!(
+                        "{name} {old:?} -> {new:?}, literal of {literal_of:?}, branch of {branch_of:?}"
+                    );
                     let (lit, br) = (plan(literal_of)?, plan(branch_of)?);
                     let window = Patch {
                         literal: lit.literal,
@@ -616,14 +661,20 @@ impl Torn {
                     };
                     // SAFETY: per this function's contract.
                     unsafe { write_window(tramp, window) }?;
-                    let runs = torn_runs(literal_of, branch_of, br);
+                    let runs =
+                        executes(tramp, states, &target_of).map_err(|e| format!("{what}: {e}"))?;
+                    check!(
+                        runs == old || runs == new,
+                        "{what}: the window executes {runs:?}, neither the old nor the new state"
+                    );
+                    let predicted = torn_runs(literal_of, branch_of, br);
+                    check!(
+                        runs == predicted,
+                        "{what}: the window executes {runs:?}, the walk predicts {predicted:?}"
+                    );
                     let n = self.combinations;
                     let cpu = 1 + n % (CPUS - 1);
-                    self.calls += call(runs, old, new, n, cpu).map_err(|e| {
-                        format!(
-                            "{name} {old:?} -> {new:?}, literal of {literal_of:?}, branch of {branch_of:?}: {e}"
-                        )
-                    })?;
+                    self.calls += call(runs, n, cpu).map_err(|e| format!("{what}: {e}"))?;
                     self.combinations += 1;
                     if runs == old {
                         self.ran_old += 1;
@@ -639,28 +690,34 @@ impl Torn {
 
 /// For every ordered pair of distinct states, each of the four (old/new
 /// literal, old/new branch) windows a CPU may see while an update
-/// propagates, written by hand: calls (direct and via pointer, on CPU 0 and
-/// on a secondary) have the old or the new state's effect, exactly the one
-/// the window selects, and never fault.
+/// propagates, written by hand: the bytes, decoded, execute the old or the
+/// new state, the one a `B` or else the literal selects; calls (direct and
+/// via pointer, on CPU 0 and on a secondary) have that state's effect and
+/// never fault.
 pub(crate) fn static_call_torn_states() -> TestResult {
     let mut torn = Torn::default();
 
     // The key without a result: 12 pairs x 4 = 48 windows.
     let tramp = TORN_EFFECT.trampoline_addr();
     let ret0 = ret0_of(&TORN_EFFECT)?;
-    let plan_of = |s: State| a64::plan(tramp as u64, effect_target(s, ret0));
-    let effect_call = |runs, old, new, n: usize, cpu| {
+    let target_of = |s: State| effect_target(s, ret0);
+    let plan_of = |s: State| a64::plan(tramp as u64, target_of(s));
+    let effect_call = |runs, n: usize, cpu| {
         let v = 5 + n as u64;
-        let expect = effect_of(runs, v);
-        check!(
-            expect == effect_of(old, v) || expect == effect_of(new, v),
-            "predicted {runs:?}, neither old nor new"
-        );
-        check_effect(&TORN_EFFECT, v, expect, [0, cpu])
+        check_effect(&TORN_EFFECT, v, effect_of(runs, v), [0, cpu])
     };
     // SAFETY: TORN_EFFECT's window belongs to this test, and nothing else
     // calls the key.
-    unsafe { torn.walk("TORN_EFFECT", tramp, &STATES, plan_of, effect_call) }?;
+    unsafe {
+        torn.walk(
+            "TORN_EFFECT",
+            tramp,
+            &STATES,
+            target_of,
+            plan_of,
+            effect_call,
+        )
+    }?;
     check_eq!(torn.combinations, 48);
     // Back to a consistent state, and the library agrees it is one.
     // SAFETY: as above.
@@ -675,14 +732,24 @@ pub(crate) fn static_call_torn_states() -> TestResult {
     // The key with a result: 6 pairs x 4 = 24 windows.
     let vtramp = TORN_VALUE.trampoline_addr();
     let vret0 = ret0_of(&TORN_VALUE)?;
-    let vplan_of = |s: State| a64::plan(vtramp as u64, value_target(s, vret0));
-    let value_call = |runs, _old, _new, n: usize, cpu| {
+    let vtarget_of = |s: State| value_target(s, vret0);
+    let vplan_of = |s: State| a64::plan(vtramp as u64, vtarget_of(s));
+    let value_call = |runs, n: usize, cpu| {
         let x = 7 + n as u32;
         check_value(&TORN_VALUE, x, value_of(runs, x), [0, cpu])
     };
     // SAFETY: TORN_VALUE's window belongs to this test, and nothing else
     // calls the key.
-    unsafe { torn.walk("TORN_VALUE", vtramp, &VALUE_STATES, vplan_of, value_call) }?;
+    unsafe {
+        torn.walk(
+            "TORN_VALUE",
+            vtramp,
+            &VALUE_STATES,
+            vtarget_of,
+            vplan_of,
+            value_call,
+        )
+    }?;
     check_eq!(torn.combinations - effect_windows, 24);
     // SAFETY: as above, for TORN_VALUE.
     unsafe { write_window(vtramp, vplan_of(Near).map_err(|e| format!("plan: {e}"))?) }?;
@@ -693,7 +760,7 @@ pub(crate) fn static_call_torn_states() -> TestResult {
     torn.calls += check_value(&TORN_VALUE, 3, value_of(Near, 3), [0, 1])?;
 
     println!(
-        "torn: {effect_windows} TORN_EFFECT + {} TORN_VALUE (literal, branch) windows written by hand; {} ran the old target, {} the new, none anything else; {} calls on cpu0 and cpu1..{}, 0 faults",
+        "torn: {effect_windows} TORN_EFFECT + {} TORN_VALUE (literal, branch) windows written by hand and decoded; {} executed the old target, {} the new, none anything else; {} calls on cpu0 and cpu1..{}, 0 faults",
         torn.combinations - effect_windows,
         torn.ran_old,
         torn.ran_new,
