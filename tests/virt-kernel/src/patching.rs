@@ -17,12 +17,22 @@
 //! a fixmap page mapped and unmapped around it) does not help: measured,
 //! 10 of 10 runs failed at EL1 and at EL2, as with no workaround, against
 //! 0 of 10 with this re-write.
+//!
+//! The replay list holds [`REPLAY`] writes of at most [`REPLAY_BYTES`]
+//! bytes. A write it cannot hold (the list full, or too long) is not
+//! dropped silently: the next `sync_cores` still synchronizes and replays
+//! what it has, then fails with [`REPLAY_OVERFLOW`], so the update that
+//! relied on the record fails and says why ([`ReplayStats`] counts it).
+//! The replayed bytes get the same cache maintenance as any write to text
+//! (static-call's `flush_icache_range`: `DC CVAU`, `DSB`, `IC IVAU`, `DSB`,
+//! `ISB`), so after a replay the CPUs execute what a real one would.
 
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use alloc::boxed::Box;
 
 use spin::mutex::SpinMutex;
+use static_call::arch::aarch64::flush_icache_range;
 use static_call::writer::Alias;
 use static_call::{Error, TextWriter};
 
@@ -32,12 +42,55 @@ use crate::{gic, mmu};
 const SYNC_TIMEOUT_MS: u64 = 2000;
 
 /// At most this many writes are replayed per sync (an update makes two).
-const REPLAY: usize = 8;
+pub const REPLAY: usize = 8;
+
+/// The longest write the replay can hold (static-call writes 8 bytes).
+pub const REPLAY_BYTES: usize = 16;
+
+/// What `sync_cores` fails with when writes since the last sync were not
+/// recorded for replay.
+pub const REPLAY_OVERFLOW: Error = Error::WriterFailed {
+    what: "replay every write since the last sync (the replay list overflowed: \
+           a write was not recorded; see virt_kernel::patching)",
+    errno: 0,
+};
+
+/// The writes recorded since the last sync.
+struct Record {
+    list: [(usize, usize); REPLAY],
+    len: usize,
+    /// Writes since the last sync that could not be recorded.
+    missed: usize,
+}
+
+/// Counts of the writer's replays since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Writes replayed (each followed by its cache maintenance).
+    pub replayed: u64,
+    /// Writes that could not be recorded for replay.
+    pub missed: u64,
+    /// Syncs that failed with [`REPLAY_OVERFLOW`].
+    pub overflows: u64,
+}
+
+static REPLAYED: AtomicU64 = AtomicU64::new(0);
+static MISSED: AtomicU64 = AtomicU64::new(0);
+static OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+
+/// The replay counts since boot.
+pub fn replay_stats() -> ReplayStats {
+    ReplayStats {
+        replayed: REPLAYED.load(Ordering::SeqCst),
+        missed: MISSED.load(Ordering::SeqCst),
+        overflows: OVERFLOWS.load(Ordering::SeqCst),
+    }
+}
 
 /// `Alias` plus the replay of the writes since the last sync.
 pub struct KernelWriter {
     alias: Alias,
-    written: SpinMutex<([(usize, usize); REPLAY], usize)>,
+    written: SpinMutex<Record>,
 }
 
 // SAFETY: `write` delegates to `Alias::write`, which keeps the trait's
@@ -48,16 +101,22 @@ unsafe impl TextWriter for KernelWriter {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { self.alias.write(addr, bytes) }?;
-        let mut w = self.written.lock();
-        let (list, n) = &mut *w;
+        let mut r = self.written.lock();
         // A range already listed is replayed anyway. This keeps the list
         // short when updates fail before their sync (the bad-input tests):
         // their writes (literal, then its rollback) stay listed until the
         // next sync, and must not crowd out that update's own writes.
         let entry = (addr, bytes.len());
-        if !list[..*n].contains(&entry) && *n < REPLAY {
-            list[*n] = entry;
-            *n += 1;
+        if r.list[..r.len].contains(&entry) {
+            return Ok(());
+        }
+        if r.len < REPLAY && bytes.len() <= REPLAY_BYTES {
+            let n = r.len;
+            r.list[n] = entry;
+            r.len += 1;
+        } else {
+            r.missed += 1;
+            MISSED.fetch_add(1, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -67,21 +126,36 @@ unsafe impl TextWriter for KernelWriter {
             what: "synchronize all CPUs (a CPU did not take the sync IPI in time)",
             errno: 0,
         })?;
-        let mut w = self.written.lock();
-        let (list, n) = &mut *w;
-        for &(addr, len) in &list[..*n] {
-            let mut buf = [0u8; 16];
-            let len = len.min(buf.len());
-            for (i, b) in buf[..len].iter_mut().enumerate() {
-                // SAFETY: `addr..addr + len` was just written by this writer,
+        let mut r = self.written.lock();
+        let Record { list, len, missed } = &mut *r;
+        for &(addr, n) in &list[..*len] {
+            let mut buf = [0u8; REPLAY_BYTES];
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                // SAFETY: `addr..addr + n` was just written by this writer,
                 // so it is mapped (readable) text.
                 *b = unsafe { core::ptr::read_volatile((addr + i) as *const u8) };
             }
             // SAFETY: the same range, the same bytes: the patch lock is still
             // held by our caller (sync_cores runs inside the update).
-            unsafe { self.alias.write(addr, &buf[..len]) }?;
+            unsafe { self.alias.write(addr, &buf[..n]) }?;
+            // As after any write to text: make it what instruction fetch
+            // sees.
+            flush_icache_range(addr, n);
+            REPLAYED.fetch_add(1, Ordering::SeqCst);
         }
-        *n = 0;
+        let (replayed, not_recorded) = (*len, *missed);
+        *len = 0;
+        *missed = 0;
+        drop(r);
+        if not_recorded > 0 {
+            OVERFLOWS.fetch_add(1, Ordering::SeqCst);
+            // The error's text is fixed; the log says how many. (An update
+            // whose rollback overflows too reports `RestoreFailed`.)
+            crate::println!(
+                "patching: sync fails: {not_recorded} write(s) since the last sync not recorded for replay ({replayed} replayed; the record holds {REPLAY} writes of up to {REPLAY_BYTES} bytes each)"
+            );
+            return Err(REPLAY_OVERFLOW);
+        }
         Ok(())
     }
 }
@@ -98,7 +172,11 @@ pub fn install() -> &'static KernelWriter {
     let alias = unsafe { Alias::new(text.start, text.start + mmu::ALIAS_OFFSET, text.len()) };
     let writer: &'static KernelWriter = Box::leak(Box::new(KernelWriter {
         alias,
-        written: SpinMutex::new(([(0, 0); REPLAY], 0)),
+        written: SpinMutex::new(Record {
+            list: [(0, 0); REPLAY],
+            len: 0,
+            missed: 0,
+        }),
     }));
     static_call::set_default_writer(writer);
     WRITER.store(core::ptr::from_ref(writer).cast_mut(), Ordering::Release);

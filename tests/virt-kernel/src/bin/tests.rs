@@ -24,7 +24,7 @@ use virt_kernel::{gic, mmu};
 
 use static_calls::{
     static_call_bad_input, static_call_declared_across_crates, static_call_far_initial_target,
-    static_call_torn_states, static_call_transitions,
+    static_call_replay_record, static_call_torn_states, static_call_transitions,
 };
 
 /// CPUs the harness starts QEMU with (`-smp 4`).
@@ -61,6 +61,7 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         static_call_bad_input,
         static_call_far_initial_target,
         static_call_declared_across_crates,
+        static_call_replay_record,
         static_call_smp_stress,
         #[cfg(feature = "deliberate-failure")]
         deliberate_failure,
@@ -393,6 +394,7 @@ fn static_call_smp_stress() -> TestResult {
     } else {
         1000
     };
+    let replays_before = virt_kernel::patching::replay_stats();
     let faults_before = exceptions::faults_caught();
     let syncs_before = gic::sync_count();
     let start = cpu::now_ms();
@@ -437,6 +439,15 @@ fn static_call_smp_stress() -> TestResult {
         CPUS - 1
     );
     check_eq!(faults, 0);
+    // Every write was recorded and replayed (an overflow would have failed
+    // its update already; this says so if it did not).
+    let replays = virt_kernel::patching::replay_stats();
+    check_eq!(replays.missed, replays_before.missed);
+    check!(
+        replays.replayed - replays_before.replayed >= 2 * syncs,
+        "{} writes replayed for {syncs} syncs",
+        replays.replayed - replays_before.replayed
+    );
     check!(
         syncs >= steps as u64,
         "only {syncs} sync IPIs for {steps} steps"

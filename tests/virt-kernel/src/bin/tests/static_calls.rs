@@ -94,6 +94,9 @@ static_call::static_call! {
     static TORN_VALUE: fn(u32) -> u64 = sc_near_value;
     /// Corrupted and offered failing writers.
     static BAD: fn(u32) -> u64 = sc_near_value;
+    /// Rewritten by hand (with its own bytes) to fill the writer's replay
+    /// record.
+    static REPLAYED: fn(u32) -> u64 = sc_near_value;
     /// The platform's definition of the hook `virt_kernel::hooks` declares
     /// (this binary plays the platform crate).
     pub static PLATFORM_CLOCK: fn(u32) -> u64 = sc_clock_coarse;
@@ -130,7 +133,7 @@ macro_rules! value_keys {
 }
 
 effect_keys!(TRANS_EFFECT, TORN_EFFECT);
-value_keys!(TRANS_VALUE, TORN_VALUE, BAD);
+value_keys!(TRANS_VALUE, TORN_VALUE, BAD, REPLAYED);
 
 /// The states a key can be in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1005,6 +1008,114 @@ pub(crate) fn static_call_bad_input() -> TestResult {
             })
             .collect::<alloc::vec::Vec<_>>()
             .join(", ")
+    );
+    Ok(())
+}
+
+/// The kernel writer's replay record (`virt_kernel::patching`): an update's
+/// two writes are replayed at its one sync; `REPLAY` writes between two
+/// syncs are replayed too, but one more, or one longer than the record
+/// holds, makes that sync fail with `REPLAY_OVERFLOW` (after synchronizing
+/// and replaying what it has) instead of replaying part of them silently;
+/// the next sync is clean. Every write puts back the bytes already there,
+/// and the key works on every CPU afterwards.
+pub(crate) fn static_call_replay_record() -> TestResult {
+    use patching::{REPLAY, REPLAY_BYTES, REPLAY_OVERFLOW, replay_stats};
+    let tramp = REPLAYED.trampoline_addr();
+    let window = tramp - 8;
+    let w = patching::writer();
+    let delta = |before: patching::ReplayStats| {
+        let now = replay_stats();
+        (
+            now.replayed - before.replayed,
+            now.missed - before.missed,
+            now.overflows - before.overflows,
+        )
+    };
+
+    // An update replays its two writes (literal, branch word).
+    let before = replay_stats();
+    REPLAYED
+        .update(sc_far_value)
+        .map_err(|e| format!("update: {e}"))?;
+    check!(
+        delta(before) == (2, 0, 0),
+        "an update: replayed/missed/overflows went up by {:?}, expected (2, 0, 0)",
+        delta(before)
+    );
+    let calls = check_value(&REPLAYED, 4, value_of(Far, 4), 0..CPUS)?;
+
+    // Aligned ranges of the window (distinct, so none is deduplicated),
+    // each rewritten with the bytes it holds.
+    let pristine = window_bytes(tramp);
+    let ranges: alloc::vec::Vec<(usize, usize)> = [4, 8, 2, 1]
+        .into_iter()
+        .flat_map(|len| (0..TRAMPOLINE_LEN).step_by(len).map(move |o| (o, len)))
+        .take(REPLAY + 1)
+        .collect();
+    check!(
+        ranges.len() == REPLAY + 1 && TRAMPOLINE_LEN > REPLAY_BYTES,
+        "cannot fill the record from one window: {} ranges, REPLAY_BYTES {REPLAY_BYTES}",
+        ranges.len()
+    );
+    let rewrite = |ranges: &[(usize, usize)]| -> Result<(), Error> {
+        let _lock = patch_lock();
+        for &(offset, len) in ranges {
+            // SAFETY: REPLAYED's window belongs to this test and nothing
+            // calls the key meanwhile; the bytes are the ones already there.
+            unsafe { w.write(window + offset, &pristine[offset..offset + len]) }?;
+            a64::flush_icache_range(window + offset, len);
+        }
+        w.sync_cores()
+    };
+    let mut cases = alloc::vec::Vec::new();
+    for (what, ranges, expect, replayed, missed) in [
+        ("REPLAY writes", &ranges[..REPLAY], Ok(()), REPLAY, 0),
+        (
+            "REPLAY + 1 writes",
+            &ranges[..],
+            Err(REPLAY_OVERFLOW),
+            REPLAY,
+            1,
+        ),
+        (
+            "one write of the whole window",
+            &[(0, TRAMPOLINE_LEN)][..],
+            Err(REPLAY_OVERFLOW),
+            0,
+            1,
+        ),
+        ("one write after the overflows", &ranges[..1], Ok(()), 1, 0),
+    ] {
+        let before = replay_stats();
+        let got = rewrite(ranges);
+        check!(
+            got == expect,
+            "{what} then sync: {}, expected {}",
+            outcome(&got),
+            outcome(&expect)
+        );
+        let overflows = usize::from(expect.is_err());
+        check!(
+            delta(before) == (replayed as u64, missed as u64, overflows as u64),
+            "{what}: replayed/missed/overflows went up by {:?}, expected {:?}",
+            delta(before),
+            (replayed, missed, overflows)
+        );
+        check!(
+            window_bytes(tramp) == pristine,
+            "{what}: the trampoline's bytes changed"
+        );
+        cases.push(format!("{what}: {}", outcome(&got)));
+    }
+    let calls = calls + check_value(&REPLAYED, 5, value_of(Far, 5), 0..CPUS)?;
+    REPLAYED
+        .update(sc_near_value)
+        .map_err(|e| format!("update back: {e}"))?;
+    let calls = calls + check_value(&REPLAYED, 6, value_of(Near, 6), 0..CPUS)?;
+    println!(
+        "replay: an update's 2 writes replayed; {}; {calls} calls on {CPUS} CPUs as expected",
+        cases.join("; ")
     );
     Ok(())
 }
