@@ -3,33 +3,62 @@
 //! ([`CYCLE`]), again and again. Shared by the test suite (which checks the counters) and the demo
 //! (which prints them).
 //!
-//! The ordering check uses update generations: CPU 0 publishes step `s` in
-//! [`generation`] only after both updates of step `s` have returned (and so
-//! after the writer's sync IPI). A worker reads the generation `g0` before a
-//! call and `g1` after it; the target that ran must belong to a step in
-//! `g0..=g1 + 1` (`g1 + 1`: an update in progress may already be visible).
-//! A call that started after step `s` was published but reached an older
-//! target counts as *stale*; the test demands none.
+//! Every call's observation tells the four states apart ([`Seen`]): the near
+//! and far targets tag a per-CPU cell (`HOOK`) or their result (`TICK`); a
+//! `HOOK` call that reached no target is told apart by `x16`, which the
+//! worker sets to [`X16_MARK`] before the call and reads back after it: the
+//! trampoline's NULL path (`ldr x16, literal; cbz x16, ret`) leaves 0 there,
+//! RET0 (`b` to the return-zero function, which only returns) leaves the
+//! mark, or the return-zero function's address when reached through the
+//! literal. `TICK` has a result and so no NULL: its RET0 returns 0.
+//!
+//! The ordering check uses update steps: CPU 0 announces step `s` in
+//! `STARTED` before its first write, and publishes it in [`generation`] only
+//! after both updates of step `s` have returned (and so after the writer's
+//! sync IPI). A worker reads the generation `g0` before a call and `STARTED`
+//! (`s1`) after it; what the call reached must be the state of a step in
+//! `g0..=s1`: between updates that is the one current state, and while
+//! step `g0 + 1` is being installed, the old and the new state of that
+//! transition. Anything else counts as *stale* (an older state: the call
+//! started after its replacement was published); the test demands none.
+//! Consecutive states of [`CYCLE`] differ in what each call observes, so
+//! every one of the 12 transitions can show a stale call. (While an update
+//! is in progress the state before the old one is accepted too when it is
+//! the new one; in [`CYCLE`] that happens once, far -> RET0 -> far, since no
+//! cycle through all 12 transitions avoids it; between updates it is not.)
 
 use core::arch::asm;
 use core::fmt;
 use core::hint::black_box;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 
 use crate::exceptions::MAX_CPUS;
 use crate::{cpu, smp};
 
 static_call::static_call! {
-    /// A hook without a result, walked through [`CYCLE`]. Its
-    /// targets report which of them ran (and with which argument) in
-    /// `LAST_HOOK`.
-    pub static HOOK: fn(u32) = hook_near;
+    /// A hook without a result, walked through [`CYCLE`]. Its targets
+    /// report which of them ran (and with which argument) in `LAST_HOOK`.
+    /// `extern "C"`, so the worker's own `bl`/`blr` to its trampoline (which
+    /// read `x16` back) are calls of a C-ABI function.
+    pub static HOOK: extern "C" fn(u32) = hook_near;
     /// A call with a result: near -> far -> RET0 -> RET0 -> near (a key
     /// with a result cannot be NULL). The result says which target ran.
     pub static TICK: fn(u32) -> u64 = tick_near;
 }
 
-/// Which target ran, as a worker observes it.
+// HOOK's trampoline as a symbol, for the worker's `bl`.
+// SAFETY: `static_call!` emits a key's trampoline as the global symbol
+// `__SCT__<key>`, which branches to an `extern "C" fn(u32)` of HOOK's or
+// returns (`run` checks that it is `HOOK.trampoline_addr()`).
+unsafe extern "C" {
+    #[link_name = "__SCT__HOOK"]
+    safe fn hook_trampoline(x: u32);
+}
+
+/// What `x16` holds when a worker's `HOOK` call starts.
+pub const X16_MARK: u64 = 0x5a5a_0000_0000_a5a5;
+
+/// What a call reached, as a worker observes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Seen {
@@ -37,9 +66,14 @@ pub enum Seen {
     Near = 0,
     /// The far target (192 MiB away, reached through the literal).
     Far = 1,
-    /// No target: a NULL or RET0 key.
-    Nothing = 2,
+    /// No target: the trampoline's NULL path (`HOOK` only).
+    Null = 2,
+    /// The key's return-zero function.
+    Ret0 = 3,
 }
+
+/// The number of [`Seen`] values (the counters' width).
+pub const SEEN: usize = 4;
 
 /// The states CPU 0 cycles through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,12 +111,23 @@ impl State {
         CYCLE[step % CYCLE.len()]
     }
 
-    /// What a call observes in this state.
-    pub fn seen(self) -> Seen {
+    /// What a `HOOK` call observes in this state: each state its own.
+    pub fn hook(self) -> Seen {
         match self {
             State::Near => Seen::Near,
             State::Far => Seen::Far,
-            State::Null | State::Ret0 => Seen::Nothing,
+            State::Null => Seen::Null,
+            State::Ret0 => Seen::Ret0,
+        }
+    }
+
+    /// What a `TICK` call observes in this state (RET0 for NULL: `TICK`
+    /// has a result).
+    pub fn tick(self) -> Seen {
+        match self {
+            State::Near => Seen::Near,
+            State::Far => Seen::Far,
+            State::Null | State::Ret0 => Seen::Ret0,
         }
     }
 }
@@ -106,13 +151,13 @@ fn this_cpu() -> usize {
 // Exported under one symbol: Rust may otherwise emit a local copy of a small
 // function per codegen unit, and then two `hook_near as usize` differ.
 #[unsafe(no_mangle)]
-fn hook_near(x: u32) {
+extern "C" fn hook_near(x: u32) {
     LAST_HOOK[this_cpu()].store(NEAR_TAG | u64::from(x), Ordering::Relaxed);
 }
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".far_text.hook_far")]
-fn hook_far(x: u32) {
+extern "C" fn hook_far(x: u32) {
     LAST_HOOK[this_cpu()].store(FAR_TAG | u64::from(x), Ordering::Relaxed);
 }
 
@@ -132,8 +177,8 @@ fn tick_far(x: u32) -> u64 {
 /// Addresses of the targets, for reports.
 pub fn targets() -> [(&'static str, usize); 4] {
     [
-        ("hook_near", hook_near as fn(u32) as usize),
-        ("hook_far", hook_far as fn(u32) as usize),
+        ("hook_near", hook_near as extern "C" fn(u32) as usize),
+        ("hook_far", hook_far as extern "C" fn(u32) as usize),
         ("tick_near", tick_near as fn(u32) -> u64 as usize),
         ("tick_far", tick_far as fn(u32) -> u64 as usize),
     ]
@@ -143,50 +188,174 @@ pub fn targets() -> [(&'static str, usize); 4] {
 pub struct Counters {
     /// Calls made (each iteration calls both keys; counted once).
     pub calls: [AtomicU64; MAX_CPUS],
-    /// `HOOK` calls by what ran, per CPU.
-    pub hook_seen: [[AtomicU64; 3]; MAX_CPUS],
-    /// `TICK` calls by what ran, per CPU.
-    pub tick_seen: [[AtomicU64; 3]; MAX_CPUS],
-    /// Calls that reached a target older than the generation read before.
+    /// `HOOK` calls by what they reached ([`Seen`] as index), per CPU.
+    pub hook_seen: [[AtomicU64; SEEN]; MAX_CPUS],
+    /// `TICK` calls by what they reached, per CPU.
+    pub tick_seen: [[AtomicU64; SEEN]; MAX_CPUS],
+    /// Calls that reached the state of no step in `g0..=s1` (see the module
+    /// docs): a state replaced before the call started.
     pub stale: [AtomicU64; MAX_CPUS],
-    /// Calls whose target reported a wrong argument or result.
+    /// Calls whose target reported a wrong argument or result, or that
+    /// left `x16` neither 0, the mark nor the return-zero function.
     pub wrong: [AtomicU64; MAX_CPUS],
 }
 
 /// The counters of the current run.
 pub static COUNTERS: Counters = Counters {
     calls: [const { AtomicU64::new(0) }; MAX_CPUS],
-    hook_seen: [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS],
-    tick_seen: [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS],
+    hook_seen: [const { [const { AtomicU64::new(0) }; SEEN] }; MAX_CPUS],
+    tick_seen: [const { [const { AtomicU64::new(0) }; SEEN] }; MAX_CPUS],
     stale: [const { AtomicU64::new(0) }; MAX_CPUS],
     wrong: [const { AtomicU64::new(0) }; MAX_CPUS],
 };
 
-/// Per CPU: the first stale call, packed as g0 << 32 | g1 << 8 | seen << 4 |
-/// tag (for diagnosis).
-pub static FIRST_STALE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// A stale call, for diagnosis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaleCall {
+    /// `"HOOK"` or `"TICK"`.
+    pub key: &'static str,
+    /// The generation read before the call.
+    pub g0: usize,
+    /// The step announced when the call had returned.
+    pub s1: usize,
+    /// What the call reached.
+    pub seen: Seen,
+}
+
+impl fmt::Display for StaleCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (key, g0, s1) = (self.key, self.g0, self.s1);
+        let expect = |step: usize| match key {
+            "HOOK" => State::of_step(step).hook(),
+            _ => State::of_step(step).tick(),
+        };
+        write!(
+            f,
+            "{key} reached {:?} in steps {g0}..={s1}, where it may only reach {:?}",
+            self.seen,
+            (g0..=s1.min(g0 + 3))
+                .map(expect)
+                .collect::<alloc::vec::Vec<_>>()
+        )?;
+        if g0 > 0 {
+            let before = State::of_step(g0 - 1);
+            write!(
+                f,
+                " (step {g0} is {:?} -> {:?})",
+                before,
+                State::of_step(g0)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Per CPU: the first stale call, packed as `g0 << 32 | s1 << 8 | seen << 4
+/// | key` (key 0 = `HOOK`, 1 = `TICK`); read with [`first_stale`].
+static FIRST_STALE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// The first stale call `cpu` made in the last run, if any.
+pub fn first_stale(cpu: usize) -> Option<StaleCall> {
+    if COUNTERS.stale[cpu].load(Ordering::SeqCst) == 0 {
+        return None;
+    }
+    let f = FIRST_STALE[cpu].load(Ordering::SeqCst);
+    let seen = match (f >> 4) & 0xf {
+        0 => Seen::Near,
+        1 => Seen::Far,
+        2 => Seen::Null,
+        _ => Seen::Ret0,
+    };
+    Some(StaleCall {
+        key: if f & 0xf == 0 { "HOOK" } else { "TICK" },
+        g0: (f >> 32) as usize,
+        s1: ((f >> 8) & 0xff_ffff) as usize,
+        seen,
+    })
+}
 
 /// The step CPU 0 last completed (updates returned).
 static GENERATION: AtomicUsize = AtomicUsize::new(0);
+/// The step CPU 0 is installing or last installed: stored before its
+/// first write.
+static STARTED: AtomicUsize = AtomicUsize::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
 static WORKERS_DONE: AtomicUsize = AtomicUsize::new(0);
+/// The address of `HOOK`'s return-zero function (`x16` after a RET0 call
+/// through the literal), set by `run`.
+static HOOK_RET0: AtomicUsize = AtomicUsize::new(0);
 
 /// The last step CPU 0 has completed.
 pub fn generation() -> usize {
     GENERATION.load(Ordering::Acquire)
 }
 
-fn allowed(seen: Seen, g0: usize, g1: usize) -> bool {
-    (g0..=g1 + 1).any(|step| State::of_step(step).seen() == seen)
+/// Whether a call that started at generation `g0` and returned with step
+/// `s1` announced may have reached `seen`, `expect` mapping a state to what
+/// the key's call observes in it.
+fn allowed(seen: Seen, g0: usize, s1: usize, expect: fn(State) -> Seen) -> bool {
+    (g0..=s1).any(|step| expect(State::of_step(step)) == seen)
 }
 
-fn classify(value: u64, x: u32) -> Option<Seen> {
-    match value {
-        0 => Some(Seen::Nothing),
+/// What a `HOOK` call reached: its targets tag `LAST_HOOK`; if it stayed 0,
+/// `x16` says NULL (0) or RET0 (the mark, or the return-zero function when
+/// reached through the literal).
+fn classify_hook(last: u64, x16: u64, x: u32) -> Option<Seen> {
+    match last {
+        0 if x16 == 0 => Some(Seen::Null),
+        0 if x16 == X16_MARK || x16 == HOOK_RET0.load(Ordering::Relaxed) as u64 => Some(Seen::Ret0),
         v if v == NEAR_TAG | u64::from(x) => Some(Seen::Near),
         v if v == FAR_TAG | u64::from(x) => Some(Seen::Far),
         _ => None,
     }
+}
+
+/// What a `TICK` call reached, by its result.
+fn classify_tick(value: u64, x: u32) -> Option<Seen> {
+    match value {
+        0 => Some(Seen::Ret0),
+        v if v == NEAR_TAG | u64::from(x) => Some(Seen::Near),
+        v if v == FAR_TAG | u64::from(x) => Some(Seen::Far),
+        _ => None,
+    }
+}
+
+/// Calls `HOOK` with `x`, by `bl` to its trampoline or (`indirect`) by a
+/// BTI-checked `blr` to the trampoline's address, with `x16` set to
+/// [`X16_MARK`]; returns `x16` after the call.
+#[inline(always)]
+fn call_hook(x: u32, indirect: bool) -> u64 {
+    let x16: u64;
+    if indirect {
+        let f = black_box(HOOK.trampoline()) as usize;
+        // SAFETY: `f` is HOOK's trampoline, which branches to an
+        // `extern "C" fn(u32)` or returns; the argument is in `x0` as the C
+        // ABI puts it, and `clobber_abi("C")` declares every register the
+        // callee may change (including `x30`, set by `blr`), except `x16`,
+        // which is an explicit output.
+        unsafe {
+            asm!(
+                "blr {f}",
+                f = in(reg) f,
+                inout("x0") u64::from(x) => _,
+                inout("x16") X16_MARK => x16,
+                clobber_abi("C"),
+            )
+        };
+    } else {
+        // SAFETY: as above, with a direct `bl` to the same trampoline
+        // (checked in `run` to be `HOOK.trampoline_addr()`).
+        unsafe {
+            asm!(
+                "bl {t}",
+                t = sym hook_trampoline,
+                inout("x0") u64::from(x) => _,
+                inout("x16") X16_MARK => x16,
+                clobber_abi("C"),
+            )
+        };
+    }
+    x16
 }
 
 /// The loop each worker CPU runs until [`stop`].
@@ -201,36 +370,44 @@ fn worker(cpu: usize) {
         let indirect = i % 2 == 1;
         let g0 = GENERATION.load(Ordering::Acquire);
         LAST_HOOK[cpu].store(0, Ordering::Relaxed);
-        if indirect {
-            black_box(HOOK.trampoline())(x);
-        } else {
-            HOOK.call(x);
-        }
+        let x16 = call_hook(x, indirect);
         let hook = LAST_HOOK[cpu].load(Ordering::Relaxed);
         let tick = if indirect {
             black_box(TICK.trampoline())(x)
         } else {
             TICK.call(x)
         };
-        let g1 = GENERATION.load(Ordering::Acquire);
-        for (value, seen_counts) in [(hook, &c.hook_seen[cpu]), (tick, &c.tick_seen[cpu])] {
-            match classify(value, x) {
-                Some(seen) => {
-                    seen_counts[seen as usize].fetch_add(1, Ordering::Relaxed);
-                    // A stale call: count it, keep the first one for diagnosis.
-                    if !allowed(seen, g0, g1) && c.stale[cpu].fetch_add(1, Ordering::Relaxed) == 0 {
-                        FIRST_STALE[cpu].store(
-                            (g0 as u64) << 32
-                                | (g1 as u64) << 8
-                                | (seen as u64) << 4
-                                | (value >> 32),
-                            Ordering::Relaxed,
-                        );
-                    }
-                }
-                None => {
-                    c.wrong[cpu].fetch_add(1, Ordering::Relaxed);
-                }
+        // Order what the calls read (the literals, `LAST_HOOK`) before the
+        // read of the announced step: CPU 0 announces step `s` (then a
+        // barrier) before writing its targets, so a call that reached one
+        // of them reads `s` or later here.
+        fence(Ordering::SeqCst);
+        let s1 = STARTED.load(Ordering::Acquire);
+        let observations = [
+            (
+                0,
+                classify_hook(hook, x16, x),
+                State::hook as fn(State) -> Seen,
+            ),
+            (1, classify_tick(tick, x), State::tick),
+        ];
+        for (key, seen, expect) in observations {
+            let Some(seen) = seen else {
+                c.wrong[cpu].fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let counts = if key == 0 {
+                &c.hook_seen[cpu]
+            } else {
+                &c.tick_seen[cpu]
+            };
+            counts[seen as usize].fetch_add(1, Ordering::Relaxed);
+            // A stale call: count it, keep the first one for diagnosis.
+            if !allowed(seen, g0, s1, expect) && c.stale[cpu].fetch_add(1, Ordering::Relaxed) == 0 {
+                FIRST_STALE[cpu].store(
+                    (g0 as u64) << 32 | (s1 as u64 & 0xff_ffff) << 8 | (seen as u64) << 4 | key,
+                    Ordering::Relaxed,
+                );
             }
         }
         c.calls[cpu].fetch_add(1, Ordering::Relaxed);
@@ -372,8 +549,27 @@ pub fn run(
 ) -> StressResult {
     STOP.store(false, Ordering::SeqCst);
     WORKERS_DONE.store(0, Ordering::SeqCst);
+    let direct = hook_trampoline as extern "C" fn(u32) as usize;
+    if direct != HOOK.trampoline_addr() {
+        return Err(alloc::format!(
+            "__SCT__HOOK is at {direct:#x}, HOOK's trampoline at {:#x}",
+            HOOK.trampoline_addr()
+        ));
+    }
+    // HOOK's return-zero function: what `x16` holds after a RET0 call
+    // through the literal.
+    HOOK.update_ret0()
+        .map_err(|e| alloc::format!("initial update_ret0: {e}"))?;
+    let ret0 = HOOK.query().map_or(0, |f| f as usize);
+    HOOK_RET0.store(ret0, Ordering::SeqCst);
+    if ret0 == 0 || ret0 as u64 == X16_MARK {
+        return Err(alloc::format!(
+            "HOOK's return-zero function is at {ret0:#x}"
+        ));
+    }
     apply(State::Near).map_err(|e| alloc::format!("initial update: {e}"))?;
-    GENERATION.store(0, Ordering::Release);
+    STARTED.store(0, Ordering::SeqCst);
+    GENERATION.store(0, Ordering::SeqCst);
     for cpu in 1..cpus {
         if !smp::post(cpu, worker) {
             return Err(alloc::format!("cpu{cpu} is busy"));
@@ -386,6 +582,10 @@ pub fn run(
             TrampolineView::read(HOOK.trampoline_addr()),
             TrampolineView::read(TICK.trampoline_addr()),
         );
+        // Announce the step before its first write: a worker that reaches
+        // the new target then reads the step (see `worker`).
+        STARTED.store(step, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         if let Err(e) = apply(state) {
             result = Err(alloc::format!(
                 "step {step} ({state:?}): update failed: {e}"
@@ -399,11 +599,11 @@ pub fn run(
         );
         let (hook_target, tick_target) = match state {
             State::Near => (
-                Some(hook_near as fn(u32) as usize),
+                Some(hook_near as extern "C" fn(u32) as usize),
                 tick_near as fn(u32) -> u64 as usize,
             ),
             State::Far => (
-                Some(hook_far as fn(u32) as usize),
+                Some(hook_far as extern "C" fn(u32) as usize),
                 tick_far as fn(u32) -> u64 as usize,
             ),
             State::Null => (None, TICK.query().map_or(0, |f| f as usize)),

@@ -100,7 +100,7 @@ fn live_retargeting() -> u32 {
             .each_ref()
             .map(|a| a.load(Ordering::SeqCst))
     };
-    let mut previous: [[u64; 3]; CPUS] = core::array::from_fn(read);
+    let mut previous: [[u64; stress::SEEN]; CPUS] = core::array::from_fn(read);
     let result = stress::run(CPUS, 4, 100_000, 10_000, |step| {
         let what = match step.state {
             State::Near => "near target (B, in range)",
@@ -114,10 +114,11 @@ fn live_retargeting() -> u32 {
         for (c, previous) in previous.iter_mut().enumerate().skip(1) {
             let now = read(c);
             println!(
-                "demo:   cpu{c}: {} calls reached hook_near, {} hook_far, {} nothing",
+                "demo:   cpu{c}: {} calls reached hook_near, {} hook_far, {} NULL, {} RET0",
                 now[0] - previous[0],
                 now[1] - previous[1],
-                now[2] - previous[2]
+                now[2] - previous[2],
+                now[3] - previous[3]
             );
             *previous = now;
         }
