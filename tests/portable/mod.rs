@@ -37,6 +37,20 @@ pub enum Arch {
     Riscv64 = 3,
 }
 
+impl Arch {
+    /// The architecture [`Platform::arch`] names, if it names one.
+    pub fn from_id(id: u32) -> Option<Arch> {
+        [Arch::Unbooted, Arch::Aarch64, Arch::X86_64, Arch::Riscv64]
+            .into_iter()
+            .find(|a| *a as u32 == id)
+    }
+}
+
+/// Core code: the architecture the installed platform runs on.
+pub fn arch() -> Option<Arch> {
+    Arch::from_id(platform::arch())
+}
+
 /// The platform in place before boot code installs the real one: a clock
 /// that stands still.
 pub struct Unbooted;

@@ -9,6 +9,8 @@ extern crate alloc;
 
 // Beside this file, in a directory of its own: a file in src/bin would be
 // taken for another binary.
+#[path = "tests/portable.rs"]
+mod portable;
 #[path = "tests/static_calls.rs"]
 mod static_calls;
 
@@ -22,6 +24,7 @@ use virt_kernel::runner::{self, TestResult};
 use virt_kernel::{check, check_eq, println, smp, tests};
 use virt_kernel::{gic, mmu};
 
+use portable::portable_kernel_on_the_board;
 use static_calls::{
     static_call_bad_input, static_call_declared_across_crates, static_call_far_initial_target,
     static_call_replay_record, static_call_torn_states, static_call_transitions,
@@ -63,6 +66,7 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         static_call_declared_across_crates,
         static_call_replay_record,
         static_call_smp_stress,
+        portable_kernel_on_the_board,
         #[cfg(feature = "deliberate-failure")]
         deliberate_failure,
     ])
