@@ -42,7 +42,7 @@ pub mod kernel {
 /// The board's CPU count; the kernel must bring up CPUs 1..SMP.
 pub const SMP: u32 = 4;
 /// A boot that has not finished by then is killed and reported as failed.
-pub const TIMEOUT: Duration = Duration::from_secs(300);
+pub const TIMEOUT: Duration = Duration::from_secs(600);
 /// The EL1 machine; `virt,virtualization=on` boots at EL2.
 pub const MACHINE_EL1: &str = "virt";
 
