@@ -42,9 +42,32 @@ fn main() {
         out.push_str(&format!(
             "#[doc(hidden)]\n#[macro_export]\nmacro_rules! __static_call_asm_trampoline {{ () => {{ {text:?} }}; }}\n"
         ));
+        let path = format!("asm/{backend}/call_site.S");
+        println!("cargo:rerun-if-changed={path}");
+        let site = call_site_lines(&path);
+        out.push_str(&format!(
+            "#[doc(hidden)]\n#[macro_export]\nmacro_rules! __static_call_asm_call_site {{ () => {{ {site:?} }}; }}\n"
+        ));
     }
     let dest = Path::new(&env::var("OUT_DIR").expect("OUT_DIR")).join("asm_sources.rs");
     fs::write(&dest, out).expect("writing asm_sources.rs");
+}
+
+/// The instruction lines of a call-site source (its comment header
+/// dropped: the text is spliced into every call's `asm!` block). Its only
+/// operand is `{tramp}`.
+fn call_site_lines(path: &str) -> String {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !(l.starts_with('#') || l.starts_with("//") || l.trim().is_empty()))
+        .collect();
+    let body = lines.join("\n");
+    assert!(
+        !body.replace("{tramp}", "").contains(['{', '}']),
+        "{path}: the only asm! operand a call site may name is {{tramp}}"
+    );
+    body
 }
 
 /// Integration tests on aarch64 Linux put a function in `.far_text`, linked

@@ -55,6 +55,18 @@ pub enum Error {
         /// (x86-64 code) or the literal.
         found: u64,
     },
+    /// An inline call site of the key does not hold one of the
+    /// instructions the crate puts there (a call of the trampoline, a call
+    /// of the key's current target, or a no-op for NULL): something else
+    /// wrote it, the linker routed it through a veneer, or the call-site
+    /// table is corrupt. Nothing was written.
+    UnrecognisedCallSite {
+        /// Address of the site.
+        site: usize,
+        /// The instruction found there (the 4-byte word on arm64, the
+        /// 8 bytes as a little-endian integer on x86-64).
+        found: u64,
+    },
     /// The new target cannot be an instruction address (for example it is
     /// not aligned to the instruction size).
     MisalignedTarget {
@@ -111,6 +123,10 @@ impl fmt::Display for Error {
                 "bytes at {addr:#x} are not a static-call trampoline \
                  (unexpected {found:#x} at offset {offset})"
             ),
+            Error::UnrecognisedCallSite { site, found } => write!(
+                f,
+                "call site at {site:#x} holds {found:#x}, not a static call the crate placed there"
+            ),
             Error::MisalignedTarget { target } => {
                 write!(f, "target {target:#x} is not an instruction address")
             }
@@ -164,6 +180,11 @@ impl fmt::Debug for Error {
                 .debug_struct("UnrecognisedTrampoline")
                 .field("addr", &hex(addr))
                 .field("offset", &offset)
+                .field("found", &Hex(found))
+                .finish(),
+            Error::UnrecognisedCallSite { site, found } => f
+                .debug_struct("UnrecognisedCallSite")
+                .field("site", &hex(site))
                 .field("found", &Hex(found))
                 .finish(),
             Error::MisalignedTarget { target } => f

@@ -1,5 +1,6 @@
-//! The arm64 call of an `extern "C"` key: `bl __SCT__NAME`, arguments in
-//! `x0`..`x7`, the result in `x0`.
+//! The arm64 call of an `extern "C"` key: the inline call site of
+//! `asm/aarch64/call_site.S` (`bl __SCT__NAME`, recorded in the call-site
+//! table), arguments in `x0`..`x7`, the result in `x0`.
 
 /// Calls the trampoline `$tramp` (a `sym` path) with the C ABI: the
 /// arguments (each a [`RegisterArg`](crate::RegisterArg)) in `x0`..`x7`,
@@ -23,7 +24,7 @@ macro_rules! __static_call_c_call {
         // with every register the callee may change.
         unsafe {
             $crate::__private::core::arch::asm!(
-                "bl {tramp}",
+                $crate::__static_call_asm_call_site!(),
                 tramp = sym $tramp,
                 $(in($r) $crate::__private::RegisterArg::into_register($a),)*
                 lateout("x0") ret,

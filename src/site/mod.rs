@@ -28,6 +28,8 @@ macro_rules! __static_call_zip_registers {
     };
 }
 
+pub(crate) mod table;
+
 #[cfg(static_call_backend = "aarch64")]
 mod aarch64;
 #[cfg(static_call_backend = "x86_64")]

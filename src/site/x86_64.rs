@@ -1,5 +1,7 @@
-//! The x86-64 call of an `extern "C"` key: `call __SCT__NAME` (`e8 rel32`),
-//! arguments in `rdi, rsi, rdx, rcx, r8, r9`, then on the stack.
+//! The x86-64 call of an `extern "C"` key: the inline call site of
+//! `asm/x86_64/call_site.S` (`cs cs cs call __SCT__NAME`, one aligned
+//! 8-byte word, recorded in the call-site table), arguments in
+//! `rdi, rsi, rdx, rcx, r8, r9`, then on the stack.
 
 /// Calls the trampoline `$tramp` (a `sym` path) with the C ABI: the
 /// arguments (each a [`RegisterArg`](crate::RegisterArg)) in the integer
@@ -24,11 +26,12 @@ macro_rules! __static_call_c_call {
         // stack aligned for the call (no `nostack`).
         unsafe {
             $crate::__private::core::arch::asm!(
-                "call {tramp}",
+                $crate::__static_call_asm_call_site!(),
                 tramp = sym $tramp,
                 $(in($r) $crate::__private::RegisterArg::into_register($a),)*
                 lateout("rax") ret,
                 clobber_abi("C"),
+                options(att_syntax),
             );
             <$ret as $crate::__private::RegisterReturn>::from_register(ret)
         }
@@ -42,15 +45,16 @@ macro_rules! __static_call_c_call {
         // and the pushes are undone before the block ends.
         unsafe {
             $crate::__private::core::arch::asm!(
-                "sub rsp, 8",
+                "sub $8, %rsp",
                 "push {a6}",
-                "call {tramp}",
-                "add rsp, 16",
+                $crate::__static_call_asm_call_site!(),
+                "add $16, %rsp",
                 tramp = sym $tramp,
                 a6 = in(reg) $crate::__private::RegisterArg::into_register($a6),
                 $(in($r) $crate::__private::RegisterArg::into_register($a),)*
                 lateout("rax") ret,
                 clobber_abi("C"),
+                options(att_syntax),
             );
             <$ret as $crate::__private::RegisterReturn>::from_register(ret)
         }
@@ -64,14 +68,15 @@ macro_rules! __static_call_c_call {
             $crate::__private::core::arch::asm!(
                 "push {a7}",
                 "push {a6}",
-                "call {tramp}",
-                "add rsp, 16",
+                $crate::__static_call_asm_call_site!(),
+                "add $16, %rsp",
                 tramp = sym $tramp,
                 a6 = in(reg) $crate::__private::RegisterArg::into_register($a6),
                 a7 = in(reg) $crate::__private::RegisterArg::into_register($a7),
                 $(in($r) $crate::__private::RegisterArg::into_register($a),)*
                 lateout("rax") ret,
                 clobber_abi("C"),
+                options(att_syntax),
             );
             <$ret as $crate::__private::RegisterReturn>::from_register(ret)
         }

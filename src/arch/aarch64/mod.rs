@@ -50,6 +50,7 @@
 
 pub mod insn;
 mod layout;
+pub mod site;
 
 #[cfg(target_arch = "aarch64")]
 mod cache;

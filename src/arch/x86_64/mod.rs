@@ -97,6 +97,7 @@
 pub mod insn;
 mod layout;
 pub mod protocol;
+pub mod site;
 #[cfg(target_arch = "x86_64")]
 mod trap;
 
