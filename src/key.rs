@@ -102,6 +102,37 @@ impl<F: FnPtr> StaticCall<F> {
         self.tramp.addr()
     }
 
+    /// How many inline call sites the key has: calls of an `extern "C"`
+    /// key that the crate emitted (each recorded in the program's call-site
+    /// table), which every update rewrites along with the trampoline. 0
+    /// for Rust-ABI keys (the compiler emits their calls; they all go
+    /// through the trampoline) and on the generic backend.
+    ///
+    /// A function the compiler inlines or unrolls has one site per copy, so
+    /// this counts the sites in the binary, not in the source.
+    ///
+    /// ```
+    /// static_call::static_call! {
+    ///     static HOT: extern "C" fn(u64) -> u64 = inc;
+    ///     static COLD: fn(u64) -> u64 = dec;
+    /// }
+    /// extern "C" fn inc(x: u64) -> u64 { x + 1 }
+    /// fn dec(x: u64) -> u64 { x - 1 }
+    /// #[inline(never)]
+    /// fn one_site(x: u64) -> u64 { HOT.call(x) }
+    ///
+    /// # fn main() {
+    /// assert_eq!(one_site(1), 2);
+    /// assert_eq!(COLD.inline_sites(), 0);
+    /// let inline = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+    ///     && !cfg!(feature = "force-generic");
+    /// assert_eq!(HOT.inline_sites(), usize::from(inline));
+    /// # }
+    /// ```
+    pub fn inline_sites(&self) -> usize {
+        crate::site::count_of(self.tramp.addr())
+    }
+
     /// The current target, `None` for a NULL key. A RET0 key answers its
     /// return-zero function (see [`is_ret0`](Self::is_ret0)).
     ///

@@ -61,7 +61,8 @@ pub use abi::{RegisterArg, RegisterReturn};
 pub use error::{Error, UpdateError};
 pub use fnptr::{FnPtr, Ret0Safe};
 pub use key::{NullSafe, StaticCall};
-pub use writer::{TextWriter, set_default_writer};
+pub use site::forget_call_sites;
+pub use writer::{TextPatch, TextWriter, set_default_writer};
 
 /// Whether this target has a text writer installed by default, so that
 /// [`StaticCall::update`] works without [`set_default_writer`] (Linux user

@@ -479,6 +479,14 @@ unsafe impl TextWriter for Deferred<'_> {
         unsafe { self.inner.write(addr, bytes) }
     }
 
+    unsafe fn write_batch(
+        &self,
+        patches: &mut dyn Iterator<Item = crate::writer::TextPatch>,
+    ) -> Result<(), Error> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.write_batch(patches) }
+    }
+
     fn sync_cores(&self) -> Result<(), Error> {
         Ok(())
     }

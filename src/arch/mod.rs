@@ -359,6 +359,14 @@ unsafe impl TextWriter for WithStrategy<'_> {
         unsafe { self.writer.write(addr, bytes) }
     }
 
+    unsafe fn write_batch(
+        &self,
+        patches: &mut dyn Iterator<Item = crate::writer::TextPatch>,
+    ) -> Result<(), Error> {
+        // SAFETY: the caller's contract is the wrapped writer's.
+        unsafe { self.writer.write_batch(patches) }
+    }
+
     fn sync_cores(&self) -> Result<(), Error> {
         self.writer.sync_cores()
     }

@@ -59,3 +59,55 @@ pub fn assert_register_arg<T: crate::RegisterArg>(_: &T) {}
 #[doc(hidden)]
 #[inline(always)]
 pub fn assert_register_return<T: crate::RegisterReturn>() {}
+
+/// How many inline call sites the key whose trampoline is at `tramp` has
+/// in this program's call-site table (0 on the generic backend, whose
+/// calls go through a pointer, and for Rust-ABI keys, whose calls the
+/// compiler emits). Takes the patch lock.
+pub(crate) fn count_of(tramp: usize) -> usize {
+    #[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
+    {
+        let _lock = crate::writer::patch_lock();
+        table::live::locked().map_or(0, |t| t.sites_of(tramp).count())
+    }
+    #[cfg(static_call_backend = "generic")]
+    {
+        let _ = tramp;
+        0
+    }
+}
+
+/// Forgets the inline call sites in `text`: no update touches them again.
+/// A kernel calls it before it frees or unmaps text (init text, say) that
+/// holds calls of keys; returns how many sites were forgotten.
+///
+/// ```
+/// static_call::static_call! { static K: extern "C" fn() = NULL; }
+/// #[inline(never)]
+/// fn caller() { K.call() }
+/// # fn main() {
+/// caller();
+/// let sites = K.inline_sites();
+/// // A range that holds no site forgets nothing.
+/// // SAFETY: no site in the range runs again (there is none).
+/// assert_eq!(unsafe { static_call::forget_call_sites(0..1) }, 0);
+/// assert_eq!(K.inline_sites(), sites);
+/// # }
+/// ```
+///
+/// # Safety
+///
+/// No call site in `text` may run again: its calls would keep the target
+/// they had when it was forgotten, which later updates may free.
+pub unsafe fn forget_call_sites(text: core::ops::Range<usize>) -> usize {
+    #[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
+    {
+        let _lock = crate::writer::patch_lock();
+        table::live::locked().map_or(0, |t| t.forget(text))
+    }
+    #[cfg(static_call_backend = "generic")]
+    {
+        let _ = text;
+        0
+    }
+}

@@ -159,6 +159,98 @@ fn page_span(addr: usize, len: usize) -> (usize, usize) {
     (start, end - start)
 }
 
+/// A private read-write copy of text pages, patched and then moved over
+/// the originals in one `mremap` ([`Remap`]'s one step).
+struct PageCopy {
+    start: usize,
+    len: usize,
+    copy: usize,
+    rx: libc::c_int,
+}
+
+impl PageCopy {
+    /// Copies the text pages `start..start + len`.
+    ///
+    /// # Safety
+    ///
+    /// `start..start + len` must be mapped text pages.
+    unsafe fn new(start: usize, len: usize) -> Result<Self, Error> {
+        ensure_membarrier()?;
+        let rx = libc::PROT_READ | libc::PROT_EXEC | kept_protection(start);
+        // SAFETY: an anonymous private mapping with no address hint.
+        let copy = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if copy == libc::MAP_FAILED {
+            return Err(Error::WriterFailed {
+                what: "map a copy of the text page",
+                errno: errno(),
+            });
+        }
+        // SAFETY: `start..start + len` is mapped text (readable), `copy` is
+        // a fresh writable mapping of the same size; they do not overlap.
+        unsafe { core::ptr::copy_nonoverlapping(start as *const u8, copy.cast::<u8>(), len) };
+        Ok(PageCopy {
+            start,
+            len,
+            copy: copy as usize,
+            rx,
+        })
+    }
+
+    /// Stores `bytes` where `addr` of the text lies in the copy.
+    ///
+    /// # Safety
+    ///
+    /// `addr..addr + bytes.len()` must lie in the copied pages.
+    unsafe fn store(&self, addr: usize, bytes: &[u8]) {
+        // SAFETY: inside our writable copy, per the caller.
+        unsafe { store(self.copy + (addr - self.start), bytes) };
+    }
+
+    /// Makes the copy read+execute and moves it over the text, or unmaps
+    /// it and leaves the text untouched.
+    ///
+    /// # Safety
+    ///
+    /// The copied pages must be text the caller may patch, with the patch
+    /// lock held.
+    unsafe fn commit(self) -> Result<(), Error> {
+        let fail = |what| {
+            let errno = errno();
+            // SAFETY: `copy` is our mapping, of `len` bytes.
+            unsafe { libc::munmap(self.copy as *mut libc::c_void, self.len) };
+            Err(Error::WriterFailed { what, errno })
+        };
+        // SAFETY: changes the protection of our own mapping only.
+        if unsafe { libc::mprotect(self.copy as *mut _, self.len, self.rx) } != 0 {
+            return fail("make the patched copy read+execute");
+        }
+        // SAFETY: moves our mapping over the text pages; on failure the
+        // original mapping is untouched.
+        let moved = unsafe {
+            libc::mremap(
+                self.copy as *mut _,
+                self.len,
+                self.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.start as *mut libc::c_void,
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            return fail("mremap the patched copy over the text page");
+        }
+        Ok(())
+    }
+}
+
 /// W^X-safe writer: copies the text page into a fresh read-write mapping,
 /// patches the copy, makes the copy read+execute, and `mremap`s it over the
 /// original in one step. A thread running that page meanwhile sees the old
@@ -191,58 +283,44 @@ pub struct Remap;
 // path unmaps the copy before touching the original.
 unsafe impl TextWriter for Remap {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
-        ensure_membarrier()?;
         let (start, len) = page_span(addr, bytes.len());
-        let rx = libc::PROT_READ | libc::PROT_EXEC | kept_protection(addr);
-        // SAFETY: an anonymous private mapping with no address hint.
-        let copy = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if copy == libc::MAP_FAILED {
-            return Err(Error::WriterFailed {
-                what: "map a copy of the text page",
-                errno: errno(),
-            });
+        // SAFETY: the caller's contract: `addr..addr + bytes.len()` is
+        // text it may patch, inside `start..start + len`.
+        let copy = unsafe { PageCopy::new(start, len) }?;
+        // SAFETY: inside the copy.
+        unsafe { copy.store(addr, bytes) };
+        // SAFETY: the copy is of the caller's text pages.
+        unsafe { copy.commit() }
+    }
+
+    /// Each page once per batch: the patches come sorted by address, so
+    /// the ones of a page are consecutive; their page is copied once,
+    /// patched, and moved over the text in one `mremap`.
+    unsafe fn write_batch(
+        &self,
+        patches: &mut dyn Iterator<Item = super::TextPatch>,
+    ) -> Result<(), Error> {
+        let mut open: Option<PageCopy> = None;
+        for p in patches {
+            let (start, len) = page_span(p.addr, p.bytes().len());
+            if let Some(copy) = open.take_if(|c| (c.start, c.len) != (start, len)) {
+                // SAFETY: the copy is of the caller's text pages.
+                unsafe { copy.commit() }?;
+            }
+            let copy = match open.take() {
+                Some(c) => c,
+                // SAFETY: the caller's contract, as for `write`.
+                None => unsafe { PageCopy::new(start, len) }?,
+            };
+            // SAFETY: inside the copy.
+            unsafe { copy.store(p.addr, p.bytes()) };
+            open = Some(copy);
         }
-        let copy = copy as usize;
-        let fail = |what| {
-            let errno = errno();
-            // SAFETY: `copy` is the mapping made above, of `len` bytes.
-            unsafe { libc::munmap(copy as *mut libc::c_void, len) };
-            Err(Error::WriterFailed { what, errno })
-        };
-        // SAFETY: `start..start + len` is mapped text (readable), `copy` is
-        // a fresh writable mapping of the same size; they do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len);
-            store(copy + (addr - start), bytes);
+        match open {
+            // SAFETY: as above.
+            Some(copy) => unsafe { copy.commit() },
+            None => Ok(()),
         }
-        // SAFETY: changes the protection of our own mapping only.
-        if unsafe { libc::mprotect(copy as *mut _, len, rx) } != 0 {
-            return fail("make the patched copy read+execute");
-        }
-        // SAFETY: moves our mapping over the text pages; on failure the
-        // original mapping is untouched.
-        let moved = unsafe {
-            libc::mremap(
-                copy as *mut _,
-                len,
-                len,
-                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                start as *mut libc::c_void,
-            )
-        };
-        if moved == libc::MAP_FAILED {
-            return fail("mremap the patched copy over the text page");
-        }
-        Ok(())
     }
 
     fn sync_cores(&self) -> Result<(), Error> {

@@ -65,6 +65,27 @@ pub unsafe trait TextWriter: Sync {
     /// (a trampoline or call site), and the caller must hold the patch lock.
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error>;
 
+    /// Stores every patch of `patches`, in order, as [`write`](Self::write)
+    /// would one by one (each aligned 1/2/4/8-byte patch single-copy
+    /// atomic). Updates of keys with inline call sites hand all the stores
+    /// of one step to one call, sorted by address, so a writer can map or
+    /// copy each page once per step rather than once per site; the default
+    /// writes them one by one.
+    ///
+    /// On `Err`, each patch has been stored whole or not at all (the
+    /// caller reads back to learn which).
+    ///
+    /// # Safety
+    ///
+    /// As for [`write`](Self::write), for every patch.
+    unsafe fn write_batch(&self, patches: &mut dyn Iterator<Item = TextPatch>) -> Result<(), Error> {
+        for p in patches {
+            // SAFETY: the caller's contract, for each patch.
+            unsafe { self.write(p.addr, p.bytes()) }?;
+        }
+        Ok(())
+    }
+
     /// Makes every CPU that may run the patched text discard instructions it
     /// fetched before the last write (a context synchronization event on
     /// each: `membarrier(SYNC_CORE)` in Linux user space, an IPI in a
@@ -83,6 +104,43 @@ pub unsafe trait TextWriter: Sync {
     /// [`WithStrategy`](crate::arch::WithStrategy) answers its own.
     fn strategy(&self) -> Option<crate::arch::Strategy> {
         None
+    }
+}
+
+/// One store of a [`TextWriter::write_batch`]: up to 8 bytes at `addr`.
+///
+/// ```
+/// use static_call::writer::TextPatch;
+/// let p = TextPatch::new(0x1000, &[0xd5, 0x03, 0x20, 0x1f]);
+/// assert_eq!((p.addr, p.bytes()), (0x1000, &[0xd5, 0x03, 0x20, 0x1f][..]));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextPatch {
+    /// Where the bytes go.
+    pub addr: usize,
+    bytes: [u8; 8],
+    len: u8,
+}
+
+impl TextPatch {
+    /// A patch of `bytes` (at most 8) at `addr`.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is longer than 8.
+    pub fn new(addr: usize, bytes: &[u8]) -> Self {
+        let mut b = [0; 8];
+        b[..bytes.len()].copy_from_slice(bytes);
+        TextPatch {
+            addr,
+            bytes: b,
+            len: bytes.len() as u8,
+        }
+    }
+
+    /// The bytes stored.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 

@@ -61,7 +61,7 @@ pub use layout::{
 };
 
 #[cfg(target_arch = "aarch64")]
-pub use cache::{flush_icache_range, read_ctr_el0};
+pub use cache::{flush_icache_range, flush_icache_words, read_ctr_el0};
 
 #[cfg(target_arch = "aarch64")]
 use super::Backend;
@@ -186,10 +186,20 @@ unsafe impl Backend for Aarch64 {
             }
             current.target = now;
         }
-        if patch != current.patch() {
+        let sites = Some(Sites {
+            tramp: tramp as u64,
+            old: slot.target.load(Ordering::Relaxed) as u64,
+            new: target as u64,
+            table: crate::site::table::live::locked()?,
+        });
+        if let Some(s) = &sites {
+            s.check()?;
+        }
+        if patch != current.patch() || sites.as_ref().is_some_and(Sites::any) {
             // SAFETY: the window is this key's trampoline, holding
-            // `current`, and the caller holds the patch lock.
-            let written = unsafe { write_patch(window, current.patch(), patch, writer) };
+            // `current`, the sites are its own, and the caller holds the
+            // patch lock.
+            let written = unsafe { write_patch_and_sites(window, current.patch(), patch, &sites, writer) };
             if let Err(e) = written {
                 if before[..8] != current.target.to_le_bytes()
                     && !matches!(e, Error::RestoreFailed { .. })
@@ -234,6 +244,79 @@ unsafe fn write_words(
     Ok(())
 }
 
+/// The inline call sites of one key's update.
+#[cfg(target_arch = "aarch64")]
+struct Sites {
+    tramp: u64,
+    /// The key's target before the update (0 for NULL).
+    old: u64,
+    /// Its target after.
+    new: u64,
+    table: crate::site::table::Records<'static>,
+}
+
+#[cfg(target_arch = "aarch64")]
+impl Sites {
+    /// No sites at all (a trampoline written on its own).
+    fn none() -> Option<Self> {
+        None
+    }
+
+    fn addrs(&self) -> impl Iterator<Item = usize> + Clone + 'static {
+        self.table.sites_of(self.tramp as usize)
+    }
+
+    /// What a site holds now.
+    fn read(site: usize) -> u32 {
+        // SAFETY: a site of the table: an aligned instruction word of
+        // mapped text (sites of freed text are forgotten first).
+        unsafe { core::ptr::read_volatile(site as *const u32) }
+    }
+
+    /// Whether any site needs a store.
+    fn any(&self) -> bool {
+        self.addrs()
+            .any(|s| site::plan(s as u64, self.tramp, self.new) != Ok(Self::read(s)))
+    }
+
+    /// Every site holds what it may hold, and can take the new target:
+    /// checked before anything is written.
+    fn check(&self) -> Result<(), Error> {
+        for s in self.addrs() {
+            site::check(s as u64, Self::read(s), self.tramp, self.old)?;
+            site::plan(s as u64, self.tramp, self.new)?;
+        }
+        Ok(())
+    }
+
+    /// The stores that take every site to `word(site)`, in address order.
+    fn stores<'a>(
+        &'a self,
+        word: impl Fn(u64) -> u32 + 'a,
+    ) -> impl Iterator<Item = crate::writer::TextPatch> + 'a {
+        self.addrs().filter_map(move |s| {
+            let w = word(s as u64);
+            (Self::read(s) != w).then(|| crate::writer::TextPatch::new(s, &w.to_le_bytes()))
+        })
+    }
+
+    /// The new word of a site (checked to exist by `check`).
+    fn new_word(&self, s: u64) -> u32 {
+        site::plan(s, self.tramp, self.new).unwrap_or(insn::NOP)
+    }
+
+    /// What a failed update puts back: a site that still holds an old
+    /// word keeps it; one that took the new word gets the trampoline's
+    /// call, which behaves as the old target once the trampoline is back.
+    fn restored_word(&self, s: u64) -> u32 {
+        let home = site::home(s, self.tramp).unwrap_or(insn::NOP);
+        match Self::read(s as usize) {
+            w if w == home || Ok(w) == site::plan(s, self.tramp, self.old) => w,
+            _ => home,
+        }
+    }
+}
+
 /// Writes `patch` over `old` in the window at `window` (literal first),
 /// checks it reads back, makes it visible to instruction fetch and has the
 /// writer synchronise every CPU.
@@ -254,10 +337,41 @@ pub unsafe fn write_patch(
     patch: Patch,
     writer: &dyn TextWriter,
 ) -> Result<(), Error> {
-    let new = [(0, patch.literal), (8, patch.entry)];
+    // SAFETY: forwarded; no sites.
+    unsafe { write_patch_and_sites(window, old, patch, &Sites::none(), writer) }
+}
+
+/// [`write_patch`], and the key's inline sites with it: the trampoline's
+/// two words, then every site that changes (one aligned 32-bit store each,
+/// handed to the writer as one batch), the cache maintenance of all of
+/// them, and one synchronisation for the whole update.
+///
+/// Every combination of old and new words (trampoline words, sites) calls
+/// the old or the new target, so there is no order to keep between them
+/// and no synchronisation before the last. A failure puts back the
+/// trampoline's old words and gives each site that took the new word the
+/// trampoline's call, then synchronises.
+///
+/// # Safety
+///
+/// As for [`write_patch`]; the sites are the key's own.
+#[cfg(target_arch = "aarch64")]
+unsafe fn write_patch_and_sites(
+    window: usize,
+    old: Patch,
+    patch: Patch,
+    sites: &Option<Sites>,
+    writer: &dyn TextWriter,
+) -> Result<(), Error> {
+    let new = if patch == old {
+        &[][..]
+    } else {
+        &[(0, patch.literal), (8, patch.entry)][..]
+    };
     let mut written = 0;
+    let flush_sites = |s: &Sites| flush_icache_words(s.addrs());
     let mut apply = || {
-        for &(offset, word) in &new {
+        for &(offset, word) in new {
             // SAFETY: per this function's contract.
             unsafe { writer.write(window + offset, &word.to_le_bytes()) }?;
             written += 1;
@@ -268,6 +382,15 @@ pub unsafe fn write_patch(
         if layout::patch_of(&now) != patch {
             return Err(Error::VerifyFailed { addr: window });
         }
+        if let Some(s) = sites {
+            // SAFETY: the key's own sites; the lock is held.
+            let stored = unsafe { writer.write_batch(&mut s.stores(|a| s.new_word(a))) };
+            flush_sites(s);
+            stored?;
+            if let Some(bad) = s.addrs().find(|&a| Sites::read(a) != s.new_word(a as u64)) {
+                return Err(Error::VerifyFailed { addr: bad });
+            }
+        }
         writer.sync_cores()
     };
     let Err(error) = apply() else {
@@ -277,25 +400,39 @@ pub unsafe fn write_patch(
     // putting back, in the same order, the words whose store succeeded (a
     // failed store stored nothing) returns the key to its old behaviour on
     // every CPU once they are synchronised.
+    let restore_sites = || -> Result<(), Error> {
+        let Some(s) = sites else { return Ok(()) };
+        // SAFETY: as above.
+        let stored = unsafe { writer.write_batch(&mut s.stores(|a| s.restored_word(a))) };
+        flush_sites(s);
+        stored?;
+        match s.addrs().find(|&a| Sites::read(a) != s.restored_word(a as u64)) {
+            Some(bad) => Err(Error::VerifyFailed { addr: bad }),
+            None => Ok(()),
+        }
+    };
     let old_words = [(0, old.literal), (8, old.entry)];
     // SAFETY: per this function's contract.
-    let restored = unsafe { write_words(window, &old_words[..written], writer) }.and_then(|()| {
-        // SAFETY: the window is readable.
-        let now = unsafe { read_trampoline(window) };
-        flush_icache_range(window, 16);
-        if layout::patch_of(&now) == old {
-            writer.sync_cores()
-        } else {
-            Err(Error::VerifyFailed { addr: window })
-        }
-    });
+    let restored = restore_sites()
+        .and_then(|()| unsafe { write_words(window, &old_words[..written], writer) })
+        .and_then(|()| {
+            // SAFETY: the window is readable.
+            let now = unsafe { read_trampoline(window) };
+            flush_icache_range(window, 16);
+            if layout::patch_of(&now) == old {
+                writer.sync_cores()
+            } else {
+                Err(Error::VerifyFailed { addr: window })
+            }
+        });
     match restored {
         Ok(()) => Err(error),
         Err(_) => Err(Error::RestoreFailed {
             addr: window,
-            state: "the window may hold the old or the new literal and branch \
-                    (each pairing calls the old or the new target) and other CPUs \
-                    may not have been synchronised",
+            state: "the window may hold the old or the new literal and branch, and the \
+                    key's inline sites the old or the new call or the trampoline's (each \
+                    calls the old or the new target), and other CPUs may not have been \
+                    synchronised",
         }),
     }
 }
