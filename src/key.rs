@@ -133,6 +133,28 @@ impl<F: FnPtr> StaticCall<F> {
         crate::site::count_of(self.tramp.addr())
     }
 
+    /// Calls `f` with the address of each of the key's inline call sites,
+    /// in address order: for diagnostics, and for tests that decode what
+    /// an update left there. Holds the patch lock while it runs, so `f`
+    /// sees no update in progress (and must not update a key itself).
+    ///
+    /// ```
+    /// static_call::static_call! { static HOT: extern "C" fn(u64) -> u64 = inc; }
+    /// extern "C" fn inc(x: u64) -> u64 { x + 1 }
+    /// #[inline(never)]
+    /// fn one_site(x: u64) -> u64 { HOT.call(x) }
+    ///
+    /// # fn main() {
+    /// let mut sites = Vec::new();
+    /// HOT.each_inline_site(|site| sites.push(site));
+    /// assert_eq!(sites.len(), HOT.inline_sites());
+    /// # let _ = one_site(1);
+    /// # }
+    /// ```
+    pub fn each_inline_site(&self, mut f: impl FnMut(usize)) {
+        crate::site::each_of(self.tramp.addr(), &mut f)
+    }
+
     /// The current target, `None` for a NULL key. A RET0 key answers its
     /// return-zero function (see [`is_ret0`](Self::is_ret0)).
     ///

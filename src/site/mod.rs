@@ -77,6 +77,23 @@ pub(crate) fn count_of(tramp: usize) -> usize {
     }
 }
 
+/// Calls `f` with the address of each inline call site of the key whose
+/// trampoline is at `tramp`, in address order, with the patch lock held
+/// (so no update runs meanwhile; `f` must not update keys).
+pub(crate) fn each_of(tramp: usize, f: &mut dyn FnMut(usize)) {
+    #[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
+    {
+        let _lock = crate::writer::patch_lock();
+        if let Ok(t) = table::live::locked() {
+            t.sites_of(tramp).for_each(f);
+        }
+    }
+    #[cfg(static_call_backend = "generic")]
+    {
+        let _ = (tramp, f);
+    }
+}
+
 /// Forgets the inline call sites in `text`: no update touches them again.
 /// A kernel calls it before it frees or unmaps text (init text, say) that
 /// holds calls of keys; returns how many sites were forgotten.

@@ -118,14 +118,19 @@ impl<'a> Records<'a> {
         (site, tramp)
     }
 
+    /// Every live site and its key's trampoline, in site address order.
+    pub fn all(&self) -> impl Iterator<Item = (usize, usize)> + Clone + 'a {
+        let this = *self;
+        (0..self.records.len()).filter_map(move |i| match this.get(i) {
+            (site, Some(t)) => Some((site, t)),
+            _ => None,
+        })
+    }
+
     /// The sites of the key whose trampoline is at `tramp`, in address
     /// order.
     pub fn sites_of(&self, tramp: usize) -> impl Iterator<Item = usize> + Clone + 'a {
-        let this = *self;
-        (0..self.records.len()).filter_map(move |i| match this.get(i) {
-            (site, Some(t)) if t == tramp => Some(site),
-            _ => None,
-        })
+        self.all().filter_map(move |(s, t)| (t == tramp).then_some(s))
     }
 
     /// The trampoline of the key whose site is at `site`, if `site` is a

@@ -68,8 +68,9 @@
 //!   [`handle_breakpoint`]); if ours is found replaced, int3 updates fail
 //!   with [`Error::WriterFailed`](crate::Error::WriterFailed) before
 //!   writing anything.
-//! - Only trampolines are ever patched; call sites are the compiler's
-//!   `call __SCT__NAME` and are never written.
+//! - Calls of Rust-ABI keys are the compiler's `call __SCT__NAME` and are
+//!   never written; calls of `extern "C"` keys are inline sites
+//!   ([`site`]), patched with the trampoline in the same protocol.
 //!
 //! ```
 //! static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
@@ -167,8 +168,9 @@ impl Slot {
 pub struct BreakpointFrame {
     /// The saved instruction pointer: the address after the `int3`.
     pub rip: u64,
-    /// The saved stack pointer (unchanged by trampolines, which only
-    /// `jmp` or `ret`; part of the frame for call-site patching).
+    /// The saved stack pointer: unchanged at a trampoline (which only
+    /// `jmp`s or `ret`s), lowered by 8 at an inline call site, whose call
+    /// is emulated.
     pub rsp: u64,
 }
 
@@ -196,34 +198,54 @@ pub fn null_stub_addr() -> u64 {
 }
 
 /// The #BP hook for kernels: call it first from the #BP (int3) handler with
-/// the trap's saved RIP and RSP. If the trap is at a trampoline this crate
-/// is patching (or has patched), it edits `frame.rip` to where the call
-/// must continue and returns `true`: return from the exception to the
-/// edited frame. Otherwise it returns `false` and changes nothing.
+/// the trap's saved RIP and RSP. If the trap is at a trampoline or an
+/// inline call site this crate is patching (or has patched), it edits the
+/// frame to where execution must continue and returns `true`: return from
+/// the exception to the edited frame (restoring RSP too, as `iretq` does).
+/// Otherwise it returns `false` and changes nothing.
+///
+/// At a trampoline it sets `frame.rip` alone. At an inline call site it
+/// emulates the call being patched in: it pushes the return address,
+/// storing it at `frame.rsp - 8` (the interrupted stack) and lowering
+/// `frame.rsp`, and sets `frame.rip` to the key's target. The kernel's #BP
+/// entry must therefore not keep its own exception frame just below the
+/// interrupted RSP: run it on an IST stack, or leave a gap as Linux's
+/// `int3` entry does. Kernel shadow stacks are not supported for sites.
 ///
 /// # The rule it guarantees
 ///
-/// The destination is read from the trapped trampoline's own literal, which
-/// every update writes (and syncs) before it places an `int3`, which only
-/// ever holds targets of that key, and which is never freed. So a CPU that
-/// stalls anywhere in the handler, across any number of later updates of
-/// this or other keys, continues at the target of the update it trapped in
-/// or of a later one of the same key: never a stale stub, another key's
+/// The destination is read from the trapped key's trampoline's literal,
+/// which every update writes (and syncs) before it places an `int3`, which
+/// only ever holds targets of that key, and which is never freed. So a CPU
+/// that stalls anywhere in the handler, across any number of later updates
+/// of this or other keys, continues at the target of the update it trapped
+/// in or of a later one of the same key: never a stale stub, another key's
 /// target, or freed memory (the races of seeds 000 and 001 cannot happen).
 ///
-/// It is async-signal-safe and lock-free: it only reads static memory.
+/// It is async-signal-safe and lock-free: it only reads static memory (a
+/// binary search of the call-site table for sites).
 ///
 /// ```
 /// use static_call::arch::x86_64::{BreakpointFrame, handle_breakpoint};
 /// // A breakpoint that is not at a trampoline is left to the kernel.
 /// let mut frame = BreakpointFrame { rip: 0x1001, rsp: 0x8000 };
 /// assert!(!handle_breakpoint(&mut frame));
-/// assert_eq!(frame.rip, 0x1001);
+/// assert_eq!(frame, BreakpointFrame { rip: 0x1001, rsp: 0x8000 });
 /// ```
 #[cfg(target_arch = "x86_64")]
 pub fn handle_breakpoint(frame: &mut BreakpointFrame) -> bool {
     match trap::steer(frame.rip as usize) {
-        Some(dest) => {
+        Some(trap::Steer::Jump(dest)) => {
+            frame.rip = dest as u64;
+            true
+        }
+        Some(trap::Steer::Call { dest, ret }) => {
+            let rsp = frame.rsp - 8;
+            // SAFETY: the trapped context was about to run a call, which
+            // would have stored its return address at `rsp`: the stack
+            // the kernel's entry keeps free below the interrupted RSP.
+            unsafe { (rsp as *mut u64).write(ret as u64) };
+            frame.rsp = rsp;
             frame.rip = dest as u64;
             true
         }
@@ -273,7 +295,7 @@ pub unsafe fn declare_breakpoint_hook() {
 mod live {
     use super::layout::{self, Image, LITERAL_OFFSET};
     use super::protocol::{self, Plan, Store};
-    use super::{Slot, X86_64, insn::INT3, null_stub_addr, trap};
+    use super::{Slot, X86_64, insn::INT3, null_stub_addr, site, trap};
     use crate::arch::{Backend, BatchItem, Strategy, default_strategy};
     use crate::{Error, TextWriter};
     use core::sync::atomic::{AtomicU64, Ordering};
@@ -392,6 +414,195 @@ mod live {
         Ok(())
     }
 
+    /// One inline site of an update, with the words it may hold.
+    #[derive(Debug, Clone, Copy)]
+    struct SiteWords {
+        at: usize,
+        /// The trampoline's call, as assembled.
+        home: [u8; 8],
+        /// The word for the key's target before the update.
+        old: [u8; 8],
+        /// The word for its target after.
+        new: [u8; 8],
+    }
+
+    impl SiteWords {
+        /// What the site holds now: one aligned 8-byte load.
+        fn now(&self) -> [u8; 8] {
+            // SAFETY: a site of the table: an aligned 8-byte word of
+            // mapped text (sites of freed text are forgotten first), only
+            // ever written by single aligned stores.
+            unsafe { (*(self.at as *const AtomicU64)).load(Ordering::Acquire) }.to_le_bytes()
+        }
+
+        /// Whether the site behaves as before the update: its old word or
+        /// the trampoline's call (which follows the trampoline).
+        fn behaves_as_before(&self, now: &[u8; 8]) -> bool {
+            *now == self.old || *now == self.home
+        }
+    }
+
+    /// The inline sites of the keys of an update, in address order.
+    struct BatchSites<'a, 'b> {
+        n: usize,
+        item: &'a dyn Fn(usize) -> BatchItem<'b, Slot>,
+        table: crate::site::table::Records<'static>,
+    }
+
+    impl<'a, 'b> BatchSites<'a, 'b> {
+        /// The sites of keys `0..n`, each checked before anything is
+        /// written: it holds its trampoline's call or its key's current
+        /// word, and can take the new target.
+        fn of(
+            n: usize,
+            item: &'a dyn Fn(usize) -> BatchItem<'b, Slot>,
+        ) -> Result<Self, (usize, Error)> {
+            let table = crate::site::table::live::locked().map_err(|e| (0, e))?;
+            let sites = BatchSites { n, item, table };
+            for (i, at) in sites.keyed() {
+                let it = item(i);
+                let (tramp, old) = (it.tramp as u64, it.slot.target.load(Ordering::Relaxed) as u64);
+                let now = unsafe_free_read(at);
+                site::check(at as u64, &now, tramp, old).map_err(|e| (i, e))?;
+                site::plan(at as u64, tramp, it.target as u64).map_err(|e| (i, e))?;
+            }
+            Ok(sites)
+        }
+
+        /// `(key index, site)` for every site of the batch's keys.
+        fn keyed(&self) -> impl Iterator<Item = (usize, usize)> + Clone + '_ {
+            self.table.all().filter_map(move |(at, tramp)| {
+                (0..self.n)
+                    .find(|&i| (self.item)(i).tramp == tramp)
+                    .map(|i| (i, at))
+            })
+        }
+
+        fn words(&self, i: usize, at: usize) -> SiteWords {
+            let it = (self.item)(i);
+            let (s, t) = (at as u64, it.tramp as u64);
+            let old = it.slot.target.load(Ordering::Relaxed) as u64;
+            // Checked in `of`: every site reaches its trampoline.
+            let word = |target| site::plan(s, t, target).unwrap_or(site::NOP8);
+            SiteWords {
+                at,
+                home: site::home(s, t).unwrap_or(site::NOP8),
+                old: word(old),
+                new: word(it.target as u64),
+            }
+        }
+
+        fn all(&self) -> impl Iterator<Item = SiteWords> + Clone + '_ {
+            self.keyed().map(|(i, at)| self.words(i, at))
+        }
+
+        fn of_key(&self, key: usize) -> impl Iterator<Item = SiteWords> + '_ {
+            self.keyed()
+                .filter(move |&(i, _)| i == key)
+                .map(|(i, at)| self.words(i, at))
+        }
+
+        /// One step over every site: the stores `step` asks for, handed to
+        /// the writer as one batch in address order, then every site read
+        /// back against `done`. Whether anything was stored.
+        fn sweep(
+            &self,
+            writer: &dyn TextWriter,
+            step: impl Fn(&SiteWords) -> Option<Store>,
+            done: impl Fn(&SiteWords) -> bool,
+        ) -> Result<bool, Error> {
+            let any = core::cell::Cell::new(false);
+            let mut patches = self.all().filter_map(|s| {
+                let store = step(&s)?;
+                any.set(true);
+                let (bytes, len) = store.bytes();
+                Some(crate::writer::TextPatch::new(s.at, &bytes[..len]))
+            });
+            // SAFETY: each patch is one site of a key being updated (its
+            // first byte, or its whole aligned word), with the patch lock
+            // held (the callers' contract).
+            unsafe { writer.write_batch(&mut patches) }?;
+            match self.all().find(|s| !done(s)) {
+                Some(s) => Err(Error::VerifyFailed { addr: s.at }),
+                None => Ok(any.get()),
+            }
+        }
+
+        /// Puts every site that does not behave as before back to its
+        /// trampoline's call (which does, once the trampoline is back),
+        /// with the int3 protocol's three steps, each followed by a sync.
+        ///
+        /// # Safety
+        ///
+        /// The patch lock is held; the sites' keys are armed.
+        unsafe fn revert(&self, writer: &dyn TextWriter) -> Result<(), Error> {
+            let failed = |at| Error::RestoreFailed {
+                addr: at,
+                state: "an inline site may hold its new call, an int3 (steered through the \
+                        key's literal) or the trampoline's call",
+            };
+            for phase in 1..=3 {
+                let stored = self
+                    .sweep(
+                        writer,
+                        |s| {
+                            let now = s.now();
+                            if phase == 1 && s.behaves_as_before(&now) {
+                                return None;
+                            }
+                            site::breakpoint_step(phase, &now, &s.home)
+                        },
+                        |s| {
+                            let now = s.now();
+                            s.behaves_as_before(&now) || site::breakpoint_done(phase, &now, &s.home)
+                        },
+                    )
+                    .map_err(|e| match e {
+                        Error::VerifyFailed { addr } => failed(addr),
+                        _ => failed(0),
+                    })?;
+                if stored {
+                    writer.sync_cores().map_err(|_| failed(0))?;
+                }
+            }
+            Ok(())
+        }
+
+        /// The one-store strategy's sites: each changed site's whole word
+        /// in one aligned 8-byte store (the caller syncs once after). On
+        /// failure every site is put back the same way and synced.
+        ///
+        /// # Safety
+        ///
+        /// The patch lock is held.
+        unsafe fn store_all(&self, writer: &dyn TextWriter) -> Result<bool, Error> {
+            let swept = self.sweep(
+                writer,
+                |s| (s.now() != s.new).then_some(Store::Entry(s.new)),
+                |s| s.now() == s.new,
+            );
+            let Err(e) = swept else { return swept };
+            // SAFETY: the caller's contract.
+            unsafe { store_all_back(self, writer) }.map_err(|_| Error::RestoreFailed {
+                addr: 0,
+                state: "an inline site may hold its new call or the trampoline's call",
+            })?;
+            Err(e)
+        }
+    }
+
+    /// A site's word before the batch's checks have run (same load as
+    /// [`SiteWords::now`]).
+    fn unsafe_free_read(at: usize) -> [u8; 8] {
+        SiteWords {
+            at,
+            home: [0; 8],
+            old: [0; 8],
+            new: [0; 8],
+        }
+        .now()
+    }
+
     /// The most trampolines one batched int3 protocol takes (its state
     /// lives on the stack); larger batches go one by one.
     pub const BATCH_MAX: usize = 32;
@@ -410,12 +621,13 @@ mod live {
     /// Every item is a key's live trampoline and slot, its target one of
     /// the key's type (or 0 where NULL is allowed), and the caller holds
     /// the patch lock.
-    unsafe fn breakpoint_batch(
+    unsafe fn breakpoint_batch<'b>(
         n: usize,
-        item: &dyn Fn(usize) -> BatchItem<'static, Slot>,
+        item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
         writer: &dyn TextWriter,
     ) -> Result<(), (usize, Error)> {
         let stub = null_stub_addr();
+        let sites = BatchSites::of(n, item)?;
         let mut olds = [Image::from_words(0, 0); BATCH_MAX];
         let mut plans = [protocol::breakpoint(&olds[0], &olds[0]); BATCH_MAX];
         let mut arms = false;
@@ -430,10 +642,12 @@ mod live {
             plans[i] = protocol::breakpoint(&old, &new);
             arms |= plans[i].stores().contains(&Store::First(INT3));
         }
+        let sites_arm = |i: usize| sites.of_key(i).any(|s| s.now() != s.new);
+        arms |= (0..n).any(sites_arm);
         if arms {
             trap::ensure_handler().map_err(|e| (0, e))?;
             for (i, plan) in plans.iter().enumerate().take(n) {
-                if plan.stores().contains(&Store::First(INT3)) {
+                if plan.stores().contains(&Store::First(INT3)) || sites_arm(i) {
                     let it = item(i);
                     // SAFETY: the key's static slot; the lock is held.
                     unsafe { trap::arm(it.tramp, it.slot) };
@@ -471,7 +685,10 @@ mod live {
                         images[i] = s.apply(images[i]);
                     }
                     // SAFETY: as for this function.
-                    return unsafe { unwind(n, item, &olds, &plans, &images, phase, writer) }
+                    return unsafe { sites.revert(writer) }
+                        .and_then(|()| unsafe {
+                            unwind(n, item, &olds, &plans, &images, phase, writer)
+                        })
                         .map_err(|r| (i, r))
                         .and(Err((i, e)));
                 }
@@ -479,9 +696,34 @@ mod live {
                 stored = true;
                 trap::hooks::after_store(tramp, phase, s);
             }
+            // Sites have no literal: they join from the int3 phase on.
+            let swept = if phase == 0 {
+                Ok(false)
+            } else {
+                sites.sweep(
+                    writer,
+                    |s| site::breakpoint_step(phase, &s.now(), &s.new),
+                    |s| site::breakpoint_done(phase, &s.now(), &s.new),
+                )
+            };
+            match swept {
+                Ok(any) => stored |= any,
+                Err(e) => {
+                    // SAFETY: as for this function.
+                    return unsafe { sites.revert(writer) }
+                        .and_then(|()| unsafe {
+                            unwind(n, item, &olds, &plans, &images, phase, writer)
+                        })
+                        .map_err(|r| (0, r))
+                        .and(Err((0, e)));
+                }
+            }
             if stored && let Err(e) = writer.sync_cores() {
                 // SAFETY: as for this function.
-                return unsafe { unwind(n, item, &olds, &plans, &images, phase, writer) }
+                return unsafe { sites.revert(writer) }
+                    .and_then(|()| unsafe {
+                        unwind(n, item, &olds, &plans, &images, phase, writer)
+                    })
                     .map_err(|r| (0, r))
                     .and(Err((0, e)));
             }
@@ -503,9 +745,9 @@ mod live {
     /// # Safety
     ///
     /// As for [`breakpoint_batch`].
-    unsafe fn unwind(
+    unsafe fn unwind<'b>(
         n: usize,
-        item: &dyn Fn(usize) -> BatchItem<'static, Slot>,
+        item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
         olds: &[Image; BATCH_MAX],
         plans: &[Plan; BATCH_MAX],
         images: &[Image; BATCH_MAX],
@@ -599,12 +841,21 @@ mod live {
             writer: &dyn TextWriter,
         ) -> Result<(), Error> {
             layout::check_alignment(tramp)?;
+            let strategy = writer.strategy().unwrap_or_else(default_strategy);
+            let item = |_| BatchItem { tramp, slot, target };
+            let sites = BatchSites::of(1, &item).map_err(|(_, e)| e)?;
+            let has_sites = sites.all().next().is_some();
+            if has_sites && strategy == Strategy::Breakpoint {
+                // The trampoline and every site in one int3 protocol.
+                // SAFETY: forwarded from the caller.
+                return unsafe { breakpoint_batch(1, &item, writer) }.map_err(|(_, e)| e);
+            }
             let stub = null_stub_addr();
             // SAFETY: the caller passes a live, aligned trampoline.
             let old = unsafe { read_image(tramp) };
             layout::decode(tramp as u64, &old, stub)?;
             let new = layout::plan(tramp as u64, target as u64, stub);
-            let plan = match writer.strategy().unwrap_or_else(default_strategy) {
+            let plan = match strategy {
                 Strategy::Breakpoint => protocol::breakpoint(&old, &new),
                 Strategy::AtomicStore => protocol::atomic_store(&old, &new),
             };
@@ -616,9 +867,49 @@ mod live {
             }
             // SAFETY: the trampoline holds `old`; the lock is held.
             unsafe { execute(tramp, old, &plan, writer) }?;
+            if has_sites {
+                // The one-store strategy: the trampoline first, then every
+                // site in one store each and one sync. Each site calls the
+                // old or the new target whatever the trampoline holds.
+                // SAFETY: the lock is held; the sites were checked.
+                let stored = unsafe { sites.store_all(writer) }.and_then(|any| {
+                    if any { writer.sync_cores() } else { Ok(()) }
+                });
+                if let Err(e) = stored {
+                    if matches!(e, Error::RestoreFailed { .. }) {
+                        return Err(e);
+                    }
+                    // SAFETY: as above; the trampoline holds `new`.
+                    let back = unsafe {
+                        store_all_back(&sites, writer)
+                            .and_then(|()| execute(tramp, new, &protocol::atomic_store(&new, &old), writer))
+                    };
+                    return back
+                        .map_err(|_| Error::RestoreFailed {
+                            addr: tramp,
+                            state: PARTLY_RESTORED,
+                        })
+                        .and(Err(e));
+                }
+            }
             slot.target.store(target as *mut (), Ordering::Release);
             Ok(())
         }
+    }
+
+    /// After a failed sync of the one-store strategy's sites: every site
+    /// back to a word that behaves as before, then a sync.
+    ///
+    /// # Safety
+    ///
+    /// The patch lock is held.
+    unsafe fn store_all_back(sites: &BatchSites<'_, '_>, writer: &dyn TextWriter) -> Result<(), Error> {
+        let any = sites.sweep(
+            writer,
+            |s| (!s.behaves_as_before(&s.now())).then_some(Store::Entry(s.home)),
+            |s| s.behaves_as_before(&s.now()),
+        )?;
+        if any { writer.sync_cores() } else { Ok(()) }
     }
 }
 

@@ -49,6 +49,17 @@ impl Store {
         image
     }
 
+    /// An 8-byte word (a call site, or a trampoline's entry word) after
+    /// this store; a literal store leaves it as it is.
+    pub fn apply_to_word(self, mut word: [u8; 8]) -> [u8; 8] {
+        match self {
+            Store::Literal(_) => {}
+            Store::Entry(e) => word = e,
+            Store::First(b) => word[0] = b,
+        }
+        word
+    }
+
     /// The store that writes back what `before` holds where this store
     /// writes: undoes it.
     pub fn undo(self, before: &Image) -> Store {

@@ -14,6 +14,7 @@
 //! int3 protocol's three steps, exactly as for a trampoline's entry word.
 
 use super::insn::INT3;
+use super::protocol::Store;
 use crate::Error;
 
 /// Bytes of a site, and its alignment.
@@ -127,6 +128,47 @@ pub fn armed(word: &[u8; SITE_LEN]) -> [u8; SITE_LEN] {
     w
 }
 
+/// The store the batched int3 protocol makes at a site in `phase` (1:
+/// `int3`, 2: the tail, 3: the first byte; [`protocol::phase`]'s numbers),
+/// given the word `now` it holds and the word `to` it is going to; `None`
+/// where the site has nothing to do in that phase. It needs no memory of
+/// earlier phases: a site holds an `int3` exactly when phase 1 armed it
+/// (its check refused one before), so sites need no per-update state.
+///
+/// ```
+/// use static_call::arch::x86_64::{protocol::Store, site::{NOP8, breakpoint_step, encode_call}};
+/// let call = encode_call(0x1000, 0x2000).unwrap();
+/// assert_eq!(breakpoint_step(1, &call, &NOP8), Some(Store::First(0xcc)));
+/// let mut armed = call;
+/// armed[0] = 0xcc;
+/// let mut tail = NOP8;
+/// tail[0] = 0xcc;
+/// assert_eq!(breakpoint_step(2, &armed, &NOP8), Some(Store::Entry(tail)));
+/// assert_eq!(breakpoint_step(3, &tail, &NOP8), Some(Store::First(0x0f)));
+/// assert_eq!(breakpoint_step(1, &NOP8, &NOP8), None);
+/// ```
+///
+/// [`protocol::phase`]: super::protocol::phase
+pub fn breakpoint_step(phase: usize, now: &[u8; SITE_LEN], to: &[u8; SITE_LEN]) -> Option<Store> {
+    let is_armed = now[0] == INT3;
+    match phase {
+        1 if now != to && !is_armed => Some(Store::First(INT3)),
+        2 if is_armed && now[1..] != to[1..] => Some(Store::Entry(armed(to))),
+        3 if is_armed => Some(Store::First(to[0])),
+        _ => None,
+    }
+}
+
+/// Whether a site holds a state that `phase` of the int3 protocol towards
+/// `to` may leave: what an update reads back after the phase.
+pub fn breakpoint_done(phase: usize, now: &[u8; SITE_LEN], to: &[u8; SITE_LEN]) -> bool {
+    match phase {
+        1 => now == to || now[0] == INT3,
+        2 => now == to || *now == armed(to),
+        _ => now == to,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +223,51 @@ mod tests {
             );
         }
         assert_eq!(check(site, &NOP8, tramp, 0), Ok(()));
+    }
+
+    /// What a CPU does on running a site's bytes: calls `Some(target)`,
+    /// runs the no-op (`None`), or traps and is steered to the key's
+    /// literal (which holds the new target before any `int3` is placed).
+    fn run(site: u64, now: &[u8; 8], literal: u64) -> Option<u64> {
+        if now[0] == INT3 {
+            return Some(literal);
+        }
+        decode(site, now).expect("a state no instruction boundary allows")
+    }
+
+    #[test]
+    fn every_state_of_the_batched_protocol_calls_old_or_new() {
+        let (site, tramp) = (0x5555_0000_1000u64, 0x5555_0000_9000u64);
+        let targets = [0, 0x5555_0000_3000, 0x5555_0000_4000, 0x7fff_0000_0000];
+        let mut checked = 0;
+        for &old in &targets {
+            for start in [home(site, tramp).unwrap(), plan(site, tramp, old).unwrap()] {
+                for &new in &targets {
+                    let to = plan(site, tramp, new).unwrap();
+                    // What each word does for the key: the trampoline's
+                    // call runs whatever the trampoline holds, old or new.
+                    let behaves = |t: Option<u64>, key: u64| match t {
+                        None => key == 0,
+                        Some(t) if t == tramp => true,
+                        Some(t) => t == key,
+                    };
+                    let mut now = start;
+                    for phase in 1..=3 {
+                        if let Some(store) = breakpoint_step(phase, &now, &to) {
+                            now = store.apply_to_word(now);
+                        }
+                        assert!(breakpoint_done(phase, &now, &to));
+                        let ran = run(site, &now, if new == 0 { 0 } else { new });
+                        assert!(
+                            behaves(ran, old) || behaves(ran, new),
+                            "{old:#x} -> {new:#x}, phase {phase}: {now:x?}"
+                        );
+                        checked += 1;
+                    }
+                    assert_eq!(now, to);
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 2 * 4 * 3);
     }
 }

@@ -25,14 +25,20 @@
 //!   only memory it reads (the trampoline, the list of armed slots) is
 //!   static.
 //!
-//! The trampolines only ever `jmp` or `ret`, so the handler emulates by
-//! setting RIP alone: the new target, or the NULL stub (a `ret`), reached
-//! with the caller's return address still on the stack.
+//! The trampolines only ever `jmp` or `ret`, so at a trampoline the
+//! handler emulates by setting RIP alone: the new target, or the NULL stub
+//! (a `ret`), reached with the caller's return address still on the stack.
+//! At an inline call site it emulates a call: it pushes the address after
+//! the site and continues at the same literal's value (the NULL stub
+//! returns at once, as the no-op would have done nothing). Seed 001's race
+//! stays impossible for sites too: nothing is generated for the CPU to
+//! return to; it returns into the unchanged code after its own site.
 //!
 //! A trap is recognised as ours only if the address before the trapped RIP
 //! is a trampoline this crate has armed (an intrusive, append-only list
-//! through the keys' static slots); any other SIGTRAP goes to the handler
-//! that was installed before ours.
+//! through the keys' static slots) or an inline call site, found in the
+//! call-site table, of a key so armed; any other SIGTRAP goes to the
+//! handler that was installed before ours.
 
 use super::Slot;
 use super::layout::LITERAL_OFFSET;
@@ -90,30 +96,59 @@ fn is_armed(tramp: usize) -> bool {
     false
 }
 
-/// Where a CPU that trapped with `rip` (the address after the `int3`)
-/// continues, or `None` if the trap is not at an armed trampoline.
-/// Async-signal-safe.
-pub(super) fn steer(rip: usize) -> Option<usize> {
-    let tramp = rip.wrapping_sub(1);
-    if !is_armed(tramp) {
-        return None;
-    }
-    hooks::on_trap(hooks::TrapPoint::Recognised, tramp, 0);
+/// What a trapped CPU does instead of the instruction under the `int3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Steer {
+    /// At a trampoline: continue at `0` (the trampolines only `jmp` or
+    /// `ret`, so the caller's return address is already on the stack).
+    Jump(usize),
+    /// At an inline call site: the call the site is being patched to,
+    /// emulated: push `ret` (the address after the 8-byte site), continue
+    /// at `dest`.
+    Call {
+        /// Where the call goes.
+        dest: usize,
+        /// The return address to push.
+        ret: usize,
+    },
+}
+
+/// The destination a trapped call of the key at `tramp` continues at: the
+/// trampoline's literal (see the rule in the module documentation).
+fn literal_of(tramp: usize) -> usize {
     // SAFETY: an armed trampoline's literal is an aligned u64 of static
     // text, only ever written by single aligned stores.
     let literal =
         unsafe { (*((tramp + LITERAL_OFFSET) as *const AtomicU64)).load(Ordering::Acquire) };
     // A literal of 0 was never written; no armed trampoline has one, since
     // the literal is written before the first int3. Should it happen, run
-    // the trampoline again: it traps until the update completes.
-    let dest = if literal == 0 {
-        tramp
+    // the trampoline itself: it traps until the update completes.
+    if literal == 0 { tramp } else { literal as usize }
+}
+
+/// What a CPU that trapped with `rip` (the address after the `int3`) does
+/// instead, or `None` if the trap is not at an armed trampoline or at an
+/// inline site of an armed key. Async-signal-safe: atomic loads of static
+/// memory, a binary search of the call-site table, no lock.
+pub(super) fn steer(rip: usize) -> Option<Steer> {
+    let at = rip.wrapping_sub(1);
+    let (tramp, steer) = if is_armed(at) {
+        hooks::on_trap(hooks::TrapPoint::Recognised, at, 0);
+        (at, Steer::Jump(literal_of(at)))
     } else {
-        literal as usize
+        let tramp = crate::site::table::live::published()?.find(at)?;
+        if !is_armed(tramp) {
+            return None;
+        }
+        hooks::on_trap(hooks::TrapPoint::Recognised, tramp, 0);
+        let dest = literal_of(tramp);
+        let ret = at + super::site::SITE_LEN;
+        (tramp, Steer::Call { dest, ret })
     };
+    let (Steer::Jump(dest) | Steer::Call { dest, .. }) = steer;
     hooks::on_trap(hooks::TrapPoint::Steering, tramp, dest);
     STEERED.fetch_add(1, Ordering::Relaxed);
-    Some(dest)
+    Some(steer)
 }
 
 /// How many calls have trapped on an `int3` and been steered since the
@@ -186,7 +221,7 @@ pub(super) fn ensure_handler() -> Result<(), Error> {
 
 #[cfg(target_os = "linux")]
 mod sigtrap {
-    use super::steer;
+    use super::{Steer, steer};
     use crate::Error;
     use core::cell::UnsafeCell;
     use core::ffi::{c_int, c_void};
@@ -303,10 +338,25 @@ mod sigtrap {
             // kill/tgkill, or traps of other kinds, say nothing about RIP.
             if (*info).si_code == libc::SI_KERNEL {
                 let uc = ctx.cast::<libc::ucontext_t>();
-                let rip = &mut (*uc).uc_mcontext.gregs[libc::REG_RIP as usize];
-                if let Some(dest) = steer(*rip as usize) {
-                    *rip = dest as i64;
-                    return;
+                let gregs = &mut (*uc).uc_mcontext.gregs;
+                match steer(gregs[libc::REG_RIP as usize] as usize) {
+                    Some(Steer::Jump(dest)) => {
+                        gregs[libc::REG_RIP as usize] = dest as i64;
+                        return;
+                    }
+                    Some(Steer::Call { dest, ret }) => {
+                        // Push the return address on the trapped thread's
+                        // stack: the site is in an `asm!` block without
+                        // `nostack`, so nothing lives below its stack
+                        // pointer, and the kernel put this signal frame
+                        // below the red zone (or on an alternate stack).
+                        let rsp = gregs[libc::REG_RSP as usize] as usize - 8;
+                        (rsp as *mut usize).write(ret);
+                        gregs[libc::REG_RSP as usize] = rsp as i64;
+                        gregs[libc::REG_RIP as usize] = dest as i64;
+                        return;
+                    }
+                    None => {}
                 }
             }
             chain(sig, info, ctx);
