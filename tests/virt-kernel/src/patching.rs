@@ -19,21 +19,26 @@
 //! 0 of 10 with this re-write.
 //!
 //! The replay list holds [`REPLAY`] writes of at most [`REPLAY_BYTES`]
-//! bytes. A write it cannot hold (the list full, or too long) is not
-//! dropped silently: the next `sync_cores` still synchronizes and replays
-//! what it has, then fails with [`REPLAY_OVERFLOW`], so the update that
-//! relied on the record fails and says why ([`ReplayStats`] counts it).
-//! The replayed bytes get the same cache maintenance as any write to text
-//! (static-call's `flush_icache_range`: `DC CVAU`, `DSB`, `IC IVAU`, `DSB`,
-//! `ISB`), so after a replay the CPUs execute what a real one would.
+//! bytes; the stores of `write_batch` (an update's inline call sites, one
+//! word each) go to a list of their own, of [`REPLAY_BATCHED`] stores, as
+//! an update of a key with a thousand sites makes a thousand of them. A
+//! write neither list can hold (full, or too long) is not dropped
+//! silently: the next `sync_cores` still synchronizes and replays what it
+//! has, then fails with [`REPLAY_OVERFLOW`], so the update that relied on
+//! the record fails and says why ([`ReplayStats`] counts it). The replayed
+//! bytes get the same cache maintenance as any write to text (static-call's
+//! `flush_icache_range`, or `flush_icache_words` for the batched stores:
+//! `DC CVAU`, `DSB`, `IC IVAU`, `DSB`, `ISB`), so after a replay the CPUs
+//! execute what a real one would.
 
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use alloc::boxed::Box;
+use alloc::vec;
 
 use spin::mutex::SpinMutex;
-use static_call::arch::aarch64::flush_icache_range;
-use static_call::writer::Alias;
+use static_call::arch::aarch64::{flush_icache_range, flush_icache_words};
+use static_call::writer::{Alias, TextPatch};
 use static_call::{Error, TextWriter};
 
 use crate::{gic, mmu};
@@ -41,8 +46,14 @@ use crate::{gic, mmu};
 /// How long a sync waits for every CPU to take the IPI.
 const SYNC_TIMEOUT_MS: u64 = 2000;
 
-/// At most this many writes are replayed per sync (an update makes two).
+/// At most this many writes are replayed per sync (an update writes two
+/// words of its trampoline this way).
 pub const REPLAY: usize = 8;
+
+/// At most this many batched stores are replayed per sync: two updates'
+/// worth (one that fails and its rollback) of the test kernel's largest
+/// key, 1000 inline sites, with room to spare.
+pub const REPLAY_BATCHED: usize = 4096;
 
 /// The longest write the replay can hold (static-call writes 8 bytes).
 pub const REPLAY_BYTES: usize = 16;
@@ -59,8 +70,19 @@ pub const REPLAY_OVERFLOW: Error = Error::WriterFailed {
 struct Record {
     list: [(usize, usize); REPLAY],
     len: usize,
+    /// The stores of `write_batch` calls, `batched_len` of them in use.
+    batched: Box<[(usize, usize)]>,
+    batched_len: usize,
     /// Writes since the last sync that could not be recorded.
     missed: usize,
+}
+
+impl Record {
+    /// Counts a write that cannot be replayed.
+    fn miss(&mut self) {
+        self.missed += 1;
+        MISSED.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// Counts of the writer's replays since boot.
@@ -93,10 +115,11 @@ pub struct KernelWriter {
     written: SpinMutex<Record>,
 }
 
-// SAFETY: `write` delegates to `Alias::write`, which keeps the trait's
-// promises; the replay in `sync_cores` stores, through the same alias, the
-// bytes that the executable mapping already holds at that moment, so it
-// changes nothing anyone can observe.
+// SAFETY: `write` and each store of `write_batch` delegate to
+// `Alias::write`, which keeps the trait's promises; the replay in
+// `sync_cores` stores, through the same alias, the bytes that the
+// executable mapping already holds at that moment, so it changes nothing
+// anyone can observe.
 unsafe impl TextWriter for KernelWriter {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
         // SAFETY: the caller's contract is passed on unchanged.
@@ -115,8 +138,28 @@ unsafe impl TextWriter for KernelWriter {
             r.list[n] = entry;
             r.len += 1;
         } else {
-            r.missed += 1;
-            MISSED.fetch_add(1, Ordering::SeqCst);
+            r.miss();
+        }
+        Ok(())
+    }
+
+    unsafe fn write_batch(
+        &self,
+        patches: &mut dyn Iterator<Item = TextPatch>,
+    ) -> Result<(), Error> {
+        let mut r = self.written.lock();
+        for p in patches {
+            // SAFETY: the caller's contract, for each patch, passed on.
+            unsafe { self.alias.write(p.addr, p.bytes()) }?;
+            // Not deduplicated: a batch names each site once, and a failed
+            // update's rollback at most doubles that (REPLAY_BATCHED allows).
+            if r.batched_len < r.batched.len() {
+                let n = r.batched_len;
+                r.batched[n] = (p.addr, p.bytes().len());
+                r.batched_len += 1;
+            } else {
+                r.miss();
+            }
         }
         Ok(())
     }
@@ -127,8 +170,16 @@ unsafe impl TextWriter for KernelWriter {
             errno: 0,
         })?;
         let mut r = self.written.lock();
-        let Record { list, len, missed } = &mut *r;
-        for &(addr, n) in &list[..*len] {
+        let Record {
+            list,
+            len,
+            batched,
+            batched_len,
+            missed,
+        } = &mut *r;
+        // Puts back the bytes text holds now, as one store for an aligned
+        // word (what the update stored).
+        let rewrite = |addr: usize, n: usize| -> Result<(), Error> {
             let mut buf = [0u8; REPLAY_BYTES];
             for (i, b) in buf[..n].iter_mut().enumerate() {
                 // SAFETY: `addr..addr + n` was just written by this writer,
@@ -138,13 +189,27 @@ unsafe impl TextWriter for KernelWriter {
             // SAFETY: the same range, the same bytes: the patch lock is still
             // held by our caller (sync_cores runs inside the update).
             unsafe { self.alias.write(addr, &buf[..n]) }?;
+            REPLAYED.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        for &(addr, n) in &list[..*len] {
+            rewrite(addr, n)?;
             // As after any write to text: make it what instruction fetch
             // sees.
             flush_icache_range(addr, n);
-            REPLAYED.fetch_add(1, Ordering::SeqCst);
         }
-        let (replayed, not_recorded) = (*len, *missed);
+        let batch = &batched[..*batched_len];
+        for &(addr, n) in batch {
+            rewrite(addr, n)?;
+        }
+        // One pass of maintenance for the batch, as the library does it; a
+        // store's first and last byte name every line it touches.
+        if !batch.is_empty() {
+            flush_icache_words(batch.iter().flat_map(|&(a, n)| [a, a + n - 1]));
+        }
+        let (replayed, not_recorded) = (*len + *batched_len, *missed);
         *len = 0;
+        *batched_len = 0;
         *missed = 0;
         drop(r);
         if not_recorded > 0 {
@@ -152,7 +217,7 @@ unsafe impl TextWriter for KernelWriter {
             // The error's text is fixed; the log says how many. (An update
             // whose rollback overflows too reports `RestoreFailed`.)
             crate::println!(
-                "patching: sync fails: {not_recorded} write(s) since the last sync not recorded for replay ({replayed} replayed; the record holds {REPLAY} writes of up to {REPLAY_BYTES} bytes each)"
+                "patching: sync fails: {not_recorded} write(s) since the last sync not recorded for replay ({replayed} replayed; the record holds {REPLAY} writes of up to {REPLAY_BYTES} bytes each and {REPLAY_BATCHED} batched stores)"
             );
             return Err(REPLAY_OVERFLOW);
         }
@@ -175,6 +240,8 @@ pub fn install() -> &'static KernelWriter {
         written: SpinMutex::new(Record {
             list: [(0, 0); REPLAY],
             len: 0,
+            batched: vec![(0, 0); REPLAY_BATCHED].into_boxed_slice(),
+            batched_len: 0,
             missed: 0,
         }),
     }));

@@ -9,6 +9,7 @@ mod core_kernel;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
+use static_call::writer::TextPatch;
 use static_call::{Error, TextWriter};
 use virt_kernel::runner::TestResult;
 use virt_kernel::{check, check_eq, cpu, patching, println, smp};
@@ -67,6 +68,16 @@ unsafe impl TextWriter for Counting {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
         // SAFETY: the caller's contract, passed on.
         unsafe { patching::writer().write(addr, bytes) }
+    }
+    // Forwarded as one batch: the kernel's writer replays batched stores
+    // (the operations' inline call sites) from a list of their own, which
+    // one-by-one writes would overflow.
+    unsafe fn write_batch(
+        &self,
+        patches: &mut dyn Iterator<Item = TextPatch>,
+    ) -> Result<(), Error> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { patching::writer().write_batch(patches) }
     }
     fn sync_cores(&self) -> Result<(), Error> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
