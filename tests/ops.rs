@@ -386,32 +386,49 @@ fn an_int3_install_is_one_batched_protocol() {
     install(Impl::Boot).unwrap();
 }
 
-/// Every operation's trampoline address and its 16 bytes.
+/// Every operation's trampoline address and its 16 bytes, then each of
+/// its inline call sites and its 8 bytes.
 #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
-fn trampolines() -> Vec<(usize, [u8; 16])> {
-    [
-        timer::TIMER_READ.trampoline_addr(),
-        timer::TIMER_FREQ.trampoline_addr(),
-        timer::TIMER_ARM.trampoline_addr(),
-        timer::TIMER_MISSED.trampoline_addr(),
-    ]
-    .into_iter()
-    // SAFETY: a trampoline is 16 readable bytes.
-    .map(|t| (t, unsafe { std::ptr::read_volatile(t as *const [u8; 16]) }))
-    .collect()
+fn trampolines() -> Vec<(usize, Vec<u8>)> {
+    let keys: [(usize, &dyn Fn(&mut dyn FnMut(usize))); 4] = [
+        (timer::TIMER_READ.trampoline_addr(), &|f| {
+            timer::TIMER_READ.each_inline_site(f)
+        }),
+        (timer::TIMER_FREQ.trampoline_addr(), &|f| {
+            timer::TIMER_FREQ.each_inline_site(f)
+        }),
+        (timer::TIMER_ARM.trampoline_addr(), &|f| {
+            timer::TIMER_ARM.each_inline_site(f)
+        }),
+        (timer::TIMER_MISSED.trampoline_addr(), &|f| {
+            timer::TIMER_MISSED.each_inline_site(f)
+        }),
+    ];
+    // SAFETY: a trampoline is 16 readable bytes, a site 8.
+    let read = |at: usize, len: usize| unsafe {
+        std::slice::from_raw_parts(at as *const u8, len).to_vec()
+    };
+    let mut saved: Vec<_> = keys.iter().map(|&(t, _)| (t, read(t, 16))).collect();
+    for (_, sites) in keys {
+        sites(&mut |s| saved.push((s, read(s, 8))));
+    }
+    saved
 }
 
-/// Writes trampolines back as [`trampolines`] saw them: the repair a
-/// kernel makes after `RestoreFailed`.
+/// Writes trampolines and sites back as [`trampolines`] saw them: the
+/// repair a kernel makes after `RestoreFailed`.
 #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
-fn repair(saved: &[(usize, [u8; 16])]) {
+fn repair(saved: &[(usize, Vec<u8>)]) {
     let _lock = static_call::writer::patch_lock();
-    for &(t, bytes) in saved {
-        // SAFETY: this test's own keys' trampolines, lock held; the literal
-        // first, then the entry, each one aligned 8-byte store.
+    for (t, bytes) in saved {
+        // SAFETY: this test's own keys' trampolines and sites, lock held;
+        // a trampoline's literal first, then its entry, each one aligned
+        // 8-byte store; a site is one aligned 8-byte store.
         unsafe {
-            Remap.write(t + 8, &bytes[8..]).unwrap();
-            Remap.write(t, &bytes[..8]).unwrap();
+            if bytes.len() == 16 {
+                Remap.write(t + 8, &bytes[8..]).unwrap();
+            }
+            Remap.write(*t, &bytes[..8]).unwrap();
         }
     }
     Remap.sync_cores().unwrap();

@@ -130,7 +130,8 @@ impl<'a> Records<'a> {
     /// The sites of the key whose trampoline is at `tramp`, in address
     /// order.
     pub fn sites_of(&self, tramp: usize) -> impl Iterator<Item = usize> + Clone + 'a {
-        self.all().filter_map(move |(s, t)| (t == tramp).then_some(s))
+        self.all()
+            .filter_map(move |(s, t)| (t == tramp).then_some(s))
     }
 
     /// The trampoline of the key whose site is at `site`, if `site` is a
@@ -169,8 +170,12 @@ fn heap_sort(records: &[Record]) {
     let key = |i: usize| records[i].site.load(Ordering::Relaxed);
     let swap = |a: usize, b: usize| {
         let (ra, rb) = (&records[a], &records[b]);
-        let (sa, ta) = (ra.site.load(Ordering::Relaxed), ra.tramp.load(Ordering::Relaxed));
-        ra.site.store(rb.site.load(Ordering::Relaxed), Ordering::Relaxed);
+        let (sa, ta) = (
+            ra.site.load(Ordering::Relaxed),
+            ra.tramp.load(Ordering::Relaxed),
+        );
+        ra.site
+            .store(rb.site.load(Ordering::Relaxed), Ordering::Relaxed);
         ra.tramp
             .store(rb.tramp.load(Ordering::Relaxed), Ordering::Relaxed);
         rb.site.store(sa, Ordering::Relaxed);
@@ -282,7 +287,8 @@ mod tests {
         let base = table.as_ptr() as usize;
         for (i, (r, &(site, tramp))) in table.iter().zip(entries).enumerate() {
             let at = base + 8 * i;
-            r.site.store(site.wrapping_sub(at) as i32, Ordering::Relaxed);
+            r.site
+                .store(site.wrapping_sub(at) as i32, Ordering::Relaxed);
             let t = tramp.map_or(0, |t| t.wrapping_sub(at + 4) as i32);
             r.tramp.store(t, Ordering::Relaxed);
         }
@@ -301,7 +307,12 @@ mod tests {
         let mut entries: Vec<_> = sites
             .iter()
             .enumerate()
-            .map(|(i, &s)| (base.wrapping_sub(0x8000) + s, Some(if i % 2 == 0 { ka } else { kb })))
+            .map(|(i, &s)| {
+                (
+                    base.wrapping_sub(0x8000) + s,
+                    Some(if i % 2 == 0 { ka } else { kb }),
+                )
+            })
             .collect();
         entries.push((base + 48, None)); // the crate's empty record
         emit(&t, &entries);
@@ -344,19 +355,38 @@ mod tests {
     fn a_table_out_of_reach_is_refused_unchanged() {
         let t = table_of(2);
         let base = t.as_ptr() as usize;
-        emit(&t, &[(base + 0x100, Some(base + 0x200)), (base + 0x300, Some(base + 0x400))]);
+        emit(
+            &t,
+            &[
+                (base + 0x100, Some(base + 0x200)),
+                (base + 0x300, Some(base + 0x400)),
+            ],
+        );
         // A trampoline offset that lands exactly on the forgotten marker.
         t[1].tramp
             .store(FORGOTTEN.wrapping_sub(12), Ordering::Relaxed);
         let before: Vec<_> = t
             .iter()
-            .map(|r| (r.site.load(Ordering::Relaxed), r.tramp.load(Ordering::Relaxed)))
+            .map(|r| {
+                (
+                    r.site.load(Ordering::Relaxed),
+                    r.tramp.load(Ordering::Relaxed),
+                )
+            })
             .collect();
         let r = Records::new(&t);
-        assert!(matches!(r.prepare(), Err(Error::UnrecognisedCallSite { .. })));
+        assert!(matches!(
+            r.prepare(),
+            Err(Error::UnrecognisedCallSite { .. })
+        ));
         let after: Vec<_> = t
             .iter()
-            .map(|r| (r.site.load(Ordering::Relaxed), r.tramp.load(Ordering::Relaxed)))
+            .map(|r| {
+                (
+                    r.site.load(Ordering::Relaxed),
+                    r.tramp.load(Ordering::Relaxed),
+                )
+            })
             .collect();
         assert_eq!(before, after);
     }

@@ -78,7 +78,10 @@ pub unsafe trait TextWriter: Sync {
     /// # Safety
     ///
     /// As for [`write`](Self::write), for every patch.
-    unsafe fn write_batch(&self, patches: &mut dyn Iterator<Item = TextPatch>) -> Result<(), Error> {
+    unsafe fn write_batch(
+        &self,
+        patches: &mut dyn Iterator<Item = TextPatch>,
+    ) -> Result<(), Error> {
         for p in patches {
             // SAFETY: the caller's contract, for each patch.
             unsafe { self.write(p.addr, p.bytes()) }?;

@@ -168,6 +168,18 @@ unsafe impl Backend for Aarch64 {
                 });
             }
         }
+        // The sites are checked before anything is written (the literal's
+        // publication included), so a refused site leaves every byte as it
+        // was.
+        let sites = Some(Sites {
+            tramp: tramp as u64,
+            old: slot.target.load(Ordering::Relaxed) as u64,
+            new: target as u64,
+            table: crate::site::table::live::locked()?,
+        });
+        if let Some(s) = &sites {
+            s.check()?;
+        }
         if current.never_updated() {
             // A CPU may pair the new branch word with a stale literal, so
             // the literal must hold the current target before anything
@@ -186,20 +198,12 @@ unsafe impl Backend for Aarch64 {
             }
             current.target = now;
         }
-        let sites = Some(Sites {
-            tramp: tramp as u64,
-            old: slot.target.load(Ordering::Relaxed) as u64,
-            new: target as u64,
-            table: crate::site::table::live::locked()?,
-        });
-        if let Some(s) = &sites {
-            s.check()?;
-        }
         if patch != current.patch() || sites.as_ref().is_some_and(Sites::any) {
             // SAFETY: the window is this key's trampoline, holding
             // `current`, the sites are its own, and the caller holds the
             // patch lock.
-            let written = unsafe { write_patch_and_sites(window, current.patch(), patch, &sites, writer) };
+            let written =
+                unsafe { write_patch_and_sites(window, current.patch(), patch, &sites, writer) };
             if let Err(e) = written {
                 if before[..8] != current.target.to_le_bytes()
                     && !matches!(e, Error::RestoreFailed { .. })
@@ -406,7 +410,10 @@ unsafe fn write_patch_and_sites(
         let stored = unsafe { writer.write_batch(&mut s.stores(|a| s.restored_word(a))) };
         flush_sites(s);
         stored?;
-        match s.addrs().find(|&a| Sites::read(a) != s.restored_word(a as u64)) {
+        match s
+            .addrs()
+            .find(|&a| Sites::read(a) != s.restored_word(a as u64))
+        {
             Some(bad) => Err(Error::VerifyFailed { addr: bad }),
             None => Ok(()),
         }

@@ -461,7 +461,10 @@ mod live {
             let sites = BatchSites { n, item, table };
             for (i, at) in sites.keyed() {
                 let it = item(i);
-                let (tramp, old) = (it.tramp as u64, it.slot.target.load(Ordering::Relaxed) as u64);
+                let (tramp, old) = (
+                    it.tramp as u64,
+                    it.slot.target.load(Ordering::Relaxed) as u64,
+                );
                 let now = unsafe_free_read(at);
                 site::check(at as u64, &now, tramp, old).map_err(|e| (i, e))?;
                 site::plan(at as u64, tramp, it.target as u64).map_err(|e| (i, e))?;
@@ -706,6 +709,7 @@ mod live {
                     |s| site::breakpoint_done(phase, &s.now(), &s.new),
                 )
             };
+            let sites_stored = matches!(swept, Ok(true));
             match swept {
                 Ok(any) => stored |= any,
                 Err(e) => {
@@ -726,6 +730,9 @@ mod live {
                     })
                     .map_err(|r| (0, r))
                     .and(Err((0, e)));
+            }
+            if sites_stored {
+                trap::hooks::after_site_phase(phase);
             }
         }
         for i in 0..n {
@@ -842,7 +849,11 @@ mod live {
         ) -> Result<(), Error> {
             layout::check_alignment(tramp)?;
             let strategy = writer.strategy().unwrap_or_else(default_strategy);
-            let item = |_| BatchItem { tramp, slot, target };
+            let item = |_| BatchItem {
+                tramp,
+                slot,
+                target,
+            };
             let sites = BatchSites::of(1, &item).map_err(|(_, e)| e)?;
             let has_sites = sites.all().next().is_some();
             if has_sites && strategy == Strategy::Breakpoint {
@@ -872,17 +883,17 @@ mod live {
                 // site in one store each and one sync. Each site calls the
                 // old or the new target whatever the trampoline holds.
                 // SAFETY: the lock is held; the sites were checked.
-                let stored = unsafe { sites.store_all(writer) }.and_then(|any| {
-                    if any { writer.sync_cores() } else { Ok(()) }
-                });
+                let stored = unsafe { sites.store_all(writer) }
+                    .and_then(|any| if any { writer.sync_cores() } else { Ok(()) });
                 if let Err(e) = stored {
                     if matches!(e, Error::RestoreFailed { .. }) {
                         return Err(e);
                     }
                     // SAFETY: as above; the trampoline holds `new`.
                     let back = unsafe {
-                        store_all_back(&sites, writer)
-                            .and_then(|()| execute(tramp, new, &protocol::atomic_store(&new, &old), writer))
+                        store_all_back(&sites, writer).and_then(|()| {
+                            execute(tramp, new, &protocol::atomic_store(&new, &old), writer)
+                        })
                     };
                     return back
                         .map_err(|_| Error::RestoreFailed {
@@ -903,7 +914,10 @@ mod live {
     /// # Safety
     ///
     /// The patch lock is held.
-    unsafe fn store_all_back(sites: &BatchSites<'_, '_>, writer: &dyn TextWriter) -> Result<(), Error> {
+    unsafe fn store_all_back(
+        sites: &BatchSites<'_, '_>,
+        writer: &dyn TextWriter,
+    ) -> Result<(), Error> {
         let any = sites.sweep(
             writer,
             |s| (!s.behaves_as_before(&s.now())).then_some(Store::Entry(s.home)),

@@ -176,7 +176,12 @@ mod tests {
     #[test]
     fn calls_round_trip_and_keep_their_rel32_aligned() {
         for site in [0x1_0000_1000u64, 0x7fff_ffff_f000, 0x10_0000_0008] {
-            for target in [site + 8, site - 0x1000, site + 0x7fff_0000, site - 0x8000_0000 + 8] {
+            for target in [
+                site + 8,
+                site - 0x1000,
+                site + 0x7fff_0000,
+                site - 0x8000_0000 + 8,
+            ] {
                 let w = encode_call(site, target).unwrap();
                 assert_eq!(decode(site, &w), Ok(Some(target)));
                 assert_eq!(w[..4], [0x2e, 0x2e, 0x2e, 0xe8]);
@@ -184,7 +189,10 @@ mod tests {
         }
         assert_eq!(decode(0x1000, &NOP8), Ok(None));
         assert_eq!(decode(0x1000, &[0xcc; 8]), Err(()));
-        assert_eq!(decode(0x1000, &[0x90, 0x2e, 0x2e, 0xe8, 0, 0, 0, 0]), Err(()));
+        assert_eq!(
+            decode(0x1000, &[0x90, 0x2e, 0x2e, 0xe8, 0, 0, 0, 0]),
+            Err(())
+        );
     }
 
     #[test]

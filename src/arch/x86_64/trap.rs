@@ -123,7 +123,11 @@ fn literal_of(tramp: usize) -> usize {
     // A literal of 0 was never written; no armed trampoline has one, since
     // the literal is written before the first int3. Should it happen, run
     // the trampoline itself: it traps until the update completes.
-    if literal == 0 { tramp } else { literal as usize }
+    if literal == 0 {
+        tramp
+    } else {
+        literal as usize
+    }
 }
 
 /// What a CPU that trapped with `rip` (the address after the `int3`) does
@@ -499,8 +503,32 @@ pub mod hooks {
     /// index of the store in the plan, store).
     pub type StoreHook = fn(usize, usize, Store);
 
+    /// A hook run by a batched int3 update after each phase that stored
+    /// at inline sites, once that phase is synced: (phase, 1 to 3).
+    pub type PhaseHook = fn(usize);
+
     static ON_TRAP: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
     static AFTER_STORE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+    static AFTER_SITE_PHASE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Installs (or with `None` removes) the after-site-phase hook. It runs
+    /// with the patch lock held.
+    pub fn set_after_site_phase(hook: Option<PhaseHook>) {
+        AFTER_SITE_PHASE.store(
+            hook.map_or(core::ptr::null_mut(), |h| h as *mut ()),
+            Ordering::SeqCst,
+        );
+    }
+
+    pub(in super::super) fn after_site_phase(phase: usize) {
+        let h = AFTER_SITE_PHASE.load(Ordering::SeqCst);
+        if !h.is_null() {
+            // SAFETY: only `set_after_site_phase` stores here, from a
+            // `PhaseHook`.
+            let h = unsafe { core::mem::transmute::<*mut (), PhaseHook>(h) };
+            h(phase);
+        }
+    }
 
     /// Installs (or with `None` removes) the trap hook. It runs in signal
     /// context: it must be async-signal-safe.

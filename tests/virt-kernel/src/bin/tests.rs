@@ -9,6 +9,8 @@ extern crate alloc;
 
 // Beside this file, in a directory of its own: a file in src/bin would be
 // taken for another binary.
+#[path = "tests/inline.rs"]
+mod inline;
 #[path = "tests/portable.rs"]
 mod portable;
 #[path = "tests/static_calls.rs"]
@@ -24,6 +26,10 @@ use virt_kernel::runner::{self, TestResult};
 use virt_kernel::{check, check_eq, println, smp, tests};
 use virt_kernel::{gic, mmu};
 
+use inline::{
+    inline_site_bad_input, inline_site_counts, inline_site_torn_states, inline_site_transitions,
+    inline_sites_1000, inline_sites_smp_stress,
+};
 use portable::portable_kernel_on_the_board;
 use static_calls::{
     static_call_bad_input, static_call_declared_across_crates, static_call_far_initial_target,
@@ -67,6 +73,12 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         static_call_replay_record,
         static_call_smp_stress,
         portable_kernel_on_the_board,
+        inline_site_counts,
+        inline_site_transitions,
+        inline_sites_1000,
+        inline_site_torn_states,
+        inline_site_bad_input,
+        inline_sites_smp_stress,
         #[cfg(feature = "deliberate-failure")]
         deliberate_failure,
     ])

@@ -235,7 +235,7 @@ fn set_value<K: ValueKey>(key: &K, s: State, with: bool) -> Result<(), Error> {
     result.map_err(Error::from)
 }
 
-fn describe(fault: &exceptions::Fault) -> String {
+pub(crate) fn describe(fault: &exceptions::Fault) -> String {
     format!(
         "cpu{}: call faulted: ESR={:#x} (EC={:#x}) ELR={:#x} FAR={:#x}",
         virt_kernel::cpu::id(),
@@ -277,7 +277,10 @@ fn value_here<K: ValueKey>(key: &K, x: u32) -> Result<[u64; 2], String> {
 }
 
 /// Runs `f` on `cpu` (here for CPU 0, the CPU the tests run on).
-fn on_cpu<R: Send>(cpu: usize, f: impl FnOnce() -> Result<R, String> + Send) -> Result<R, String> {
+pub(crate) fn on_cpu<R: Send>(
+    cpu: usize,
+    f: impl FnOnce() -> Result<R, String> + Send,
+) -> Result<R, String> {
     if cpu == 0 {
         return f();
     }
@@ -420,7 +423,7 @@ fn check_targets(tramp: usize, near: u64, far: u64) -> TestResult {
 ///
 /// Every range must lie in the trampoline window of a key that only the
 /// calling test uses, and nothing may call that key meanwhile.
-unsafe fn write_text(writes: &[(usize, &[u8])]) -> TestResult {
+pub(crate) unsafe fn write_text(writes: &[(usize, &[u8])]) -> TestResult {
     let w = patching::writer();
     let _lock = patch_lock();
     for &(addr, bytes) in writes {
