@@ -121,7 +121,7 @@ fn decode(site: usize) -> Site {
         match site::decode(site as u64, &word) {
             Ok(Some(t)) => Site::Call(t as usize),
             Ok(None) => Site::Nop,
-            Err(()) => panic!("site {site:#x} holds {word:02x?}"),
+            Err(e) => panic!("{e}"),
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -615,7 +615,9 @@ mod int3 {
     use static_call::arch::Strategy;
     use static_call::arch::x86_64::{__test_hooks as hooks, traps_steered};
 
-    static SEEN: Mutex<Vec<(usize, [u64; 3], [u8; 8])>> = Mutex::new(Vec::new());
+    /// What a call made in a phase saw: (phase, results, the first site's bytes).
+    type Seen = (usize, [u64; 3], [u8; 8]);
+    static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
 
     /// `COUNTED`'s first site, read before the update: the hook runs with
     /// the patch lock held, so it cannot ask the table itself.
@@ -791,7 +793,7 @@ mod int3 {
         };
         assert!(handle_breakpoint(&mut frame));
         assert_eq!(
-            frame.rip, add2 as extern "C" fn(u64) -> u64 as u64,
+            frame.rip as usize, add2 as extern "C" fn(u64) -> u64 as usize,
             "the key's literal"
         );
         assert_eq!(frame.rsp, top - 8);

@@ -390,7 +390,8 @@ fn an_int3_install_is_one_batched_protocol() {
 /// its inline call sites and its 8 bytes.
 #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
 fn trampolines() -> Vec<(usize, Vec<u8>)> {
-    let keys: [(usize, &dyn Fn(&mut dyn FnMut(usize))); 4] = [
+    type EachSite<'a> = &'a dyn Fn(&mut dyn FnMut(usize));
+    let keys: [(usize, EachSite); 4] = [
         (timer::TIMER_READ.trampoline_addr(), &|f| {
             timer::TIMER_READ.each_inline_site(f)
         }),

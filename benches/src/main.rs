@@ -30,6 +30,8 @@ const CALLS: u64 = 1 << 16;
 const ROUNDS: usize = 101;
 /// Updates timed per strategy and writer.
 const UPDATES: usize = 201;
+/// Updates of the 1000-site key timed per strategy and writer.
+const UPDATES_1000: usize = 51;
 
 // The callees: trivial, never inlined, one per ABI.
 #[inline(never)]
@@ -51,9 +53,49 @@ extern "C" fn add_two_c(x: u64) -> u64 {
 
 static_call::static_call! {
     static RUST_KEY: fn(u64) -> u64 = add_one;
+    /// Called only at its inline site in `loop_inline`.
     static C_KEY: extern "C" fn(u64) -> u64 = add_one_c;
+    /// Never called inline: `loop_trampoline` calls its trampoline.
+    static TRAMP_KEY: extern "C" fn(u64) -> u64 = add_one_c;
+    /// Updated by the one-site update benchmark (its one inline site is
+    /// the check in `update_cost`).
     static UPDATED: extern "C" fn(u64) -> u64 = add_one_c;
+    /// Called from 1000 inline sites (`wide_*`).
+    static WIDE: extern "C" fn(u64) -> u64 = add_one_c;
 }
+
+/// Ten calls of `$e`, each expansion a call site of its own.
+macro_rules! ten {
+    ($e:expr) => {
+        $e.wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+    };
+}
+
+/// Each function xors its result with its own `$base` (its index, undone
+/// by the callers' check), so no two are identical and none is folded
+/// into another.
+macro_rules! wide_fns {
+    ($($name:ident $base:literal)*) => {
+        $(
+            #[inline(never)]
+            fn $name(x: u64) -> u64 {
+                ten!(ten!(WIDE.call(black_box(x)))) ^ $base
+            }
+        )*
+        /// The ten functions holding `WIDE`'s 1000 sites.
+        const WIDE_FNS: &[fn(u64) -> u64] = &[$($name),*];
+    };
+}
+
+wide_fns!(wide_0 0 wide_1 1 wide_2 2 wide_3 3 wide_4 4 wide_5 5 wide_6 6 wide_7 7 wide_8 8 wide_9 9);
 
 define_static_key_false!(USE_TWO);
 
@@ -105,6 +147,10 @@ std::arch::global_asm!(
 );
 
 unsafe extern "C" {
+    /// `TRAMP_KEY`'s trampoline, called by name as a kernel's indirect-free
+    /// callers of a Rust-ABI key reach it.
+    #[link_name = "__SCT__TRAMP_KEY"]
+    safe fn tramp_key_entry(x: u64) -> u64;
     fn bench_retpoline_rax();
     fn bench_bare_jmp();
     fn bench_jmp_ud1();
@@ -134,7 +180,7 @@ fn loop_rust_key(n: u64) -> u64 {
 }
 
 #[inline(never)]
-fn loop_c_key(n: u64) -> u64 {
+fn loop_inline(n: u64) -> u64 {
     let mut acc = black_box(0);
     for _ in 0..n {
         acc = C_KEY.call(acc);
@@ -182,7 +228,8 @@ fn loop_retpoline(n: u64) -> u64 {
     acc
 }
 
-/// A loop of direct calls of a hand-written stub that jumps to `add_one_c`.
+/// A loop of direct calls of a stub that jumps to `add_one_c`: a
+/// hand-written one, or a key's trampoline that targets it.
 macro_rules! stub_loop {
     ($name:ident, $stub:ident) => {
         #[inline(never)]
@@ -190,8 +237,9 @@ macro_rules! stub_loop {
             let mut acc: u64 = black_box(0);
             for _ in 0..n {
                 let out: u64;
-                // SAFETY: the stub only jumps to `add_one_c`, an
-                // `extern "C"` function of this signature.
+                // SAFETY: the stub only jumps to `add_one_c` (a key's
+                // trampoline: `main` set it there), an `extern "C"`
+                // function of this signature.
                 unsafe {
                     std::arch::asm!(
                         "call {stub}",
@@ -208,6 +256,7 @@ macro_rules! stub_loop {
     };
 }
 
+stub_loop!(loop_trampoline, tramp_key_entry);
 stub_loop!(loop_bare_jmp, bench_bare_jmp);
 stub_loop!(loop_jmp_ud1, bench_jmp_ud1);
 stub_loop!(loop_jmp_in_section, bench_jmp_in_section);
@@ -238,8 +287,12 @@ fn rows() -> Vec<Row> {
             run: loop_direct,
         },
         Row {
+            name: "inline",
+            run: loop_inline,
+        },
+        Row {
             name: "trampoline",
-            run: loop_c_key,
+            run: loop_trampoline,
         },
         Row {
             name: "trampoline_rust_abi",
@@ -327,32 +380,71 @@ unsafe impl TextWriter for Counting<'_> {
     }
 }
 
-/// Median microseconds and syncs per update of a key with one call site
-/// (its trampoline), for one strategy and writer.
-fn update_cost(strategy: Strategy, writer: &dyn TextWriter) -> (f64, f64) {
+/// Median microseconds and syncs per update of `key`, for one strategy
+/// and writer; `check` says whether every call site now reaches `x + 2`
+/// (`two`) or `x + 1`.
+fn update_cost(
+    key: &static_call::StaticCall<extern "C" fn(u64) -> u64>,
+    updates: usize,
+    check: fn(bool) -> bool,
+    strategy: Strategy,
+    writer: &dyn TextWriter,
+) -> (f64, f64) {
     let counting = Counting {
         inner: writer,
         syncs: AtomicUsize::new(0),
     };
     let w = strategy.with(&counting);
-    let mut times = Vec::with_capacity(UPDATES);
-    for i in 0..UPDATES {
-        let f: extern "C" fn(u64) -> u64 = if i % 2 == 0 { add_two_c } else { add_one_c };
+    let mut times = Vec::with_capacity(updates);
+    for i in 0..updates {
+        let two = i % 2 == 0;
+        let f: extern "C" fn(u64) -> u64 = if two { add_two_c } else { add_one_c };
         let start = Instant::now();
-        UPDATED.update_with(f, &w).expect("update");
+        key.update_with(f, &w).expect("update");
         times.push(start.elapsed().as_secs_f64() * 1e6);
-        assert_eq!(UPDATED.call(1), if i % 2 == 0 { 3 } else { 2 });
+        assert!(check(two), "{}: a call site missed update {i}", key.name());
     }
-    let syncs = counting.syncs.load(Ordering::Relaxed) as f64 / UPDATES as f64;
+    let syncs = counting.syncs.load(Ordering::Relaxed) as f64 / updates as f64;
     (median(&mut times), syncs)
+}
+
+/// What every one of `key`'s inline sites calls now, checked against
+/// `want`; prints the shape for the report.
+fn check_sites(row: &str, key: &static_call::StaticCall<extern "C" fn(u64) -> u64>, want: usize) {
+    use static_call::arch::x86_64::site;
+    let mut sites = Vec::new();
+    key.each_inline_site(|s| sites.push(s));
+    assert!(!sites.is_empty(), "{}: no inline site", key.name());
+    for &s in &sites {
+        // SAFETY: a site of the table: 8 readable, aligned bytes of text.
+        let word = unsafe { (s as *const [u8; 8]).read_volatile() };
+        let to = site::decode(s as u64, &word);
+        assert_eq!(
+            to,
+            Ok(Some(want as u64)),
+            "{}: site {s:#x} holds {word:02x?}",
+            key.name()
+        );
+    }
+    println!(
+        "shape {row} {} site(s), each `cs cs cs call {want:#x}` (the target itself) after the update",
+        sites.len()
+    );
 }
 
 fn main() {
     static_keys::global_init();
     // Keys as a kernel has them after boot: updated once. (Until its first
-    // update a Rust-ABI key's trampoline leads through its init shim.)
+    // update a Rust-ABI key's trampoline leads through its init shim, and
+    // an inline site calls the trampoline.)
     RUST_KEY.update(add_one).expect("update");
     C_KEY.update(add_one_c).expect("update");
+    TRAMP_KEY.update(add_one_c).expect("update");
+    check_sites(
+        "inline",
+        &C_KEY,
+        add_one_c as extern "C" fn(u64) -> u64 as usize,
+    );
     let build = std::env::args().nth(1).unwrap_or_else(|| "default".into());
     let calls = calls();
     let direct = calls[0].1;
@@ -361,6 +453,17 @@ fn main() {
         println!("result ratio_{build} {name} {:.4} x", ns / direct);
     }
     if build == "default" {
+        let one_site = |two: bool| UPDATED.call(1) == if two { 3 } else { 2 };
+        let wide = |two: bool| {
+            let want = if two { 300 } else { 200 };
+            WIDE_FNS
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f(1) ^ i as u64 == want)
+        };
+        let mut wide_sites = 0;
+        WIDE.each_inline_site(|_| wide_sites += 1);
+        assert_eq!(wide_sites, 1000, "WIDE's inline sites");
         for (sname, strategy) in [
             ("atomic_store", Strategy::AtomicStore),
             ("breakpoint", Strategy::Breakpoint),
@@ -369,9 +472,12 @@ fn main() {
                 ("remap", &Remap as &dyn TextWriter),
                 ("mprotect", &Mprotect),
             ] {
-                let (us, syncs) = update_cost(strategy, writer);
+                let (us, syncs) = update_cost(&UPDATED, UPDATES, one_site, strategy, writer);
                 println!("result update_us {sname}_{wname} {us:.2} us");
                 println!("result update_syncs {sname}_{wname} {syncs:.2} syncs");
+                let (us, syncs) = update_cost(&WIDE, UPDATES_1000, wide, strategy, writer);
+                println!("result update_1000_us {sname}_{wname} {us:.2} us");
+                println!("result update_1000_syncs {sname}_{wname} {syncs:.2} syncs");
             }
         }
     }

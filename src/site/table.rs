@@ -401,7 +401,7 @@ mod tests {
             }
             for i in 0..k {
                 each(k - 1, p, f);
-                let j = if k % 2 == 0 { i } else { 0 };
+                let j = if k.is_multiple_of(2) { i } else { 0 };
                 p.swap(j, k - 1);
             }
         }

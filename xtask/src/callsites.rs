@@ -109,7 +109,8 @@ pub fn classify(line: &str, key: &str) -> Option<Call> {
     // `address:<TAB>bytes<TAB>instruction` (arm64: a tab after the mnemonic
     // too).
     let insn = line.split('\t').skip(2).collect::<Vec<_>>().join(" ");
-    let mut words = insn.split_whitespace();
+    // An inline site's call carries `cs` prefixes (one aligned 8-byte word).
+    let mut words = insn.split_whitespace().skip_while(|w| *w == "cs");
     let mnemonic = words.next()?;
     let operand = words.collect::<Vec<_>>().join(" ");
     // Tail calls (`jmp`/`b`) count too; other jumps are the function's own.
@@ -241,7 +242,8 @@ mod tests {
 
     const X86: &str = "\
 0000000000013f80 <site_c_loop>:
-   13f84:\te8 57 f4 03 00       \tcall   513e0 <__SCT__C_KEY>
+   13f80:\t2e 2e 2e e8 57 f4 03 \tcs cs cs call 513e0 <__SCT__C_KEY>
+   13f87:\t00 
    13f89:\tc3                   \tret
 
 0000000000014000 <site_rust_loop>:

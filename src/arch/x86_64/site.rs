@@ -49,14 +49,18 @@ pub fn encode_call(site: u64, target: u64) -> Option<[u8; SITE_LEN]> {
     Some(word)
 }
 
-/// Where a site's call goes, `None` for the NULL no-op; `Err(())` if the
-/// bytes are neither.
-pub fn decode(site: u64, word: &[u8; SITE_LEN]) -> Result<Option<u64>, ()> {
+/// Where a site's call goes, `None` for the NULL no-op; an
+/// [`Error::UnrecognisedCallSite`] naming what was found if the bytes are
+/// neither.
+pub fn decode(site: u64, word: &[u8; SITE_LEN]) -> Result<Option<u64>, Error> {
     if *word == NOP8 {
         return Ok(None);
     }
     if word[..3] != CALL_PREFIXES || word[3] != CALL_REL32 {
-        return Err(());
+        return Err(Error::UnrecognisedCallSite {
+            site: site as usize,
+            found: u64::from_le_bytes(*word),
+        });
     }
     let rel = i32::from_le_bytes([word[4], word[5], word[6], word[7]]);
     Ok(Some(
@@ -188,11 +192,8 @@ mod tests {
             }
         }
         assert_eq!(decode(0x1000, &NOP8), Ok(None));
-        assert_eq!(decode(0x1000, &[0xcc; 8]), Err(()));
-        assert_eq!(
-            decode(0x1000, &[0x90, 0x2e, 0x2e, 0xe8, 0, 0, 0, 0]),
-            Err(())
-        );
+        assert!(decode(0x1000, &[0xcc; 8]).is_err());
+        assert!(decode(0x1000, &[0x90, 0x2e, 0x2e, 0xe8, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

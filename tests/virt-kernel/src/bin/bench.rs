@@ -11,6 +11,8 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use core::arch::{asm, global_asm};
 
 use aarch64_rt::entry;
@@ -75,6 +77,117 @@ static_call::static_call! {
     static NEAR_KEY: extern "C" fn(u64) -> u64 = bench_callee;
     static FAR_KEY: extern "C" fn(u64) -> u64 = bench_callee;
     static NULL_KEY: extern "C" fn(u64) = NULL;
+    /// Called at one inline site (`inline_row`).
+    static INLINE_KEY: extern "C" fn(u64) -> u64 = bench_far_callee;
+    /// Called at one inline site (`null_inline_row`), updated to NULL.
+    static NULL_INLINE_KEY: extern "C" fn(u64) = bench_noop;
+    /// Called from 1000 inline sites (`wide_*`).
+    static WIDE: extern "C" fn(u64) -> u64 = bench_callee;
+}
+
+/// A callee without a result, the NULL key's first target.
+extern "C" fn bench_noop(_x: u64) {}
+
+/// The PMU's instruction counter.
+#[inline(always)]
+fn instructions() -> u64 {
+    let n: u64;
+    // SAFETY: reads this CPU's PMU counter 0; no memory, no side effect.
+    // Not `nomem`: the read must stay where it is relative to the call.
+    unsafe { asm!("mrs {n}, pmevcntr0_el0", n = out(reg) n, options(nostack)) };
+    n
+}
+
+/// Counts a call made from Rust (`$call`), the same way for every row of
+/// this kind, so rows compare: (instructions between the two counter
+/// reads, the call's result).
+macro_rules! measure_rust {
+    ($call:expr) => {{
+        let before = instructions();
+        let result = $call;
+        let after = instructions();
+        (after - before, result)
+    }};
+}
+
+#[inline(never)]
+fn direct_row(x: u64) -> (u64, u64) {
+    measure_rust!(bench_callee(x))
+}
+
+#[inline(never)]
+fn inline_row(x: u64) -> (u64, u64) {
+    measure_rust!(INLINE_KEY.call(x))
+}
+
+#[inline(never)]
+fn null_inline_row(x: u64) -> (u64, u64) {
+    measure_rust!({
+        NULL_INLINE_KEY.call(x);
+        x
+    })
+}
+
+/// Ten copies of `$e`, each a call site of its own.
+macro_rules! ten {
+    ($e:expr) => {
+        $e.wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+            .wrapping_add($e)
+    };
+}
+
+/// Each function xors its result with its own `$base` (its index, undone
+/// by the callers' check), so no two are identical and none is folded
+/// into another.
+macro_rules! wide_fns {
+    ($($name:ident $base:literal)*) => {
+        $(
+            #[inline(never)]
+            fn $name(x: u64) -> u64 {
+                ten!(ten!(WIDE.call(core::hint::black_box(x)))) ^ $base
+            }
+        )*
+        /// The ten functions holding `WIDE`'s 1000 sites.
+        const WIDE_FNS: &[fn(u64) -> u64] = &[$($name),*];
+    };
+}
+
+wide_fns!(wide_0 0 wide_1 1 wide_2 2 wide_3 3 wide_4 4 wide_5 5 wide_6 6 wide_7 7 wide_8 8 wide_9 9);
+
+/// Syncs per update of the 1000-site key, averaged over its updates
+/// (near, far, NULL-free), each checked through every site.
+fn wide_update_syncs() -> Result<f64, alloc::string::String> {
+    let mut sites = 0;
+    WIDE.each_inline_site(|_| sites += 1);
+    if sites != 1000 {
+        return Err(alloc::format!("WIDE has {sites} inline sites, not 1000"));
+    }
+    let updates = [
+        bench_far_callee,
+        bench_callee,
+        bench_far_callee,
+        bench_callee,
+    ];
+    let before = virt_kernel::gic::sync_count();
+    for f in updates {
+        WIDE.update(f).map_err(|e| alloc::format!("{e}"))?;
+        if let Some(bad) = WIDE_FNS
+            .iter()
+            .enumerate()
+            .position(|(i, w)| w(1) ^ i as u64 != 200)
+        {
+            return Err(alloc::format!("wide_{bad} missed an update"));
+        }
+    }
+    let syncs = virt_kernel::gic::sync_count() - before;
+    Ok(syncs as f64 / updates.len() as f64)
 }
 
 /// Starts the PMU's counter 0 on INST_RETIRED (event 0x08), counting at
@@ -130,6 +243,10 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     // the literal is taken); the near key is updated once, as after boot.
     NEAR_KEY.update(bench_callee).expect("near update");
     FAR_KEY.update(bench_far_callee).expect("far update");
+    // The inline keys start out of range and are updated into it: each
+    // site becomes `bl bench_callee`, or `nop` for NULL.
+    INLINE_KEY.update(bench_callee).expect("inline update");
+    NULL_INLINE_KEY.update_null().expect("inline NULL update");
 
     let (empty, _) = measure!([]);
     let pointer = bench_callee as extern "C" fn(u64) -> u64 as usize;
@@ -184,5 +301,28 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         }
     }
     println!("bench arm64 measurement_overhead {empty}");
+    // Calls made from Rust, each row counted the same way: the inline site
+    // against the direct call.
+    let x = core::hint::black_box(1);
+    let rust_rows = [
+        ("direct_from_rust", direct_row(x), 2),
+        ("inline", inline_row(x), 2),
+        ("null_inline", null_inline_row(x), 1),
+    ];
+    for (name, (count, result), expected) in rust_rows {
+        // The second counter read retires too: the same overhead as above.
+        println!("bench arm64 {name} {}", count - empty);
+        if result != expected {
+            println!("bench: {name} returned {result}, expected {expected}");
+            ok = false;
+        }
+    }
+    match wide_update_syncs() {
+        Ok(syncs) => println!("bench arm64 update_1000_sites_syncs {syncs}"),
+        Err(e) => {
+            println!("bench: 1000 sites: {e}");
+            ok = false;
+        }
+    }
     virt_kernel::exit(if ok { 0 } else { 1 });
 }
