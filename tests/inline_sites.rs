@@ -31,6 +31,18 @@ static_call::static_call! {
     static RACED: extern "C" fn(u64) -> u64 = add1;
     /// Parked in the trap handler (x86-64).
     static PARKED: extern "C" fn(u64) -> u64 = add1;
+    /// Two sites, one of them in text a "kernel" frees (`forgotten_*`).
+    static FREED: extern "C" fn(u64) -> u64 = add1;
+}
+
+#[inline(never)]
+fn freed_kept(x: u64) -> u64 {
+    FREED.call(x)
+}
+
+#[inline(never)]
+fn freed_forgotten(x: u64) -> u64 {
+    FREED.call(x + 1)
 }
 
 extern "C" fn add1(x: u64) -> u64 {
@@ -327,6 +339,42 @@ fn every_call_of_an_extern_c_key_is_a_recorded_site() {
     for s in sites_of(&COUNTED) {
         assert_eq!(decode(s), Site::Call(COUNTED.trampoline_addr()));
     }
+}
+
+/// Freed text: once a range is forgotten, no update touches the sites in
+/// it (its bytes stay exactly as they were), the key reports one site
+/// fewer, and the other site is still patched.
+#[test]
+fn forgotten_sites_are_never_written_again() {
+    let _serial = serial();
+    let sites = sites_of(&FREED);
+    assert_eq!(sites.len(), 2);
+    let tramp = FREED.trampoline_addr();
+    // Which of the two sites is `freed_forgotten`'s: the first at or after
+    // its entry (each function holds exactly one).
+    let entry = freed_forgotten as fn(u64) -> u64 as usize;
+    let gone = *sites.iter().filter(|&&s| s >= entry).min().unwrap();
+    let kept = *sites.iter().find(|&&s| s != gone).unwrap();
+    // SAFETY: `gone` is not updated from here on; its call keeps reaching
+    // the trampoline, which this test keeps alive (it is static text).
+    assert_eq!(unsafe { static_call::forget_call_sites(gone..gone + 1) }, 1);
+    assert_eq!(FREED.inline_sites(), 1);
+    // SAFETY: a site and what follows it: 8 readable bytes of text.
+    let bytes = |s: usize| unsafe { (s as *const [u8; 8]).read_volatile() };
+    let before = bytes(gone);
+    for (f, add) in [(add2 as extern "C" fn(u64) -> u64, 2), (add3, 3)] {
+        FREED.update_with(f, &Remap).unwrap();
+        assert_eq!(bytes(gone), before, "a forgotten site was written");
+        assert_eq!(decode(gone), Site::Call(tramp));
+        assert_eq!(decode(kept), expected(kept, tramp, f as usize));
+        // The forgotten site still reaches the key's target through the
+        // trampoline, as it did when it was forgotten.
+        assert_eq!(freed_forgotten(1), 2 + add);
+        assert_eq!(freed_kept(1), 1 + add);
+    }
+    // Forgetting again finds nothing.
+    // SAFETY: as above.
+    assert_eq!(unsafe { static_call::forget_call_sites(gone..gone + 1) }, 0);
 }
 
 #[test]
