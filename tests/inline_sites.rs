@@ -228,22 +228,27 @@ unsafe impl TextWriter for Counting {
 /// The writers an update is made with on this architecture: each x86-64
 /// strategy, and arm64's one protocol. With each, the most syncs an update
 /// may take whatever the number of sites.
-fn writers(counting: &'static Counting) -> Vec<(&'static str, Box<dyn TextWriter>, usize)> {
+fn writers(counting: &'static Counting) -> Vec<(&'static str, &'static dyn TextWriter, usize)> {
     #[cfg(target_arch = "x86_64")]
     {
         use static_call::arch::Strategy;
+        // Leaked: a strategy's writer borrows `counting` for the test's life.
         vec![
-            ("int3", Box::new(Strategy::Breakpoint.with(counting)), 4),
+            (
+                "int3",
+                Box::leak(Box::new(Strategy::Breakpoint.with(counting))),
+                4,
+            ),
             (
                 "one-store",
-                Box::new(Strategy::AtomicStore.with(counting)),
+                Box::leak(Box::new(Strategy::AtomicStore.with(counting))),
                 3,
             ),
         ]
     }
     #[cfg(target_arch = "aarch64")]
     {
-        vec![("arm64", Box::new(counting) as Box<dyn TextWriter>, 1)]
+        vec![("arm64", counting as &dyn TextWriter, 1)]
     }
 }
 
@@ -410,7 +415,7 @@ fn a_key_with_1000_sites_takes_every_transition_with_a_bounded_number_of_syncs()
         ] {
             COUNTING.take();
             let start = Instant::now();
-            next.update(&WIDE, &*writer).unwrap();
+            next.update(&WIDE, writer).unwrap();
             let took = start.elapsed();
             let [syncs, writes, batches, patches] = COUNTING.take();
             let label = format!("{name}: {now:?} -> {next:?}");
@@ -438,7 +443,7 @@ fn a_null_key_leaves_no_call_at_its_sites() {
     static COUNTING: Counting = Counting::new();
     for (name, writer, _) in writers(&COUNTING) {
         NOTED.store(0, Ordering::SeqCst);
-        HOOK.update_null_with(&*writer).unwrap();
+        HOOK.update_null_with(writer).unwrap();
         for &s in &sites {
             assert_eq!(decode(s), Site::Nop, "{name}");
         }
@@ -448,7 +453,7 @@ fn a_null_key_leaves_no_call_at_its_sites() {
             0,
             "{name}: a NULL site calls nothing"
         );
-        HOOK.update_with(note, &*writer).unwrap();
+        HOOK.update_with(note, writer).unwrap();
         for &s in &sites {
             assert_eq!(
                 decode(s),
@@ -508,7 +513,7 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
         Some(static_call::arch::Strategy::AtomicStore),
     ];
     #[cfg(target_arch = "aarch64")]
-    let strategies = [None];
+    let strategies: [Option<()>; 1] = [None];
     let sites = sites_of(&WIDE);
     let tramp = WIDE.trampoline_addr();
     for strategy in strategies {
@@ -564,12 +569,15 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
         // A target that is no instruction address is refused up front.
         let before: Vec<_> = sites.iter().map(|&s| decode(s)).collect();
         // SAFETY: never called: the update is refused.
-        let bad =
-            unsafe { std::mem::transmute::<usize, extern "C" fn(u64) -> u64>(add3 as usize + 2) };
+        let bad = unsafe {
+            std::mem::transmute::<usize, extern "C" fn(u64) -> u64>(
+                (add3 as extern "C" fn(u64) -> u64 as usize) + 2,
+            )
+        };
         assert_eq!(
             WIDE.update_with(bad, &Remap).unwrap_err().error,
             Error::MisalignedTarget {
-                target: add3 as usize + 2
+                target: (add3 as extern "C" fn(u64) -> u64 as usize) + 2
             }
         );
         assert_eq!(before, sites.iter().map(|&s| decode(s)).collect::<Vec<_>>());
@@ -638,7 +646,7 @@ fn calls_racing_updates_reach_the_old_or_the_new_target_at_every_site() {
         while Instant::now() < until && Instant::now() < deadline {
             let g = GEN.load(Ordering::SeqCst) + 1;
             GEN.store(g, Ordering::SeqCst);
-            seq[g % seq.len()].update(&RACED, &*writer).unwrap();
+            seq[g % seq.len()].update(&RACED, writer).unwrap();
             updates += 1;
         }
     }

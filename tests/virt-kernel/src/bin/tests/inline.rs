@@ -501,6 +501,8 @@ fn check_tv(s: S, x: u64) -> Result<usize, String> {
     Ok(calls)
 }
 
+// `c` names the CPU the closure runs on as well as its cells.
+#[allow(clippy::needless_range_loop)]
 fn check_tn(s: S) -> Result<usize, String> {
     let mut calls = 0;
     for c in 0..CPUS {
@@ -1338,10 +1340,10 @@ fn stress_worker(cpu: usize) {
             fence(Ordering::SeqCst);
             let s1 = STARTED.load(Ordering::Acquire);
             let mut seen_here = [0u8; 2];
-            for i in 0..PER_FN {
+            for (i, &got) in out.iter().enumerate() {
                 let k = f * PER_FN + i;
                 let x = arg + k as u64;
-                let value = value_seen(out[i], x);
+                let value = value_seen(got, x);
                 let effect = effect_seen(CELLS[cpu][k].load(Ordering::Relaxed), x);
                 for (key, seen) in [
                     (
