@@ -87,35 +87,11 @@ fn hook_twice(x: u64) {
     HOOK.call(x);
 }
 
-/// Ten calls of `$e` (each expansion is a site of its own).
-macro_rules! ten {
-    ($e:expr) => {
-        $e.wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-    };
-}
+#[macro_use]
+#[path = "common/wide_sites.rs"]
+mod wide_sites;
 
-macro_rules! wide_fns {
-    ($($name:ident)*) => {
-        $(
-            #[inline(never)]
-            fn $name(x: u64) -> u64 {
-                ten!(ten!(WIDE.call(std::hint::black_box(x))))
-            }
-        )*
-        /// Every 100-site function.
-        const WIDE_FNS: &[fn(u64) -> u64] = &[$($name),*];
-    };
-}
-
-wide_fns!(wide_0 wide_1 wide_2 wide_3 wide_4 wide_5 wide_6 wide_7 wide_8 wide_9);
+wide_fns!(WIDE, WIDE_FNS: wide_0 0 wide_1 1 wide_2 2 wide_3 3 wide_4 4 wide_5 5 wide_6 6 wide_7 7 wide_8 8 wide_9 9);
 
 /// What a site holds, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,30 +201,23 @@ unsafe impl TextWriter for Counting {
     }
 }
 
-/// The writers an update is made with on this architecture: each x86-64
-/// strategy, and arm64's one protocol. With each, the most syncs an update
-/// may take whatever the number of sites.
-fn writers(counting: &'static Counting) -> Vec<(&'static str, &'static dyn TextWriter, usize)> {
+/// What every update made through [`writers`] asked of the writer.
+static COUNTING: Counting = Counting::new();
+
+/// The writers an update is made with on this architecture, all counted in
+/// [`COUNTING`]: each x86-64 strategy, and arm64's one protocol. With each,
+/// the most syncs an update may take whatever the number of sites.
+fn writers() -> Vec<(&'static str, &'static dyn TextWriter, usize)> {
     #[cfg(target_arch = "x86_64")]
     {
-        use static_call::arch::Strategy;
-        // Leaked: a strategy's writer borrows `counting` for the test's life.
-        vec![
-            (
-                "int3",
-                Box::leak(Box::new(Strategy::Breakpoint.with(counting))),
-                4,
-            ),
-            (
-                "one-store",
-                Box::leak(Box::new(Strategy::AtomicStore.with(counting))),
-                3,
-            ),
-        ]
+        use static_call::arch::{Strategy, WithStrategy};
+        static INT3: WithStrategy<'static> = Strategy::Breakpoint.with(&COUNTING);
+        static ONE_STORE: WithStrategy<'static> = Strategy::AtomicStore.with(&COUNTING);
+        vec![("int3", &INT3, 4), ("one-store", &ONE_STORE, 3)]
     }
     #[cfg(target_arch = "aarch64")]
     {
-        vec![("arm64", counting as &dyn TextWriter, 1)]
+        vec![("arm64", &COUNTING as &dyn TextWriter, 1)]
     }
 }
 
@@ -385,7 +354,6 @@ fn forgotten_sites_are_never_written_again() {
 #[test]
 fn a_key_with_1000_sites_takes_every_transition_with_a_bounded_number_of_syncs() {
     let _serial = serial();
-    static COUNTING: Counting = Counting::new();
     let sites = sites_of(&WIDE);
     assert_eq!(sites.len(), 1000);
     let tramp = WIDE.trampoline_addr();
@@ -400,11 +368,15 @@ fn a_key_with_1000_sites_takes_every_transition_with_a_bounded_number_of_syncs()
         }
         for (i, f) in WIDE_FNS.iter().enumerate() {
             let x = 1000 + i as u64;
-            assert_eq!(f(x), target.value(x).wrapping_mul(100), "{label}: wide_{i}");
+            assert_eq!(
+                f(x),
+                wide_sites::wide_result(i, target.value(x)),
+                "{label}: wide_{i}"
+            );
         }
     };
     check(Target::Add1, "as assembled");
-    for (name, writer, max_syncs) in writers(&COUNTING) {
+    for (name, writer, max_syncs) in writers() {
         let mut now = Target::Add1;
         for next in [
             Target::Add2,
@@ -440,8 +412,7 @@ fn a_null_key_leaves_no_call_at_its_sites() {
     let mut sites = Vec::new();
     HOOK.each_inline_site(|s| sites.push(s));
     assert_eq!(sites.len(), 2);
-    static COUNTING: Counting = Counting::new();
-    for (name, writer, _) in writers(&COUNTING) {
+    for (name, writer, _) in writers() {
         NOTED.store(0, Ordering::SeqCst);
         HOOK.update_null_with(writer).unwrap();
         for &s in &sites {
@@ -556,7 +527,11 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
             );
         }
         for (i, f) in WIDE_FNS.iter().enumerate() {
-            assert_eq!(f(i as u64), (i as u64 + 2) * 100, "{strategy:?}");
+            assert_eq!(
+                f(i as u64),
+                wide_sites::wide_result(i, i as u64 + 2),
+                "{strategy:?}"
+            );
         }
         // The next update finds every site in a state it accepts.
         WIDE.update_with(add1, &Remap).unwrap();
@@ -605,7 +580,6 @@ fn raced_sites(x: u64) -> [u64; 4] {
 #[test]
 fn calls_racing_updates_reach_the_old_or_the_new_target_at_every_site() {
     let _serial = serial();
-    static COUNTING: Counting = Counting::new();
     // Update g is in progress while GEN == g, and done once GEN > g.
     static GEN: AtomicUsize = AtomicUsize::new(0);
     static STOP: AtomicBool = AtomicBool::new(false);
@@ -641,7 +615,7 @@ fn calls_racing_updates_reach_the_old_or_the_new_target_at_every_site() {
         .collect();
     let mut updates = 0;
     let deadline = Instant::now() + Duration::from_secs(4);
-    for (_, writer, _) in writers(&COUNTING) {
+    for (_, writer, _) in writers() {
         let until = Instant::now() + Duration::from_millis(1500);
         while Instant::now() < until && Instant::now() < deadline {
             let g = GEN.load(Ordering::SeqCst) + 1;

@@ -64,38 +64,11 @@ static_call::static_call! {
     static WIDE: extern "C" fn(u64) -> u64 = add_one_c;
 }
 
-/// Ten calls of `$e`, each expansion a call site of its own.
-macro_rules! ten {
-    ($e:expr) => {
-        $e.wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-    };
-}
+#[macro_use]
+#[path = "../../tests/common/wide_sites.rs"]
+mod wide_sites;
 
-/// Each function xors its result with its own `$base` (its index, undone
-/// by the callers' check), so no two are identical and none is folded
-/// into another.
-macro_rules! wide_fns {
-    ($($name:ident $base:literal)*) => {
-        $(
-            #[inline(never)]
-            fn $name(x: u64) -> u64 {
-                ten!(ten!(WIDE.call(black_box(x)))) ^ $base
-            }
-        )*
-        /// The ten functions holding `WIDE`'s 1000 sites.
-        const WIDE_FNS: &[fn(u64) -> u64] = &[$($name),*];
-    };
-}
-
-wide_fns!(wide_0 0 wide_1 1 wide_2 2 wide_3 3 wide_4 4 wide_5 5 wide_6 6 wide_7 7 wide_8 8 wide_9 9);
+wide_fns!(WIDE, WIDE_FNS: wide_0 0 wide_1 1 wide_2 2 wide_3 3 wide_4 4 wide_5 5 wide_6 6 wide_7 7 wide_8 8 wide_9 9);
 
 define_static_key_false!(USE_TWO);
 
@@ -455,11 +428,11 @@ fn main() {
     if build == "default" {
         let one_site = |two: bool| UPDATED.call(1) == if two { 3 } else { 2 };
         let wide = |two: bool| {
-            let want = if two { 300 } else { 200 };
+            let each = if two { 3 } else { 2 };
             WIDE_FNS
                 .iter()
                 .enumerate()
-                .all(|(i, f)| f(1) ^ i as u64 == want)
+                .all(|(i, f)| f(1) == wide_sites::wide_result(i, each))
         };
         let mut wide_sites = 0;
         WIDE.each_inline_site(|_| wide_sites += 1);

@@ -128,38 +128,11 @@ fn null_inline_row(x: u64) -> (u64, u64) {
     })
 }
 
-/// Ten copies of `$e`, each a call site of its own.
-macro_rules! ten {
-    ($e:expr) => {
-        $e.wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-            .wrapping_add($e)
-    };
-}
+#[macro_use]
+#[path = "../../../common/wide_sites.rs"]
+mod wide_sites;
 
-/// Each function xors its result with its own `$base` (its index, undone
-/// by the callers' check), so no two are identical and none is folded
-/// into another.
-macro_rules! wide_fns {
-    ($($name:ident $base:literal)*) => {
-        $(
-            #[inline(never)]
-            fn $name(x: u64) -> u64 {
-                ten!(ten!(WIDE.call(core::hint::black_box(x)))) ^ $base
-            }
-        )*
-        /// The ten functions holding `WIDE`'s 1000 sites.
-        const WIDE_FNS: &[fn(u64) -> u64] = &[$($name),*];
-    };
-}
-
-wide_fns!(wide_0 0 wide_1 1 wide_2 2 wide_3 3 wide_4 4 wide_5 5 wide_6 6 wide_7 7 wide_8 8 wide_9 9);
+wide_fns!(WIDE, WIDE_FNS: wide_0 0 wide_1 1 wide_2 2 wide_3 3 wide_4 4 wide_5 5 wide_6 6 wide_7 7 wide_8 8 wide_9 9);
 
 /// Syncs per update of the 1000-site key, averaged over its updates
 /// (near, far, NULL-free), each checked through every site.
@@ -181,7 +154,7 @@ fn wide_update_syncs() -> Result<f64, alloc::string::String> {
         if let Some(bad) = WIDE_FNS
             .iter()
             .enumerate()
-            .position(|(i, w)| w(1) ^ i as u64 != 200)
+            .position(|(i, w)| w(1) != wide_sites::wide_result(i, 2))
         {
             return Err(alloc::format!("wide_{bad} missed an update"));
         }
