@@ -120,6 +120,20 @@ pub fn spin_until(timeout_ms: u64, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Runs `f` with IRQs masked on this CPU, then restores the mask as it was.
+/// A pending IRQ still ends a `WFI` inside `f` (the architecture wakes on it
+/// whatever PSTATE.I says) and is taken once the mask is restored.
+pub fn with_irqs_masked<T>(f: impl FnOnce() -> T) -> T {
+    let daif: u64;
+    // SAFETY: saving DAIF and masking IRQs only delays interrupts on this
+    // CPU; DAIF is restored below.
+    unsafe { asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nomem, nostack)) };
+    let result = f();
+    // SAFETY: restores the interrupt mask saved above.
+    unsafe { asm!("msr daif, {}", in(reg) daif, options(nomem, nostack)) };
+    result
+}
+
 /// Milliseconds on the generic timer since an arbitrary origin.
 pub fn now_ms() -> u64 {
     CNTPCT_EL0.get() * 1000 / CNTFRQ_EL0.get().max(1)

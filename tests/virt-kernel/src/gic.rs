@@ -50,17 +50,10 @@ pub fn version() -> u32 {
 
 /// Runs `f` on the driver with IRQs masked on this CPU.
 fn with_gic<T>(f: impl FnOnce(&mut GicV2<'static>) -> T) -> T {
-    let daif: u64;
-    // SAFETY: saving DAIF and masking IRQs only delays interrupts on this
-    // CPU; DAIF is restored below.
-    unsafe { asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nomem, nostack)) };
-    let result = {
+    cpu::with_irqs_masked(|| {
         let mut gic = GIC.lock();
         f(gic.as_mut().expect("gic::init_this_cpu has not run"))
-    };
-    // SAFETY: restores the interrupt mask saved above.
-    unsafe { asm!("msr daif, {}", in(reg) daif, options(nomem, nostack)) };
-    result
+    })
 }
 
 /// Turns on the distributor (first caller) and this CPU's interface, routes

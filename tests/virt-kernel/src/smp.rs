@@ -99,12 +99,21 @@ fn secondary_main(cpu: usize) -> ! {
     println!("cpu{cpu}: online");
     ONLINE.fetch_add(1, Ordering::SeqCst);
     loop {
-        let work = WORK[cpu].load(Ordering::Acquire);
+        // Sleep until an interrupt: `post` sends one after storing work. IRQs
+        // stay masked from the check through the WFI: were they open, the
+        // wake-up SGI could be taken (and acknowledged) between a load that
+        // saw no work and the WFI, which would then sleep until some later
+        // interrupt. Masked, the SGI stays pending, ends the WFI at once,
+        // and is taken when the mask is lifted. A sleeping vCPU leaves the
+        // host's cores to the others.
+        let work = cpu::with_irqs_masked(|| {
+            let work = WORK[cpu].load(Ordering::Acquire);
+            if work == 0 {
+                aarch64_cpu::asm::wfi();
+            }
+            work
+        });
         if work == 0 {
-            // Sleep until an interrupt: `post` sends one after storing work,
-            // and a pending interrupt ends WFI at once, so no wake-up is
-            // lost. A sleeping vCPU leaves the host's cores to the others.
-            aarch64_cpu::asm::wfi();
             continue;
         }
         // SAFETY: only `post` stores non-zero values here, and it stores the
