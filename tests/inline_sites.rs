@@ -673,9 +673,12 @@ mod int3 {
         ] {
             SEEN.lock().unwrap().clear();
             let steered = traps_steered();
-            hooks::set_after_site_phase(Some(call_every_site));
+            // SAFETY: the hook does not unwind: it runs outside signal context
+            // and only calls keys and touches statics.
+            unsafe { hooks::set_after_site_phase(Some(call_every_site)) };
             let done = to.update(&COUNTED, &Strategy::Breakpoint.with(&Remap));
-            hooks::set_after_site_phase(None);
+            // SAFETY: removing a hook.
+            unsafe { hooks::set_after_site_phase(None) };
             done.unwrap();
             let seen = SEEN.lock().unwrap().clone();
             assert_eq!(
@@ -768,8 +771,12 @@ mod int3 {
         for f in [&ARMED, &IN_HANDLER, &RELEASE] {
             f.store(false, Ordering::SeqCst);
         }
-        hooks::set_on_trap(Some(park));
-        hooks::set_after_site_phase(Some(hold_until_parked));
+        // SAFETY: the hook does not unwind, and is
+        // async-signal-safe (atomics and spinning only).
+        unsafe { hooks::set_on_trap(Some(park)) };
+        // SAFETY: the hook does not unwind: it runs outside signal context
+        // and only calls keys and touches statics.
+        unsafe { hooks::set_after_site_phase(Some(hold_until_parked)) };
         let first = std::thread::spawn(|| {
             PARKED
                 .update_with(add2, &Strategy::Breakpoint.with(&Remap))
@@ -781,7 +788,8 @@ mod int3 {
         });
         wait_for(&IN_HANDLER);
         first.join().unwrap();
-        hooks::set_after_site_phase(None);
+        // SAFETY: removing a hook.
+        unsafe { hooks::set_after_site_phase(None) };
         // More updates of this key and another while the call is parked.
         PARKED.update_with(add3, &bp).unwrap();
         COUNTED.update_with(add2, &bp).unwrap();
@@ -791,7 +799,8 @@ mod int3 {
         PARKED.update_with(add3, &bp).unwrap();
         RELEASE.store(true, Ordering::SeqCst);
         let got = caller.join().expect("the parked call faulted");
-        hooks::set_on_trap(None);
+        // SAFETY: removing a hook.
+        unsafe { hooks::set_on_trap(None) };
         assert_eq!(
             DEST.load(Ordering::SeqCst),
             add2 as extern "C" fn(u64) -> u64 as usize
@@ -821,7 +830,9 @@ mod int3 {
             rip: site as u64 + 1,
             rsp: top,
         };
-        assert!(handle_breakpoint(&mut frame));
+        // SAFETY: `frame.rsp` is the top of `stack`, whose last word is free
+        // for the emulated call's return address.
+        assert!(unsafe { handle_breakpoint(&mut frame) });
         assert_eq!(
             frame.rip as usize, add2 as extern "C" fn(u64) -> u64 as usize,
             "the key's literal"
@@ -837,7 +848,8 @@ mod int3 {
             rip: site as u64 + 2,
             rsp: top,
         };
-        assert!(!handle_breakpoint(&mut frame));
+        // SAFETY: as above; no site there, so nothing is written.
+        assert!(!unsafe { handle_breakpoint(&mut frame) });
         assert_eq!(
             frame,
             BreakpointFrame {

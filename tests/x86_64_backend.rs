@@ -778,8 +778,12 @@ impl Parking {
         self.tramp.store(tramp, Ordering::SeqCst);
         self.at_steering
             .store(point == hooks::TrapPoint::Steering, Ordering::SeqCst);
-        hooks::set_on_trap(Some(park_in_handler));
-        hooks::set_after_store(Some(hold_after_int3));
+        // SAFETY: the hook does not unwind, and is
+        // async-signal-safe (atomics and spinning only).
+        unsafe { hooks::set_on_trap(Some(park_in_handler)) };
+        // SAFETY: the hook does not unwind: it runs outside signal context
+        // and only calls keys and touches statics.
+        unsafe { hooks::set_after_store(Some(hold_after_int3)) };
     }
 }
 
@@ -849,7 +853,8 @@ fn parked_call(park_at: hooks::TrapPoint) -> (u64, usize) {
     // The first update completed while the call is parked. Now more updates
     // of this key and of another key (seed 000: another site's update
     // rewrote the global the parked CPU would read), then a final one.
-    hooks::set_after_store(None);
+    // SAFETY: removing a hook.
+    unsafe { hooks::set_after_store(None) };
     PARK.update_with(park_c, &bp).unwrap();
     OTHER.update_with(unicorn, &bp).unwrap();
     PARK.update_ret0_with(&bp).unwrap();
@@ -862,7 +867,8 @@ fn parked_call(park_at: hooks::TrapPoint) -> (u64, usize) {
     assert_eq!(OTHER.call(1), 667);
     PARKING.release.store(true, Ordering::SeqCst);
     let result = caller.join().expect("the parked call faulted");
-    hooks::set_on_trap(None);
+    // SAFETY: removing a hook.
+    unsafe { hooks::set_on_trap(None) };
     assert!(x86::traps_steered() > steered, "the call never trapped");
     (result, PARKING.dest.load(Ordering::SeqCst))
 }
@@ -896,7 +902,9 @@ fn seed_000_a_call_parked_in_the_trap_handler_reaches_a_target_valid_for_it() {
         rip: tramp as u64 + 1,
         rsp: 0x7000,
     };
-    assert!(x86::handle_breakpoint(&mut frame));
+    // SAFETY: a trampoline's trap only edits RIP; nothing is stored below
+    // the made-up RSP.
+    assert!(unsafe { x86::handle_breakpoint(&mut frame) });
     assert_eq!(frame.rip, addr(park_c as fn(u32) -> u64));
     assert_eq!(frame.rsp, 0x7000);
     let mut frame = BreakpointFrame {
@@ -968,11 +976,14 @@ fn child_chain() {
     // A real trap at an armed trampoline is steered by ours, not passed
     // on: this thread calls the key while its own update has the int3 in
     // place (from the after-store hook, lock held).
-    hooks::set_after_store(Some(call_while_armed));
+    // SAFETY: the hook does not unwind: it runs outside signal context
+    // and only calls keys and touches statics.
+    unsafe { hooks::set_after_store(Some(call_while_armed)) };
     CHAIN
         .update_with(near_value, &Strategy::Breakpoint.with(&Remap))
         .unwrap();
-    hooks::set_after_store(None);
+    // SAFETY: removing a hook.
+    unsafe { hooks::set_after_store(None) };
     assert_eq!(
         ARMED_CALL.load(Ordering::SeqCst),
         1001,
@@ -1168,7 +1179,9 @@ fn child_blocked_sigtrap() {
             }
         })
     };
-    hooks::set_after_store(Some(wait_for_blocked_worker));
+    // SAFETY: the hook does not unwind: it runs outside signal context
+    // and only calls keys and touches statics.
+    unsafe { hooks::set_after_store(Some(wait_for_blocked_worker)) };
     const UPDATES: u32 = 2000;
     for i in 0..UPDATES {
         let f: fn(u32) -> u64 = if i % 2 == 0 { far_value } else { near_value };
@@ -1177,7 +1190,8 @@ fn child_blocked_sigtrap() {
             Some(s) => BLOCKED.update_with(f, &s.with(&Remap)).unwrap(),
         }
     }
-    hooks::set_after_store(None);
+    // SAFETY: removing a hook.
+    unsafe { hooks::set_after_store(None) };
     stop.store(true, Ordering::SeqCst);
     worker.join().unwrap();
     println!(
@@ -1371,7 +1385,9 @@ fn every_core_calls_while_another_thread_retargets() {
     ]) {
         slot.store(a as usize, Ordering::Relaxed);
     }
-    hooks::set_on_trap(Some(check_stress_dest));
+    // SAFETY: the hook does not unwind, and is
+    // async-signal-safe (atomics and spinning only).
+    unsafe { hooks::set_on_trap(Some(check_stress_dest)) };
     let callers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut totals = (0, 0, 0);
     for strategy in STRATEGIES {
@@ -1388,7 +1404,8 @@ fn every_core_calls_while_another_thread_retargets() {
         }
         totals = (totals.0 + r.updates, totals.1 + r.calls, totals.2 + r.wrong);
     }
-    hooks::set_on_trap(None);
+    // SAFETY: removing a hook.
+    unsafe { hooks::set_on_trap(None) };
     let (traps, bad) = (
         STRESS_TRAPS.load(Ordering::Relaxed),
         STRESS_BAD_DEST.load(Ordering::Relaxed),
@@ -1429,14 +1446,16 @@ fn seed_001_a_call_parked_on_a_null_update_returns_through_the_static_stub() {
     });
     wait_for(&PARKING.in_handler);
     first.join().unwrap();
-    hooks::set_after_store(None);
+    // SAFETY: removing a hook.
+    unsafe { hooks::set_after_store(None) };
     // Reuse everything a stub-based design would reuse.
     for to in [Near2, Null, Far, Ret0, Null] {
         set_effect(&EFFECT, to, Strategy::Breakpoint).unwrap();
     }
     PARKING.release.store(true, Ordering::SeqCst);
     assert_eq!(caller.join().expect("the parked call faulted"), UNTOUCHED);
-    hooks::set_on_trap(None);
+    // SAFETY: removing a hook.
+    unsafe { hooks::set_on_trap(None) };
     assert_eq!(
         PARKING.dest.load(Ordering::SeqCst) as u64,
         x86::null_stub_addr()

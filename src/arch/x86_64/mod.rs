@@ -225,15 +225,26 @@ pub fn null_stub_addr() -> u64 {
 /// It is async-signal-safe and lock-free: it only reads static memory (a
 /// binary search of the call-site table for sites).
 ///
+/// # Safety
+///
+/// `frame` must be the saved state of a context that really trapped on an
+/// `int3` (its RIP one byte past the breakpoint), and `frame.rsp` that
+/// context's stack pointer, with the 8 bytes below it writable and not in
+/// use by anything else (an inline site's emulated call stores its return
+/// address there). A made-up frame would turn the handler into a store to
+/// an arbitrary address.
+///
 /// ```
 /// use static_call::arch::x86_64::{BreakpointFrame, handle_breakpoint};
 /// // A breakpoint that is not at a trampoline is left to the kernel.
 /// let mut frame = BreakpointFrame { rip: 0x1001, rsp: 0x8000 };
-/// assert!(!handle_breakpoint(&mut frame));
+/// // SAFETY: 0x1000 is no trampoline or call site of this crate, so the
+/// // handler only reads its tables and writes nothing.
+/// assert!(!unsafe { handle_breakpoint(&mut frame) });
 /// assert_eq!(frame, BreakpointFrame { rip: 0x1001, rsp: 0x8000 });
 /// ```
 #[cfg(target_arch = "x86_64")]
-pub fn handle_breakpoint(frame: &mut BreakpointFrame) -> bool {
+pub unsafe fn handle_breakpoint(frame: &mut BreakpointFrame) -> bool {
     match trap::steer(frame.rip as usize) {
         Some(trap::Steer::Jump(dest)) => {
             frame.rip = dest as u64;
@@ -241,9 +252,10 @@ pub fn handle_breakpoint(frame: &mut BreakpointFrame) -> bool {
         }
         Some(trap::Steer::Call { dest, ret }) => {
             let rsp = frame.rsp - 8;
-            // SAFETY: the trapped context was about to run a call, which
-            // would have stored its return address at `rsp`: the stack
-            // the kernel's entry keeps free below the interrupted RSP.
+            // SAFETY: the caller promises `frame` is a real trapped context
+            // whose 8 bytes below RSP are free: the trapped context was about
+            // to run a call, which would have stored its return address at
+            // `rsp` itself.
             unsafe { (rsp as *mut u64).write(ret as u64) };
             frame.rsp = rsp;
             frame.rip = dest as u64;
@@ -258,12 +270,13 @@ pub fn handle_breakpoint(frame: &mut BreakpointFrame) -> bool {
 ///
 /// # Safety
 ///
-/// `frame` must point to a valid, writable [`BreakpointFrame`].
+/// `frame` must point to a valid, writable [`BreakpointFrame`] that meets
+/// [`handle_breakpoint`]'s requirements.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn static_call_handle_breakpoint(frame: *mut BreakpointFrame) -> bool {
-    // SAFETY: the caller passes a valid frame.
-    handle_breakpoint(unsafe { &mut *frame })
+    // SAFETY: the caller passes a valid frame of a real trapped context.
+    unsafe { handle_breakpoint(&mut *frame) }
 }
 
 /// Declares that breakpoints reach [`handle_breakpoint`] without this
