@@ -181,9 +181,11 @@ pub(super) fn steer(rip: usize) -> Option<Steer> {
 ///
 /// pub fn run() {
 ///     let before = traps_steered();
-///     hooks::set_after_store(Some(call_while_armed));
+///     // SAFETY: the hook neither unwinds nor blocks.
+///     unsafe { hooks::set_after_store(Some(call_while_armed)) };
 ///     OP.update_with(dec, &Strategy::Breakpoint.with(&Remap)).unwrap();
-///     hooks::set_after_store(None);
+///     // SAFETY: removing the hook.
+///     unsafe { hooks::set_after_store(None) };
 ///     assert_eq!(traps_steered(), before + 1);
 /// }
 /// # }
@@ -513,7 +515,13 @@ pub mod hooks {
 
     /// Installs (or with `None` removes) the after-site-phase hook. It runs
     /// with the patch lock held.
-    pub fn set_after_site_phase(hook: Option<PhaseHook>) {
+    ///
+    /// # Safety
+    ///
+    /// The hook must not unwind (a panic would leave an update half done,
+    /// an `int3` in place, with the patch lock's signal mask still held):
+    /// it runs in the middle of the patching protocol.
+    pub unsafe fn set_after_site_phase(hook: Option<PhaseHook>) {
         AFTER_SITE_PHASE.store(
             hook.map_or(core::ptr::null_mut(), |h| h as *mut ()),
             Ordering::SeqCst,
@@ -531,8 +539,14 @@ pub mod hooks {
     }
 
     /// Installs (or with `None` removes) the trap hook. It runs in signal
-    /// context: it must be async-signal-safe.
-    pub fn set_on_trap(hook: Option<TrapHook>) {
+    /// context.
+    ///
+    /// # Safety
+    ///
+    /// The hook must be async-signal-safe and must not unwind: it runs
+    /// inside the SIGTRAP handler, and unwinding out of a signal frame is
+    /// undefined behaviour.
+    pub unsafe fn set_on_trap(hook: Option<TrapHook>) {
         ON_TRAP.store(
             hook.map_or(core::ptr::null_mut(), |h| h as *mut ()),
             Ordering::SeqCst,
@@ -541,7 +555,13 @@ pub mod hooks {
 
     /// Installs (or with `None` removes) the after-store hook. It runs with
     /// the patch lock held.
-    pub fn set_after_store(hook: Option<StoreHook>) {
+    ///
+    /// # Safety
+    ///
+    /// The hook must not unwind (a panic would leave an update half done,
+    /// an `int3` in place, with the patch lock's signal mask still held):
+    /// it runs in the middle of the patching protocol.
+    pub unsafe fn set_after_store(hook: Option<StoreHook>) {
         AFTER_STORE.store(
             hook.map_or(core::ptr::null_mut(), |h| h as *mut ()),
             Ordering::SeqCst,
