@@ -99,6 +99,12 @@ pub enum Error {
         /// What the text and the CPUs may hold.
         state: &'static str,
     },
+    /// One batch of updates names the same key twice. Nothing was written:
+    /// a batch gives each key one new target.
+    DuplicateKey {
+        /// Address of the key's trampoline.
+        tramp: usize,
+    },
     /// The writer wrote, but reading back found other bytes (text that is
     /// not really writable, or a writer that is not coherent with
     /// execution). The previous bytes were restored where possible.
@@ -143,6 +149,10 @@ impl fmt::Display for Error {
             Error::WriterFailed { what, errno } => {
                 write!(f, "text writer failed to {what} (errno {errno})")
             }
+            Error::DuplicateKey { tramp } => write!(
+                f,
+                "the key whose trampoline is at {tramp:#x} appears twice in one batch"
+            ),
             Error::VerifyFailed { addr } => {
                 write!(f, "text at {addr:#x} did not read back as written")
             }
@@ -201,6 +211,10 @@ impl fmt::Debug for Error {
                 .debug_struct("WriterFailed")
                 .field("what", &what)
                 .field("errno", &errno)
+                .finish(),
+            Error::DuplicateKey { tramp } => f
+                .debug_struct("DuplicateKey")
+                .field("tramp", &hex(tramp))
                 .finish(),
             Error::VerifyFailed { addr } => f
                 .debug_struct("VerifyFailed")

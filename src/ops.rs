@@ -399,7 +399,12 @@ where
 
 /// One key's part of an install, whatever the key's type. Its methods run
 /// inside [`retarget_all`], which holds the patch lock.
-pub trait Retarget {
+///
+/// Sealed: [`To`] is its only implementation. `retarget_all` trusts what an
+/// implementation reports (its trampoline, slot and target go straight to
+/// the backend's patching protocol), so an implementation outside the
+/// crate could make it write anywhere.
+pub trait Retarget: sealed::Sealed {
     /// Retargets the key through the batch's writer, remembering its
     /// previous target.
     fn apply(&self, batch: &Batch<'_>) -> Result<(), UpdateError>;
@@ -428,6 +433,16 @@ impl<F: FnPtr> To<'_, F> {
             Target::Ret0 => self.key.ret0_addr(),
         }
     }
+}
+
+mod sealed {
+    /// Only the crate's own [`To`](super::To) is a [`Retarget`](super::Retarget).
+    #[diagnostic::on_unimplemented(
+        message = "`Retarget` is sealed: build a batch from `static_call::ops::To` values",
+        label = "`{Self}` is not a `To`"
+    )]
+    pub trait Sealed {}
+    impl<F: crate::FnPtr> Sealed for super::To<'_, F> {}
 }
 
 impl<F: FnPtr> Retarget for To<'_, F> {
@@ -500,7 +515,9 @@ unsafe impl TextWriter for Deferred<'_> {
 const NOT_PUT_BACK: &str = "an install failed and putting this key back failed too: it may keep \
                             its new target";
 
-/// Applies every retarget in order, under one hold of the patch lock; on
+/// Refuses a batch that names a key twice ([`Error::DuplicateKey`], before
+/// anything is written). Otherwise applies every retarget in order, under
+/// one hold of the patch lock; on
 /// the first error, undoes the ones already applied (newest first) and
 /// returns it, naming its key, so every key behaves as before. If an undo
 /// fails too, the error is [`Error::RestoreFailed`] naming the key that
@@ -523,8 +540,33 @@ pub fn retarget_all(
         (w, true) => w,
         (_, false) => Some(&crate::writer::Direct::UNUSED as &dyn TextWriter),
     };
-    let outcome = crate::writer::with_patch_lock(writer, |w| Ok(install_locked(keys, w)));
+    if let Some(dup) = first_duplicate(keys) {
+        return Err(UpdateError::new(
+            dup.key_name(),
+            Error::DuplicateKey {
+                tramp: dup.trampoline_addr(),
+            },
+        ));
+    }
+    let outcome = crate::writer::with_patch_lock(writer, |w| {
+        // Resolve the strategy once: whether syncs may be deferred and how
+        // each key is then patched must agree, even if another thread
+        // changes the default meanwhile.
+        let resolved = w.strategy().unwrap_or_else(crate::arch::default_strategy);
+        Ok(install_locked(keys, &resolved.with(w)))
+    });
     outcome.unwrap_or_else(|e| Err(UpdateError::new(first, e)))
+}
+
+/// The first key that `keys` names a second time (by trampoline), if any.
+fn first_duplicate<'k>(keys: &[&'k dyn Retarget]) -> Option<&'k dyn Retarget> {
+    keys.iter().enumerate().find_map(|(i, key)| {
+        let tramp = key.trampoline_addr();
+        keys[..i]
+            .iter()
+            .any(|earlier| earlier.trampoline_addr() == tramp)
+            .then_some(*key)
+    })
 }
 
 /// [`retarget_all`] with the patch lock held and the writer chosen.

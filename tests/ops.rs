@@ -522,3 +522,84 @@ fn calls_racing_with_installs_see_each_operations_old_or_new_implementation() {
     assert!(n > 0 && installs >= 100);
     install(Impl::Boot).unwrap();
 }
+
+/// A batch that names a key twice is refused before anything is written:
+/// it would have no single new target for that key, and its undo would
+/// put back a target the batch itself wrote.
+#[test]
+fn a_batch_naming_a_key_twice_is_refused_and_changes_nothing() {
+    use static_call::ops::{To, retarget_all};
+    extern "C" fn fast() -> u64 {
+        7
+    }
+    let _serial = serial();
+    install(Impl::Full).unwrap();
+    let before = trampolines();
+    let to_fast = To::function(&timer::TIMER_FREQ, fast);
+    let to_ret0 = To::ret0(&timer::TIMER_MISSED);
+    let to_ret0_again = To::ret0(&timer::TIMER_MISSED);
+    let writers: [Option<&dyn TextWriter>; 2] = [None, Some(&Remap)];
+    for writer in writers {
+        let err = retarget_all(&[&to_fast, &to_ret0, &to_ret0_again], writer).unwrap_err();
+        assert_eq!(err.key, "TIMER_MISSED");
+        assert_eq!(
+            err.error,
+            Error::DuplicateKey {
+                tramp: timer::TIMER_MISSED.trampoline_addr()
+            }
+        );
+        assert_eq!(trampolines(), before, "nothing was written");
+        check(Impl::Full);
+    }
+    // The same keys, each once, go through.
+    retarget_all(&[&to_fast, &to_ret0], None).unwrap();
+    assert_eq!(timer::frequency(), 7);
+    assert_eq!(timer::missed(), 0);
+    install(Impl::Boot).unwrap();
+}
+
+/// An install decides once which strategy it runs: a default changed by
+/// another thread in the middle of it (here, by its own first write) must
+/// not turn the rest into the int3 protocol without its syncs.
+#[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
+#[test]
+fn an_install_keeps_the_strategy_it_started_with() {
+    use static_call::arch::{Strategy, default_strategy, set_default_strategy};
+    /// Counts like `FailingWriter`; its first write changes the default
+    /// strategy, and it notes every `int3` it is asked to store.
+    struct SwitchesDefault {
+        inner: FailingWriter,
+        int3s: AtomicUsize,
+    }
+    // SAFETY: every write is `FailingWriter`'s (that is, `Remap`'s).
+    unsafe impl TextWriter for SwitchesDefault {
+        unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+            if self.inner.writes.load(Ordering::Relaxed) == 0 {
+                set_default_strategy(Strategy::Breakpoint);
+            }
+            if bytes.first() == Some(&0xcc) {
+                self.int3s.fetch_add(1, Ordering::Relaxed);
+            }
+            // SAFETY: the caller's contract, passed on.
+            unsafe { self.inner.write(addr, bytes) }
+        }
+        fn sync_cores(&self) -> Result<(), Error> {
+            self.inner.sync_cores()
+        }
+    }
+    let _serial = serial();
+    let initial = default_strategy();
+    set_default_strategy(Strategy::AtomicStore);
+    install(Impl::Full).unwrap();
+    let writer = SwitchesDefault {
+        inner: FailingWriter::failing_write(usize::MAX),
+        int3s: AtomicUsize::new(0),
+    };
+    let result = timer::install_with::<Bare>(&writer);
+    set_default_strategy(initial);
+    result.unwrap();
+    assert_eq!(writer.int3s.load(Ordering::Relaxed), 0, "no int3 stored");
+    assert_eq!(writer.inner.syncs.load(Ordering::Relaxed), 1, "one sync");
+    check(Impl::Bare);
+    install(Impl::Boot).unwrap();
+}

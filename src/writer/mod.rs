@@ -14,6 +14,7 @@ pub mod linux;
 pub use bare::{Alias, Direct};
 
 use crate::Error;
+use core::marker::PhantomData;
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 /// Writes to executable memory on behalf of a backend, and optionally makes
@@ -257,10 +258,14 @@ pub fn set_default_writer(writer: &'static dyn TextWriter) {
 ///
 /// While it is held, the thread's asynchronous signals are held off (see
 /// [`StaticCall::update`](crate::StaticCall::update) on signal handlers).
+///
+/// It stays on the thread that took it (`!Send`): dropping it elsewhere
+/// would restore the taking thread's signal mask on the wrong thread.
 pub struct PatchLock {
     // Fields drop in order: the lock is released before signals return.
     _guard: SpinMutexGuard<'static, Option<&'static dyn TextWriter>, Relax>,
     _signals: SignalsHeld,
+    _not_send: PhantomData<*mut ()>,
 }
 
 /// Takes the patch lock (waiting while an update holds it).
@@ -269,6 +274,7 @@ pub fn patch_lock() -> PatchLock {
     PatchLock {
         _guard: PATCH.lock(),
         _signals: signals,
+        _not_send: PhantomData,
     }
 }
 
