@@ -204,7 +204,14 @@ pub fn run_on<R: Send, F: FnOnce() -> R + Send>(cpu: usize, timeout_ms: u64, f: 
     // `idle` reads WORK with Acquire after the secondary's Release store, so
     // the result written by `call` is visible here.
     if !cpu::spin_until(timeout_ms, || idle(cpu)) {
-        panic!("cpu{cpu} did not finish the work run_on gave it within {timeout_ms} ms");
+        // Which of the two it is tells a lost wake-up from a hang in `f`.
+        let taken = JOBS[cpu].try_lock().map(|job| job.is_none());
+        let state = match taken {
+            Some(true) => "it took the work and is still running it",
+            Some(false) => "it never took the work: asleep, or stuck before its mailbox",
+            None => "its mailbox is locked",
+        };
+        panic!("cpu{cpu} did not finish the work run_on gave it within {timeout_ms} ms: {state}");
     }
     slot.1.take()
 }

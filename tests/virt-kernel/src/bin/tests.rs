@@ -55,6 +55,7 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     println!("kernel: PSCI CPU_ON accepted for {started} secondaries");
     runner::run(tests![
         smp_all_cpus_online,
+        smp_no_wake_up_is_lost,
         ctr_el0_reports_cache_geometry,
         bti_implemented,
         current_el,
@@ -91,6 +92,44 @@ fn smp_all_cpus_online() -> TestResult {
     println!("smp: {online} of {CPUS} CPUs online");
     check!(all, "only {online} of {CPUS} CPUs came online within 1 s");
     check_eq!(online, CPUS);
+    Ok(())
+}
+
+/// Every piece of work posted to a sleeping secondary wakes it: rounds of
+/// posting to every secondary at once and waiting until each has run it.
+/// A wake-up SGI taken between a secondary's "no work" check and its WFI
+/// would leave it asleep with work pending (CI saw exactly that once, as a
+/// `run_on` timeout); each round gives every CPU that window again.
+fn smp_no_wake_up_is_lost() -> TestResult {
+    use core::sync::atomic::AtomicU64;
+    const ROUNDS: u64 = 3000;
+    static RAN: [AtomicU64; CPUS] = [const { AtomicU64::new(0) }; CPUS];
+    fn ran(cpu: usize) {
+        RAN[cpu].fetch_add(1, Ordering::SeqCst);
+    }
+    let start = cpu::now_ms();
+    for round in 0..ROUNDS {
+        for c in 1..CPUS {
+            check!(smp::post(c, ran), "cpu{c} still busy in round {round}");
+        }
+        for c in 1..CPUS {
+            // `ran` borrows nothing, so a CPU that never wakes is reported
+            // rather than waited for.
+            check!(
+                cpu::spin_until(1000, || smp::idle(c)),
+                "cpu{c} slept through its wake-up in round {round} of {ROUNDS}"
+            );
+        }
+    }
+    for (c, ran) in RAN.iter().enumerate().skip(1) {
+        let ran = ran.load(Ordering::SeqCst);
+        check!(ran == ROUNDS, "cpu{c} ran {ran} of {ROUNDS} posted jobs");
+    }
+    println!(
+        "smp: {ROUNDS} rounds of work posted to {} sleeping CPUs, every one woke, in {} ms",
+        CPUS - 1,
+        cpu::now_ms() - start
+    );
     Ok(())
 }
 
