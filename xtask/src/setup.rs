@@ -90,13 +90,18 @@ fn is_root() -> bool {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    let mut missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(probe, _)| !cmd::exists(probe))
         .map(|&(_, package)| package)
         .collect();
+    // One package can provide several probes (qemu-user).
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
-        let all: Vec<&str> = PACKAGES.iter().map(|&(_, p)| p).collect();
+        let mut all: Vec<&str> = PACKAGES.iter().map(|&(_, p)| p).collect();
+        all.sort_unstable();
+        all.dedup();
         println!("[setup] Debian packages present: {}", all.join(", "));
         return Ok(());
     }
