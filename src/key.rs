@@ -1,10 +1,13 @@
 //! The typed key API: [`StaticCall`], and the macros that define and
 //! declare keys.
 
-use crate::arch::Backend;
 use crate::arch::active::{Active, Slot};
+use crate::arch::{Backend, UpdateWriter};
 use crate::fnptr::{FnPtr, Ret0Safe};
 use crate::{TextWriter, UpdateError, writer};
+
+/// The active backend's per-update options.
+type Options = <Active as Backend>::Options;
 
 /// A static call key for functions of type `F`.
 ///
@@ -243,7 +246,7 @@ impl<F: FnPtr> StaticCall<F> {
     /// # }
     /// ```
     pub fn update(&self, f: F) -> Result<(), UpdateError> {
-        self.retarget(f.addr(), None)
+        self.retarget(f.addr(), None, None)
     }
 
     /// As [`update`](Self::update), through `writer`.
@@ -260,8 +263,12 @@ impl<F: FnPtr> StaticCall<F> {
     /// # }
     /// # }
     /// ```
-    pub fn update_with(&self, f: F, writer: &dyn TextWriter) -> Result<(), UpdateError> {
-        self.retarget(f.addr(), Some(writer))
+    pub fn update_with(
+        &self,
+        f: F,
+        writer: &(impl UpdateWriter + ?Sized),
+    ) -> Result<(), UpdateError> {
+        self.retarget(f.addr(), Some(writer.text_writer()), writer.options())
     }
 
     /// The current target's address (0 for NULL), for putting it back.
@@ -283,7 +290,8 @@ impl<F: FnPtr> StaticCall<F> {
         }
     }
 
-    /// Retargets with the patch lock already held, through `writer`.
+    /// Retargets with the patch lock already held, through `writer`, as
+    /// `options` say.
     ///
     /// # Safety
     ///
@@ -294,23 +302,33 @@ impl<F: FnPtr> StaticCall<F> {
         &self,
         target: usize,
         writer: &dyn TextWriter,
+        options: Options,
     ) -> Result<(), UpdateError> {
         // SAFETY: the trampoline and slot are this key's; `target` is as the
         // caller promises; the caller holds the lock.
-        unsafe { Active::retarget(self.tramp.addr(), self.slot, target, writer) }
+        unsafe { Active::retarget(self.tramp.addr(), self.slot, target, writer, options) }
             .map_err(|error| UpdateError::new(self.name, error))
     }
 
-    fn retarget(&self, target: usize, writer: Option<&dyn TextWriter>) -> Result<(), UpdateError> {
+    // `Options` is `()` on backends with nothing to choose.
+    #[allow(clippy::let_unit_value)]
+    fn retarget(
+        &self,
+        target: usize,
+        writer: Option<&dyn TextWriter>,
+        options: Option<Options>,
+    ) -> Result<(), UpdateError> {
         let writer = match (writer, Active::WRITES_TEXT) {
             (w, true) => w,
             (_, false) => Some(&writer::Direct::UNUSED as &dyn TextWriter),
         };
         writer::with_patch_lock(writer, |w| {
+            // The defaults are read once, with the lock held.
+            let options = options.unwrap_or_else(Active::default_options);
             // SAFETY: the trampoline and slot are this key's; `target` is a
             // function of type `F`, this key's return-zero function, or 0
             // for a key whose return type allows NULL; the lock is held.
-            unsafe { Active::retarget(self.tramp.addr(), self.slot, target, w) }
+            unsafe { Active::retarget(self.tramp.addr(), self.slot, target, w, options) }
         })
         .map_err(|error| UpdateError::new(self.name, error))
     }
@@ -336,7 +354,7 @@ where
     /// # }
     /// ```
     pub fn update_null(&self) -> Result<(), UpdateError> {
-        self.retarget(0, None)
+        self.retarget(0, None, None)
     }
 
     /// As [`update_null`](Self::update_null), through `writer`.
@@ -352,8 +370,11 @@ where
     /// # }
     /// # }
     /// ```
-    pub fn update_null_with(&self, writer: &dyn TextWriter) -> Result<(), UpdateError> {
-        self.retarget(0, Some(writer))
+    pub fn update_null_with(
+        &self,
+        writer: &(impl UpdateWriter + ?Sized),
+    ) -> Result<(), UpdateError> {
+        self.retarget(0, Some(writer.text_writer()), writer.options())
     }
 }
 
@@ -379,7 +400,7 @@ where
     /// # }
     /// ```
     pub fn update_ret0(&self) -> Result<(), UpdateError> {
-        self.retarget(self.ret0.addr(), None)
+        self.retarget(self.ret0.addr(), None, None)
     }
 
     /// As [`update_ret0`](Self::update_ret0), through `writer`.
@@ -395,8 +416,15 @@ where
     /// # }
     /// # }
     /// ```
-    pub fn update_ret0_with(&self, writer: &dyn TextWriter) -> Result<(), UpdateError> {
-        self.retarget(self.ret0.addr(), Some(writer))
+    pub fn update_ret0_with(
+        &self,
+        writer: &(impl UpdateWriter + ?Sized),
+    ) -> Result<(), UpdateError> {
+        self.retarget(
+            self.ret0.addr(),
+            Some(writer.text_writer()),
+            writer.options(),
+        )
     }
 }
 

@@ -32,7 +32,7 @@
 //! | target | trampoline | retarget |
 //! | --- | --- | --- |
 //! | `aarch64` | literal at `tramp - 8`, `BTI C`, `B target`/`NOP`, `ldr x16`, `cbz`, `br x16` | two aligned 64-bit stores, then cache maintenance |
-//! | `x86_64` | `jmp.d32 target` + `ud1` signature (`ret` for NULL, `jmp *literal(%rip)` beyond ±2 GiB), literal beside it | `int3` protocol (trapped calls steered to the new target) or one atomic 8-byte store; see [`arch::Strategy`] |
+//! | `x86_64` | `jmp.d32 target` + `ud1` signature (`ret` for NULL, `jmp *literal(%rip)` beyond ±2 GiB), literal beside it | `int3` protocol (trapped calls steered to the new target) or one atomic 8-byte store; see [`arch::x86_64::Strategy`] |
 //! | others | a Rust function calling through an atomic pointer | atomic store |
 //!
 //! The instruction encoders, layout checks and patch plans of every backend

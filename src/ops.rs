@@ -223,17 +223,17 @@ macro_rules! __static_call_ops {
                 let keys: &[&dyn $crate::ops::Retarget] = &[$(
                     &$crate::__static_call_ops!(@target $key [$kind] T)
                 ),*];
-                $crate::ops::retarget_all(keys, ::core::option::Option::None)
+                $crate::ops::retarget_all(keys)
             }
 
             /// As `install`, writing through `writer`.
             pub fn install_with<T: $trait_name>(
-                writer: &dyn $crate::TextWriter,
+                writer: &(impl $crate::arch::UpdateWriter + ?::core::marker::Sized),
             ) -> ::core::result::Result<(), $crate::UpdateError> {
                 let keys: &[&dyn $crate::ops::Retarget] = &[$(
                     &$crate::__static_call_ops!(@target $key [$kind] T)
                 ),*];
-                $crate::ops::retarget_all(keys, ::core::option::Option::Some(writer))
+                $crate::ops::retarget_all_with(keys, writer)
             }
         }
     };
@@ -342,8 +342,13 @@ macro_rules! __static_call_ops {
     };
 }
 
+use crate::arch::active::Active;
+use crate::arch::{Backend, UpdateWriter};
 use crate::fnptr::{FnPtr, Ret0Safe};
 use crate::{Error, NullSafe, StaticCall, TextWriter, UpdateError};
+
+/// The active backend's per-update options.
+type Options = <Active as Backend>::Options;
 use core::cell::Cell;
 
 /// Where [`static_call_ops!`](crate::static_call_ops)'s `install` points one
@@ -423,6 +428,7 @@ pub trait Retarget: sealed::Sealed {
 /// to use is chosen. Only [`retarget_all`] makes one.
 pub struct Batch<'a> {
     writer: &'a dyn TextWriter,
+    options: Options,
 }
 
 impl<F: FnPtr> To<'_, F> {
@@ -445,6 +451,8 @@ mod sealed {
     impl<F: crate::FnPtr> Sealed for super::To<'_, F> {}
 }
 
+// `Options` is `()` on backends with nothing to choose.
+#[allow(clippy::unit_arg)]
 impl<F: FnPtr> Retarget for To<'_, F> {
     fn batch_item(&self) -> crate::arch::BatchItem<'static, crate::arch::active::Slot> {
         self.key.batch_item(self.target_addr())
@@ -456,14 +464,20 @@ impl<F: FnPtr> Retarget for To<'_, F> {
         // SAFETY: `target` is a function of type `F`, NULL only where the
         // constructor required `NullSafe`, RET0 only where it required
         // `Ret0Safe`; a `Batch` exists only while the patch lock is held.
-        unsafe { self.key.retarget_locked(target, batch.writer) }
+        unsafe {
+            self.key
+                .retarget_locked(target, batch.writer, batch.options)
+        }
     }
 
     fn undo(&self, batch: &Batch<'_>) -> Result<(), UpdateError> {
         match self.before.take() {
             // SAFETY: the key's own previous target, which had its type;
             // the lock is held, as above.
-            Some(before) => unsafe { self.key.retarget_locked(before, batch.writer) },
+            Some(before) => unsafe {
+                self.key
+                    .retarget_locked(before, batch.writer, batch.options)
+            },
             None => Ok(()),
         }
     }
@@ -505,10 +519,6 @@ unsafe impl TextWriter for Deferred<'_> {
     fn sync_cores(&self) -> Result<(), Error> {
         Ok(())
     }
-
-    fn strategy(&self) -> Option<crate::arch::Strategy> {
-        self.inner.strategy()
-    }
 }
 
 /// What a failed undo leaves, for [`Error::RestoreFailed`].
@@ -530,11 +540,26 @@ const NOT_PUT_BACK: &str = "an install failed and putting this key back failed t
 /// done as it is written), instead of once or more per key. With x86-64's
 /// int3 protocol, up to 32 keys go through one batched protocol: at most
 /// four syncs for all of them.
-pub fn retarget_all(
+pub fn retarget_all(keys: &[&dyn Retarget]) -> Result<(), UpdateError> {
+    retarget_batch(keys, None, None)
+}
+
+/// As [`retarget_all`], writing through `writer` (and with the backend
+/// options it asks for, such as x86-64's
+/// [`WithStrategy`](crate::arch::x86_64::WithStrategy)).
+pub fn retarget_all_with(
+    keys: &[&dyn Retarget],
+    writer: &(impl UpdateWriter + ?Sized),
+) -> Result<(), UpdateError> {
+    retarget_batch(keys, Some(writer.text_writer()), writer.options())
+}
+
+/// [`retarget_all`] and [`retarget_all_with`].
+fn retarget_batch(
     keys: &[&dyn Retarget],
     writer: Option<&dyn TextWriter>,
+    options: Option<Options>,
 ) -> Result<(), UpdateError> {
-    use crate::arch::{Backend, active::Active};
     let first = keys.first().map_or("", |k| k.key_name());
     let writer = match (writer, Active::WRITES_TEXT) {
         (w, true) => w,
@@ -548,12 +573,13 @@ pub fn retarget_all(
             },
         ));
     }
+    #[allow(clippy::let_unit_value)] // `()` on backends with nothing to choose
     let outcome = crate::writer::with_patch_lock(writer, |w| {
-        // Resolve the strategy once: whether syncs may be deferred and how
-        // each key is then patched must agree, even if another thread
-        // changes the default meanwhile.
-        let resolved = w.strategy().unwrap_or_else(crate::arch::default_strategy);
-        Ok(install_locked(keys, &resolved.with(w)))
+        // The options are fixed once, with the lock held: whether syncs may
+        // be deferred and how each key is then patched must agree, even if
+        // another thread changes the defaults meanwhile.
+        let options = options.unwrap_or_else(Active::default_options);
+        Ok(install_locked(keys, w, options))
     });
     outcome.unwrap_or_else(|e| Err(UpdateError::new(first, e)))
 }
@@ -569,13 +595,18 @@ fn first_duplicate<'k>(keys: &[&'k dyn Retarget]) -> Option<&'k dyn Retarget> {
     })
 }
 
-/// [`retarget_all`] with the patch lock held and the writer chosen.
-fn install_locked(keys: &[&dyn Retarget], w: &dyn TextWriter) -> Result<(), UpdateError> {
-    use crate::arch::{Backend, active::Active};
+/// [`retarget_all`] with the patch lock held and the writer and options
+/// chosen.
+fn install_locked(
+    keys: &[&dyn Retarget],
+    w: &dyn TextWriter,
+    options: Options,
+) -> Result<(), UpdateError> {
     let deferred = Deferred { inner: w };
-    let defer = Active::syncs_can_be_deferred(w);
+    let defer = Active::syncs_can_be_deferred(options);
     let batch = Batch {
         writer: if defer { &deferred } else { w },
+        options,
     };
     let restore_failed = |key: &dyn Retarget, addr: usize| {
         UpdateError::new(
@@ -598,7 +629,8 @@ fn install_locked(keys: &[&dyn Retarget], w: &dyn TextWriter) -> Result<(), Upda
     if !defer {
         // SAFETY: every item is a key's trampoline and slot and a target
         // its `To` constructor checked; the lock is held.
-        let batched = unsafe { Active::retarget_batch(keys.len(), &|i| keys[i].batch_item(), w) };
+        let batched =
+            unsafe { Active::retarget_batch(keys.len(), &|i| keys[i].batch_item(), w, options) };
         if let Some(result) = batched {
             return result.map_err(|(i, e)| UpdateError::new(keys[i].key_name(), e));
         }

@@ -566,7 +566,8 @@ fn bad_input_is_refused_and_changes_nothing() {
                 tramp + 4,
                 &Slot::new(core::ptr::null_mut()),
                 far as usize,
-                &Remap
+                &Remap,
+                (),
             ),
             Err(Error::MisalignedTrampoline { align: 16, .. })
         ));
@@ -575,7 +576,8 @@ fn bad_input_is_refused_and_changes_nothing() {
                 tramp,
                 &Slot::new(core::ptr::null_mut()),
                 far as usize + 2,
-                &Remap
+                &Remap,
+                (),
             ),
             Err(Error::MisalignedTarget { .. })
         ));
@@ -591,6 +593,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             &Slot::new(core::ptr::null_mut()),
             far as usize,
             &Remap,
+            (),
         )
     };
     assert!(

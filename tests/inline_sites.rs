@@ -14,6 +14,7 @@
 
 mod common;
 
+use static_call::arch::UpdateWriter;
 use static_call::writer::{TextPatch, linux::Remap};
 use static_call::{Error, TextWriter};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -207,17 +208,17 @@ static COUNTING: Counting = Counting::new();
 /// The writers an update is made with on this architecture, all counted in
 /// [`COUNTING`]: each x86-64 strategy, and arm64's one protocol. With each,
 /// the most syncs an update may take whatever the number of sites.
-fn writers() -> Vec<(&'static str, &'static dyn TextWriter, usize)> {
+fn writers() -> Vec<(&'static str, &'static dyn UpdateWriter, usize)> {
     #[cfg(target_arch = "x86_64")]
     {
-        use static_call::arch::{Strategy, WithStrategy};
+        use static_call::arch::x86_64::{Strategy, WithStrategy};
         static INT3: WithStrategy<'static> = Strategy::Breakpoint.with(&COUNTING);
         static ONE_STORE: WithStrategy<'static> = Strategy::AtomicStore.with(&COUNTING);
         vec![("int3", &INT3, 4), ("one-store", &ONE_STORE, 3)]
     }
     #[cfg(target_arch = "aarch64")]
     {
-        vec![("arm64", &COUNTING as &dyn TextWriter, 1)]
+        vec![("arm64", &COUNTING as &dyn UpdateWriter, 1)]
     }
 }
 
@@ -282,7 +283,7 @@ impl Target {
     fn update(
         self,
         key: &static_call::StaticCall<extern "C" fn(u64) -> u64>,
-        w: &dyn TextWriter,
+        w: &dyn UpdateWriter,
     ) -> Result<(), static_call::UpdateError> {
         match self.function() {
             Some(f) => key.update_with(f, w),
@@ -480,8 +481,8 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
     let _serial = serial();
     #[cfg(target_arch = "x86_64")]
     let strategies = [
-        Some(static_call::arch::Strategy::Breakpoint),
-        Some(static_call::arch::Strategy::AtomicStore),
+        Some(static_call::arch::x86_64::Strategy::Breakpoint),
+        Some(static_call::arch::x86_64::Strategy::AtomicStore),
     ];
     #[cfg(target_arch = "aarch64")]
     let strategies: [Option<()>; 1] = [None];
@@ -495,9 +496,9 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
         #[cfg(target_arch = "x86_64")]
         let with = strategy.map(|s| s.with(&failing));
         #[cfg(target_arch = "x86_64")]
-        let writer: &dyn TextWriter = with.as_ref().unwrap();
+        let writer: &dyn UpdateWriter = with.as_ref().unwrap();
         #[cfg(target_arch = "aarch64")]
-        let writer: &dyn TextWriter = {
+        let writer: &dyn UpdateWriter = {
             let _ = strategy;
             &failing
         };
@@ -642,7 +643,7 @@ fn calls_racing_updates_reach_the_old_or_the_new_target_at_every_site() {
 #[cfg(target_arch = "x86_64")]
 mod int3 {
     use super::*;
-    use static_call::arch::Strategy;
+    use static_call::arch::x86_64::Strategy;
     use static_call::arch::x86_64::{__test_hooks as hooks, traps_steered};
 
     /// What a call made in a phase saw: (phase, results, the first site's bytes).

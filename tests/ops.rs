@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use static_call::arch::{Backend, active::Active};
+use static_call::arch::{Backend, UpdateWriter, active::Active};
 use static_call::writer::linux::Remap;
 use static_call::{Error, TextWriter};
 
@@ -146,7 +146,7 @@ fn install(i: Impl) -> Result<(), static_call::UpdateError> {
     }
 }
 
-fn install_with(i: Impl, w: &dyn TextWriter) -> Result<(), static_call::UpdateError> {
+fn install_with(i: Impl, w: &dyn UpdateWriter) -> Result<(), static_call::UpdateError> {
     match i {
         Impl::Boot => timer::install_with::<BootTimer>(w),
         Impl::Full => timer::install_with::<Full>(w),
@@ -156,10 +156,10 @@ fn install_with(i: Impl, w: &dyn TextWriter) -> Result<(), static_call::UpdateEr
 
 /// The writers the stress alternates between: the default and, on
 /// x86-64, the int3 protocol (the batched one).
-fn stress_writers() -> Vec<Option<&'static dyn TextWriter>> {
+fn stress_writers() -> Vec<Option<&'static dyn UpdateWriter>> {
     #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
     {
-        use static_call::arch::{Strategy, WithStrategy};
+        use static_call::arch::x86_64::{Strategy, WithStrategy};
         static INT3: WithStrategy<'static> = WithStrategy::new(Strategy::Breakpoint, &Remap);
         vec![None, Some(&INT3)]
     }
@@ -338,7 +338,7 @@ fn an_install_synchronises_every_cpu_once() {
 #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
 #[test]
 fn an_int3_install_is_one_batched_protocol() {
-    use static_call::arch::Strategy;
+    use static_call::arch::x86_64::Strategy;
     let _serial = serial();
     install(Impl::Full).unwrap();
     let counting = FailingWriter::failing_write(usize::MAX);
@@ -528,19 +528,25 @@ fn calls_racing_with_installs_see_each_operations_old_or_new_implementation() {
 /// put back a target the batch itself wrote.
 #[test]
 fn a_batch_naming_a_key_twice_is_refused_and_changes_nothing() {
-    use static_call::ops::{To, retarget_all};
+    use static_call::ops::{To, retarget_all, retarget_all_with};
     extern "C" fn fast() -> u64 {
         7
     }
     let _serial = serial();
     install(Impl::Full).unwrap();
+    #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
     let before = trampolines();
     let to_fast = To::function(&timer::TIMER_FREQ, fast);
     let to_ret0 = To::ret0(&timer::TIMER_MISSED);
     let to_ret0_again = To::ret0(&timer::TIMER_MISSED);
-    let writers: [Option<&dyn TextWriter>; 2] = [None, Some(&Remap)];
-    for writer in writers {
-        let err = retarget_all(&[&to_fast, &to_ret0, &to_ret0_again], writer).unwrap_err();
+    for with_writer in [false, true] {
+        let keys: [&dyn static_call::ops::Retarget; 3] = [&to_fast, &to_ret0, &to_ret0_again];
+        let err = if with_writer {
+            retarget_all_with(&keys, &Remap)
+        } else {
+            retarget_all(&keys)
+        }
+        .unwrap_err();
         assert_eq!(err.key, "TIMER_MISSED");
         assert_eq!(
             err.error,
@@ -548,11 +554,12 @@ fn a_batch_naming_a_key_twice_is_refused_and_changes_nothing() {
                 tramp: timer::TIMER_MISSED.trampoline_addr()
             }
         );
+        #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
         assert_eq!(trampolines(), before, "nothing was written");
         check(Impl::Full);
     }
     // The same keys, each once, go through.
-    retarget_all(&[&to_fast, &to_ret0], None).unwrap();
+    retarget_all(&[&to_fast, &to_ret0]).unwrap();
     assert_eq!(timer::frequency(), 7);
     assert_eq!(timer::missed(), 0);
     install(Impl::Boot).unwrap();
@@ -564,7 +571,7 @@ fn a_batch_naming_a_key_twice_is_refused_and_changes_nothing() {
 #[cfg(all(target_arch = "x86_64", not(feature = "force-generic")))]
 #[test]
 fn an_install_keeps_the_strategy_it_started_with() {
-    use static_call::arch::{Strategy, default_strategy, set_default_strategy};
+    use static_call::arch::x86_64::{Strategy, default_strategy, set_default_strategy};
     /// Counts like `FailingWriter`; its first write changes the default
     /// strategy, and it notes every `int3` it is asked to store.
     struct SwitchesDefault {

@@ -8,11 +8,12 @@
 ))]
 
 mod common;
+use static_call::arch::x86_64::Strategy;
 use static_call::arch::x86_64::{
     self as x86, __test_hooks as hooks, BreakpointFrame, Form, Image, NULL_ENTRY, Slot, X86_64,
     insn,
 };
-use static_call::arch::{Backend, Strategy};
+use static_call::arch::{Backend, UpdateWriter};
 use static_call::writer::{TextWriter, linux::Remap};
 use static_call::{Error, StaticCall};
 use std::process::Command;
@@ -587,7 +588,8 @@ fn bad_input_is_refused_and_changes_nothing() {
                     tramp + off,
                     &SLOT,
                     far_value as fn(u32) -> u64 as usize,
-                    &strategy.with(&Remap),
+                    &Remap,
+                    strategy,
                 )
             };
             assert_eq!(
@@ -657,7 +659,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 
     // Writers that fail, lie, corrupt or fail to sync at each step of each
     // transition: an error, and the 16 bytes exactly as before.
-    let set = |to: &str, w: &dyn TextWriter| match to {
+    let set = |to: &str, w: &dyn UpdateWriter| match to {
         "near" => BAD.update_with(near_value, w),
         "far" => BAD.update_with(far.value, w),
         _ => BAD.update_ret0_with(w),

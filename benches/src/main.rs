@@ -19,7 +19,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use static_call::arch::Strategy;
+use static_call::arch::x86_64::Strategy;
 use static_call::writer::TextWriter;
 use static_call::writer::linux::{Mprotect, Remap};
 use static_keys::{define_static_key_false, static_branch_unlikely};

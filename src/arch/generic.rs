@@ -42,6 +42,10 @@ unsafe impl Backend for Generic {
     const NAME: &'static str = "generic";
     const WRITES_TEXT: bool = false;
     type Slot = Slot;
+    /// Nothing to choose: one protocol.
+    type Options = ();
+
+    fn default_options() {}
 
     unsafe fn query(_tramp: usize, slot: &Slot) -> Result<usize, Error> {
         Ok(slot.load() as usize)
@@ -52,6 +56,7 @@ unsafe impl Backend for Generic {
         slot: &Slot,
         target: usize,
         _writer: &dyn TextWriter,
+        (): (),
     ) -> Result<(), Error> {
         slot.0.store(target as *mut (), Ordering::Release);
         Ok(())

@@ -101,14 +101,6 @@ pub unsafe trait TextWriter: Sync {
     fn sync_cores(&self) -> Result<(), Error> {
         Ok(())
     }
-
-    /// The [`Strategy`](crate::arch::Strategy) this writer asks for, where
-    /// the backend has a choice (x86-64). `None`, the default, leaves it to
-    /// [`default_strategy`](crate::arch::default_strategy); the adapter
-    /// [`WithStrategy`](crate::arch::WithStrategy) answers its own.
-    fn strategy(&self) -> Option<crate::arch::Strategy> {
-        None
-    }
 }
 
 /// One store of a [`TextWriter::write_batch`]: up to 8 bytes at `addr`.

@@ -138,6 +138,10 @@ unsafe impl Backend for Aarch64 {
     const NAME: &'static str = "aarch64";
     const WRITES_TEXT: bool = true;
     type Slot = Slot;
+    /// Nothing to choose: one protocol.
+    type Options = ();
+
+    fn default_options() {}
 
     unsafe fn query(tramp: usize, slot: &Slot) -> Result<usize, Error> {
         layout::window_of(tramp)?;
@@ -149,6 +153,7 @@ unsafe impl Backend for Aarch64 {
         slot: &Slot,
         target: usize,
         writer: &dyn TextWriter,
+        (): (),
     ) -> Result<(), Error> {
         let window = layout::window_of(tramp)?;
         // SAFETY: the caller passes a live trampoline.

@@ -24,17 +24,15 @@
 //!
 //! # Strategies
 //!
-//! Chosen per update with [`WithStrategy`](crate::arch::WithStrategy) (also
-//! installable as the default writer), per program with
-//! [`set_default_strategy`](crate::arch::set_default_strategy), or per build
-//! with the `strategy-atomic-store` feature. The default is the atomic
+//! The backend's [`Options`](crate::arch::Backend::Options): chosen per
+//! update with [`WithStrategy`], per program with [`set_default_strategy`],
+//! or per build with the `strategy-atomic-store` feature. The default is the atomic
 //! store in Linux user space (no update can make a thread trap, so a thread
 //! with SIGTRAP blocked, or a debugger, is never caught out) and int3 on
-//! bare metal (see [`Strategy`](crate::arch::Strategy) for what each
+//! bare metal (see [`Strategy`] for what each
 //! needs):
 //!
-//! - [`Strategy::Breakpoint`](crate::arch::Strategy::Breakpoint), Linux's
-//!   `text_poke_bp`: publish the literal; sync all CPUs; `int3` over the
+//! - [`Strategy::Breakpoint`], Linux's `text_poke_bp`: publish the literal; sync all CPUs; `int3` over the
 //!   first byte; sync; the other seven bytes; sync; the new first byte;
 //!   sync. A CPU
 //!   that enters the trampoline meanwhile traps and is steered to the new
@@ -42,9 +40,8 @@
 //!   SIGTRAP handler, installed once, chaining to the one before it; sync is
 //!   the writer's `membarrier(SYNC_CORE)`. Bare metal: the kernel calls
 //!   [`handle_breakpoint`] from its #BP handler and supplies the sync.
-//! - [`Strategy::AtomicStore`](crate::arch::Strategy::AtomicStore): publish
-//!   the literal; sync; one aligned 8-byte store of the entry word; sync.
-//!   No trap,
+//! - [`Strategy::AtomicStore`], one store: publish the literal; sync; one
+//!   aligned 8-byte store of the entry word; sync. No trap,
 //!   but it relies on instruction fetch never seeing half of an aligned
 //!   8-byte store, which CPUs do in practice and the SDM does not promise.
 //!
@@ -99,6 +96,7 @@ pub mod insn;
 mod layout;
 pub mod protocol;
 pub mod site;
+mod strategy;
 #[cfg(target_arch = "x86_64")]
 mod trap;
 
@@ -106,6 +104,7 @@ pub use layout::{
     FAR_ENTRY, Form, Image, LITERAL_OFFSET, NULL_ENTRY, TRAMPOLINE_ALIGN, TRAMPOLINE_LEN,
     Trampoline, check_alignment, current_target, decode, plan,
 };
+pub use strategy::{Strategy, WithStrategy, default_strategy, set_default_strategy};
 #[cfg(target_arch = "x86_64")]
 pub use trap::{hooks as __test_hooks, traps_steered};
 
@@ -282,7 +281,7 @@ pub unsafe extern "C" fn static_call_handle_breakpoint(frame: *mut BreakpointFra
 /// Declares that breakpoints reach [`handle_breakpoint`] without this
 /// crate's help: a kernel's #BP handler calls it, or a process routes its
 /// own SIGTRAP handler to it. Required for
-/// [`Strategy::Breakpoint`](crate::arch::Strategy::Breakpoint) on bare
+/// [`Strategy::Breakpoint`] on bare
 /// metal; on Linux it stops the crate from installing its SIGTRAP handler.
 ///
 /// # Safety
@@ -309,7 +308,8 @@ mod live {
     use super::layout::{self, Image, LITERAL_OFFSET};
     use super::protocol::{self, Plan, Store};
     use super::{Slot, X86_64, insn::INT3, null_stub_addr, site, trap};
-    use crate::arch::{Backend, BatchItem, Strategy, default_strategy};
+    use super::{Strategy, default_strategy};
+    use crate::arch::{Backend, BatchItem};
     use crate::{Error, TextWriter};
     use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -827,6 +827,11 @@ mod live {
         const NAME: &'static str = "x86_64";
         const WRITES_TEXT: bool = true;
         type Slot = Slot;
+        type Options = Strategy;
+
+        fn default_options() -> Strategy {
+            default_strategy()
+        }
 
         unsafe fn query(tramp: usize, slot: &Slot) -> Result<usize, Error> {
             layout::check_alignment(tramp)?;
@@ -837,16 +842,16 @@ mod live {
         /// before the next; the one-store protocol's two stores (literal,
         /// then entry) are each a whole, valid state, and the entry reads
         /// the literal as data, which stores make visible in order.
-        fn syncs_can_be_deferred(writer: &dyn TextWriter) -> bool {
-            writer.strategy().unwrap_or_else(default_strategy) == Strategy::AtomicStore
+        fn syncs_can_be_deferred(strategy: Strategy) -> bool {
+            strategy == Strategy::AtomicStore
         }
 
         unsafe fn retarget_batch(
             n: usize,
             item: &dyn Fn(usize) -> BatchItem<'static, Slot>,
             writer: &dyn TextWriter,
+            strategy: Strategy,
         ) -> Option<Result<(), (usize, Error)>> {
-            let strategy = writer.strategy().unwrap_or_else(default_strategy);
             if strategy != Strategy::Breakpoint || n > BATCH_MAX {
                 return None;
             }
@@ -859,9 +864,9 @@ mod live {
             slot: &Slot,
             target: usize,
             writer: &dyn TextWriter,
+            strategy: Strategy,
         ) -> Result<(), Error> {
             layout::check_alignment(tramp)?;
-            let strategy = writer.strategy().unwrap_or_else(default_strategy);
             let item = |_| BatchItem {
                 tramp,
                 slot,

@@ -1,5 +1,5 @@
 //! Patch plans: the ordered stores that take a trampoline from one image to
-//! another, for each [`Strategy`](crate::arch::Strategy). Pure, and
+//! another, for each [`Strategy`](crate::arch::x86_64::Strategy). Pure, and
 //! unit-tested on every host by executing every intermediate state.
 //!
 //! Every store is one aligned single-copy-atomic store (1 byte, or 8 bytes

@@ -166,7 +166,7 @@ pub(super) fn steer(rip: usize) -> Option<Steer> {
 /// # #[cfg(all(target_os = "linux", not(feature = "force-generic")))]
 /// # mod demo {
 /// use static_call::arch::x86_64::{__test_hooks as hooks, protocol::Store, traps_steered};
-/// use static_call::arch::Strategy;
+/// use static_call::arch::x86_64::Strategy;
 /// use static_call::writer::linux::Remap;
 ///
 /// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }

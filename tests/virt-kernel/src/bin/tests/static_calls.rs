@@ -952,6 +952,7 @@ pub(crate) fn static_call_bad_input() -> TestResult {
                 &Slot::new(core::ptr::null_mut()),
                 far as usize,
                 w,
+                (),
             )
         };
         let expected = Error::MisalignedTrampoline {
@@ -975,6 +976,7 @@ pub(crate) fn static_call_bad_input() -> TestResult {
                 &Slot::new(core::ptr::null_mut()),
                 bad_target as usize,
                 w,
+                (),
             )
         };
         let expected = Error::MisalignedTarget {
