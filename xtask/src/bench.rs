@@ -431,6 +431,8 @@ fn results_json(r: &Report) -> String {
         "fn_pointer",
         "fn_pointer_kcfi",
         "mainline_2026",
+        "direct_in_function",
+        "inline_in_function",
     ];
     let fields: Vec<String> = arm64
         .iter()
@@ -530,7 +532,13 @@ fn markdown(r: &Report, json: &str) -> String {
          `bti c; add x0, x0, #1; ret`. An inline site is a call the crate emits inside Rust\n\
          code, so it cannot sit in the measuring assembly: the rows marked \"from Rust\" read\n\
          the counter around a call written in Rust, the same way for each, and compare with\n\
-         one another.\n\n\
+         one another; where the compiler schedules a move of the result between the two reads\n\
+         (it does for the direct call), that move is counted too. The last two rows count a\n\
+         whole function around the call, prologue and epilogue too: the inline site's `asm!`\n\
+         declares `clobber_abi(\"C\")`, which on arm64 counts v8-v15 as clobbered whole (asm\n\
+         cannot say that only their upper halves are lost), so a function containing a site\n\
+         saves and restores d8-d15 itself: 8 instructions per entry into the function, not\n\
+         per call (a loop of key calls pays them once).\n\n\
          | call | instructions |\n| --- | ---: |\n",
     );
     for (key, label) in [
@@ -555,6 +563,14 @@ fn markdown(r: &Report, json: &str) -> String {
         (
             "mainline_2026",
             "Linux mainline 2026 trampoline (`adrp; ldr; br`)",
+        ),
+        (
+            "direct_in_function",
+            "a function making one direct call, counted whole",
+        ),
+        (
+            "inline_in_function",
+            "the same function calling a key at an inline site, counted whole",
         ),
     ] {
         let _ = writeln!(

@@ -110,6 +110,25 @@ macro_rules! measure_rust {
     }};
 }
 
+/// A function around one direct call, counted whole (call, prologue,
+/// epilogue): to compare with [`bench_fn_inline`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn bench_fn_direct(x: u64) -> u64 {
+    bench_callee(x).wrapping_add(1)
+}
+
+/// The same function calling a key at an inline site. The site's `asm!`
+/// declares `clobber_abi("C")`, which on arm64 counts v8-v15 as clobbered
+/// whole (asm cannot say that only their upper halves are lost), so the
+/// function saves and restores d8-d15 itself: a cost per function entry
+/// that the call alone does not show.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn bench_fn_inline(x: u64) -> u64 {
+    INLINE_KEY.call(x).wrapping_add(1)
+}
+
 #[inline(never)]
 fn direct_row(x: u64) -> (u64, u64) {
     measure_rust!(bench_callee(x))
@@ -224,7 +243,7 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     let (empty, _) = measure!([]);
     let pointer = bench_callee as extern "C" fn(u64) -> u64 as usize;
     let kcfi = bench_callee_kcfi as unsafe extern "C" fn(u64) -> u64 as usize;
-    let rows: [(&str, (u64, u64), u64); 7] = [
+    let rows: [(&str, (u64, u64), u64); 9] = [
         ("direct", measure!(["bl {f}"], f = sym bench_callee), 2),
         (
             "trampoline_near",
@@ -263,6 +282,16 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
             "mainline_2026",
             measure!(["bl {f}"], f = sym bench_mainline_tramp),
             2,
+        ),
+        (
+            "direct_in_function",
+            measure!(["bl {f}"], f = sym bench_fn_direct),
+            3,
+        ),
+        (
+            "inline_in_function",
+            measure!(["bl {f}"], f = sym bench_fn_inline),
+            3,
         ),
     ];
     let mut ok = true;
