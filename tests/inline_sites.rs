@@ -443,12 +443,33 @@ fn a_null_key_leaves_no_call_at_its_sites() {
 /// stops in the middle of an update.
 struct FailsMidBatch {
     failed: AtomicBool,
+    /// A sync came after the failed batch.
+    synced_after: AtomicBool,
+    /// Something was stored after the failed batch before any sync.
+    stored_unsynced: AtomicBool,
+}
+
+impl FailsMidBatch {
+    fn new() -> Self {
+        FailsMidBatch {
+            failed: AtomicBool::new(false),
+            synced_after: AtomicBool::new(false),
+            stored_unsynced: AtomicBool::new(false),
+        }
+    }
+
+    fn note_store(&self) {
+        if self.failed.load(Ordering::SeqCst) && !self.synced_after.load(Ordering::SeqCst) {
+            self.stored_unsynced.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 // SAFETY: every store it makes is Remap's; a failed batch stored whole
 // patches only, as the trait allows.
 unsafe impl TextWriter for FailsMidBatch {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        self.note_store();
         // SAFETY: the caller's contract, passed on.
         unsafe { Remap.write(addr, bytes) }
     }
@@ -457,10 +478,12 @@ unsafe impl TextWriter for FailsMidBatch {
         &self,
         patches: &mut dyn Iterator<Item = TextPatch>,
     ) -> Result<(), Error> {
-        if self.failed.swap(true, Ordering::SeqCst) {
+        if self.failed.load(Ordering::SeqCst) {
+            self.note_store();
             // SAFETY: the caller's contract, passed on.
             return unsafe { Remap.write_batch(patches) };
         }
+        self.failed.store(true, Ordering::SeqCst);
         let all: Vec<TextPatch> = patches.collect();
         let mut half = all[..all.len() / 2].iter().copied();
         // SAFETY: the caller's contract, for the first half.
@@ -472,6 +495,9 @@ unsafe impl TextWriter for FailsMidBatch {
     }
 
     fn sync_cores(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::SeqCst) {
+            self.synced_after.store(true, Ordering::SeqCst);
+        }
         Remap.sync_cores()
     }
 }
@@ -490,9 +516,7 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
     let tramp = WIDE.trampoline_addr();
     for strategy in strategies {
         WIDE.update_with(add2, &Remap).unwrap();
-        let failing = FailsMidBatch {
-            failed: AtomicBool::new(false),
-        };
+        let failing = FailsMidBatch::new();
         #[cfg(target_arch = "x86_64")]
         let with = strategy.map(|s| s.with(&failing));
         #[cfg(target_arch = "x86_64")]
@@ -515,6 +539,16 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
             failing.failed.load(Ordering::SeqCst),
             "the sites were written"
         );
+        // Under the int3 protocol, half the sites hold an `int3` no CPU was
+        // made to see: every CPU must be synced before any tail is put
+        // back, or one could pair a stale first byte with a new tail.
+        #[cfg(target_arch = "x86_64")]
+        if strategy == Some(static_call::arch::x86_64::Strategy::Breakpoint) {
+            assert!(
+                !failing.stored_unsynced.load(Ordering::SeqCst),
+                "the undo stored before syncing the int3s"
+            );
+        }
         assert_eq!(
             WIDE.query().map(|f| f as usize),
             Some(Target::Add2.addr(&WIDE))

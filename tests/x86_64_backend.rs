@@ -84,6 +84,7 @@ static_call::static_call! {
     static CHAIN: fn(u32) -> u64 = near_value;
     static BLOCKED: fn(u32) -> u64 = near_value;
     static C_VALUE: extern "C" fn(u32) -> u64 = c_near_value;
+    static FIRST: fn(u32) -> u64 = near_value;
 }
 
 extern "C" fn c_near_value(x: u32) -> u64 {
@@ -1540,4 +1541,51 @@ fn seed_004_only_aligned_stores_to_the_trampoline_window_are_made() {
         }
     }
     EFFECT.update(near_effect).unwrap();
+}
+
+/// A first update that fails at any store leaves a literal a far entry
+/// could use: the one the entry agrees with (its jump's destination), or 0
+/// only if nothing was stored at all. Restoring the assembler's 0 under a
+/// far entry a CPU had already fetched would send that CPU to address 0.
+#[test]
+fn a_failed_first_update_never_leaves_a_zero_literal_behind() {
+    let far = far_code();
+    let tramp = FIRST.trampoline_addr();
+    let start = image(tramp);
+    assert_eq!(start.literal, 0, "FIRST starts never updated");
+    // To a far target (the far entry reads the literal), failing each
+    // store in turn, with each strategy.
+    for strategy in STRATEGIES {
+        write_raw(tramp, start);
+        let probe = Recorder::new(usize::MAX);
+        FIRST
+            .update_with(far.value, &strategy.with(&probe))
+            .unwrap();
+        let steps = probe.writes().len();
+        for k in 0..steps {
+            write_raw(tramp, start);
+            let rec = Recorder::new(k);
+            let err = FIRST
+                .update_with(far.value, &strategy.with(&rec))
+                .unwrap_err();
+            let now = image(tramp);
+            let what = format!("{strategy:?}, write {k} of {steps} failing: {err}");
+            assert_eq!(now.entry, start.entry, "{what}: the entry is as assembled");
+            if now.literal == 0 {
+                assert_eq!(k, 0, "{what}: a literal of 0 after a store");
+            } else {
+                let form = x86::decode(tramp as u64, &now, x86::null_stub_addr()).map(|t| t.form);
+                assert!(
+                    matches!(form, Ok(Form::Near(d)) if d == now.literal),
+                    "{what}: literal {:#x} beside {form:?}",
+                    now.literal
+                );
+            }
+            assert_eq!(FIRST.call(1), near_value(1), "{what}: calls as before");
+        }
+    }
+    // And the key still updates.
+    FIRST.update_with(far.value, &Remap).unwrap();
+    assert_eq!(FIRST.call(1), far_value(1));
+    FIRST.update_with(near_value, &Remap).unwrap();
 }

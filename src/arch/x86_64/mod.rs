@@ -305,7 +305,7 @@ pub unsafe fn declare_breakpoint_hook() {
 
 #[cfg(target_arch = "x86_64")]
 mod live {
-    use super::layout::{self, Image, LITERAL_OFFSET};
+    use super::layout::{self, Form, Image, LITERAL_OFFSET};
     use super::protocol::{self, Plan, Store};
     use super::{Slot, X86_64, insn::INT3, null_stub_addr, site, trap};
     use super::{Strategy, default_strategy};
@@ -339,6 +339,57 @@ mod live {
         // SAFETY: per this function's contract; the store is 1 byte or an
         // aligned 8, so the writer makes it single-copy atomic.
         unsafe { writer.write(tramp + s.offset(), &bytes[..len]) }
+    }
+
+    /// Gives a trampoline that was never updated (literal 0: the assembler
+    /// writes no absolute address) the literal its entry agrees with, the
+    /// near jump's destination or the NULL stub, before an update writes
+    /// anything else; returns the image it then holds.
+    ///
+    /// Neither form reads the literal (only the trap handler does, and it
+    /// then steers where the entry goes), so this needs no sync. From then
+    /// on no image this crate writes, and no undo, puts a 0 literal back:
+    /// an undo that restored 0 beneath a far entry a CPU had fetched
+    /// (`jmp *literal(%rip)`) would send it to address 0.
+    ///
+    /// # Safety
+    ///
+    /// The trampoline at `tramp` holds `old` and is the caller's to patch,
+    /// with the patch lock held.
+    unsafe fn publish_literal(
+        tramp: usize,
+        old: Image,
+        stub: u64,
+        writer: &dyn TextWriter,
+    ) -> Result<Image, Error> {
+        let literal = match layout::decode(tramp as u64, &old, stub)?.form {
+            _ if old.literal != 0 => return Ok(old),
+            Form::Near(dest) => dest,
+            Form::Null => stub,
+            // `decode` refuses a far entry without a literal.
+            Form::Far => return Ok(old),
+        };
+        let published = Image { literal, ..old };
+        // SAFETY: per this function's contract.
+        unsafe { store(tramp, Store::Literal(literal), writer) }?;
+        // SAFETY: aligned and readable.
+        if unsafe { read_image(tramp) } != published {
+            // Not written as asked: put the 0 back (nothing reads it).
+            // SAFETY: as above.
+            let undone = unsafe { store(tramp, Store::Literal(0), writer) };
+            // SAFETY: as above.
+            return match undone.map(|()| unsafe { read_image(tramp) } == old) {
+                Ok(true) => Err(Error::VerifyFailed {
+                    addr: tramp + LITERAL_OFFSET,
+                }),
+                _ => Err(Error::RestoreFailed {
+                    addr: tramp + LITERAL_OFFSET,
+                    state: "the literal of a trampoline never updated holds neither 0 nor the \
+                            target its entry jumps to; calls still go where the entry says",
+                }),
+            };
+        }
+        Ok(published)
     }
 
     /// Makes the plan's stores, each followed by a read-back and a sync of
@@ -557,6 +608,11 @@ mod live {
                 state: "an inline site may hold its new call, an int3 (steered through the \
                         key's literal) or the trampoline's call",
             };
+            // The update may have failed between storing `int3`s and the
+            // sync after them: every CPU must see them before any tail
+            // changes, or one could pair a stale first byte with a new
+            // tail (as Linux syncs after every int3 write).
+            writer.sync_cores().map_err(|_| failed(0))?;
             for phase in 1..=3 {
                 let stored = self
                     .sweep(
@@ -647,12 +703,24 @@ mod live {
         let mut olds = [Image::from_words(0, 0); BATCH_MAX];
         let mut plans = [protocol::breakpoint(&olds[0], &olds[0]); BATCH_MAX];
         let mut arms = false;
-        for i in 0..n {
+        for (i, old) in olds.iter_mut().enumerate().take(n) {
             let it = item(i);
             layout::check_alignment(it.tramp).map_err(|e| (i, e))?;
             // SAFETY: the caller passes live, aligned trampolines.
-            let old = unsafe { read_image(it.tramp) };
-            layout::decode(it.tramp as u64, &old, stub).map_err(|e| (i, e))?;
+            *old = unsafe { read_image(it.tramp) };
+            layout::decode(it.tramp as u64, old, stub).map_err(|e| (i, e))?;
+        }
+        // Every trampoline is recognised; now the literals of those never
+        // updated. One that fails stops the batch; those published before
+        // it keep their literal, which behaves exactly as before.
+        for (i, old) in olds.iter_mut().enumerate().take(n) {
+            // SAFETY: recognised above; the caller's, with the lock held.
+            *old = unsafe { publish_literal(item(i).tramp, *old, stub, writer) }
+                .map_err(|e| (i, e))?;
+        }
+        for i in 0..n {
+            let it = item(i);
+            let old = olds[i];
             let new = layout::plan(it.tramp as u64, it.target as u64, stub);
             olds[i] = old;
             plans[i] = protocol::breakpoint(&old, &new);
@@ -883,6 +951,8 @@ mod live {
             // SAFETY: the caller passes a live, aligned trampoline.
             let old = unsafe { read_image(tramp) };
             layout::decode(tramp as u64, &old, stub)?;
+            // SAFETY: recognised; the caller's, with the lock held.
+            let old = unsafe { publish_literal(tramp, old, stub, writer) }?;
             let new = layout::plan(tramp as u64, target as u64, stub);
             let plan = match strategy {
                 Strategy::Breakpoint => protocol::breakpoint(&old, &new),
