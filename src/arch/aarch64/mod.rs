@@ -158,7 +158,7 @@ unsafe impl Backend for Aarch64 {
         let window = layout::window_of(tramp)?;
         // SAFETY: the caller passes a live trampoline.
         let before = unsafe { read_trampoline(window) };
-        let mut current = decode(tramp, &before)?;
+        let mut current = decode_own(tramp, &before, slot)?;
         let patch = plan(tramp as u64, target as u64)?;
         if let (true, Branch::B(dest)) = (current.never_updated(), current.branch) {
             // The assembled `b` must lead where the key was assembled to
@@ -209,27 +209,40 @@ unsafe impl Backend for Aarch64 {
             // patch lock.
             let written =
                 unsafe { write_patch_and_sites(window, current.patch(), patch, &sites, writer) };
-            if let Err(e) = written {
-                if before[..8] != current.target.to_le_bytes()
-                    && !matches!(e, Error::RestoreFailed { .. })
-                {
-                    // Put the as-assembled literal back too, so a refused
-                    // update leaves the bytes exactly as they were. The
-                    // window behaves the same either way (its `b` is taken).
-                    // SAFETY: as above.
-                    let undone = unsafe { write_words(window, &[(0, 0)], writer) };
-                    flush_icache_range(window, 16);
-                    undone.map_err(|_| Error::RestoreFailed {
-                        addr: window,
-                        state: "the never-updated window keeps the current target in its \
-                                literal (it behaves exactly as before)",
-                    })?;
-                }
-                return Err(e);
-            }
+            // On failure the window is as it was, but for a literal just
+            // published, which stays: once a `nop` of this update may have
+            // been executed, a CPU can be about to load the literal, and
+            // putting 0 back would make its call return instead
+            // (`decode_own` recognises the window as never updated).
+            written?;
         }
         slot.target.store(target as *mut (), Ordering::Release);
         Ok(())
+    }
+}
+
+/// [`decode`], also accepting a window never updated whose literal an
+/// update has already published (the key's own current target) beside
+/// the assembled `b`: an update that failed after publishing leaves it so.
+/// It decodes as never updated.
+#[cfg(target_arch = "aarch64")]
+fn decode_own(
+    tramp: usize,
+    bytes: &[u8; TRAMPOLINE_LEN],
+    slot: &Slot,
+) -> Result<Trampoline, Error> {
+    let refused = match decode(tramp, bytes) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let literal = layout::patch_of(bytes).literal;
+    let mut assembled = *bytes;
+    assembled[..8].fill(0);
+    match decode(tramp, &assembled) {
+        Ok(t) if t.never_updated() && literal == slot.target.load(Ordering::Relaxed) as u64 => {
+            Ok(t)
+        }
+        _ => Err(refused),
     }
 }
 
