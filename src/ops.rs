@@ -617,12 +617,20 @@ fn install_locked(
             },
         )
     };
+    // The one synchronisation of a deferred batch.
+    let sync = || if defer { w.sync_cores() } else { Ok(()) };
     let undo_all = |done: &[&dyn Retarget]| -> Result<(), UpdateError> {
         for key in done.iter().rev() {
-            key.undo(&batch).map_err(|undo| match undo.error {
+            let undone = key.undo(&batch).map_err(|undo| match undo.error {
                 Error::RestoreFailed { addr, .. } => restore_failed(*key, addr),
                 _ => restore_failed(*key, key.trampoline_addr()),
-            })?;
+            });
+            if undone.is_err() {
+                // The keys already put back are made visible anyway (a
+                // best effort: the error stands whatever it does).
+                let _ = sync();
+                return undone;
+            }
         }
         Ok(())
     };
@@ -635,8 +643,6 @@ fn install_locked(
             return result.map_err(|(i, e)| UpdateError::new(keys[i].key_name(), e));
         }
     }
-    // The one synchronisation of a deferred batch.
-    let sync = || if defer { w.sync_cores() } else { Ok(()) };
     for (i, key) in keys.iter().enumerate() {
         if let Err(e) = key.apply(&batch) {
             undo_all(&keys[..i])?;

@@ -115,7 +115,11 @@ pub(crate) fn each_of(tramp: usize, f: &mut dyn FnMut(usize)) {
 /// # Safety
 ///
 /// No call site in `text` may run again: its calls would keep the target
-/// they had when it was forgotten, which later updates may free.
+/// they had when it was forgotten, which later updates may free. No CPU
+/// may be executing one of them, or be stopped on a breakpoint at one
+/// (x86-64: a trap there that reaches the handler after the site is
+/// forgotten is no longer recognised, and goes to whatever handled traps
+/// before this crate).
 pub unsafe fn forget_call_sites(text: core::ops::Range<usize>) -> usize {
     #[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
     {
