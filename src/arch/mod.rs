@@ -25,8 +25,10 @@ use crate::{Error, TextWriter};
 ///
 /// Implementations must keep every call through the key's trampoline
 /// reaching either the previous target or the new one (or returning, for
-/// NULL) at every instant of a retarget, on every CPU, and must write
-/// nothing when they return an error.
+/// NULL) at every instant of a retarget, on every CPU, and when they return
+/// an error other than [`Error::RestoreFailed`] the key must behave exactly
+/// as before (its bytes may differ only where that changes no behaviour,
+/// such as a never-updated trampoline's literal, published first).
 pub unsafe trait Backend {
     /// Short name for messages, e.g. `"aarch64"`.
     const NAME: &'static str;

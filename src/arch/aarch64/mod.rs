@@ -67,9 +67,9 @@ pub use cache::{flush_icache_range, flush_icache_words, read_ctr_el0};
 use super::Backend;
 #[cfg(target_arch = "aarch64")]
 use crate::{Error, TextWriter};
-use core::sync::atomic::AtomicPtr;
 #[cfg(target_arch = "aarch64")]
 use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicPtr};
 
 /// The arm64 backend (implements [`Backend`](super::Backend) on arm64
 /// targets; elsewhere only its pure functions are used).
@@ -92,6 +92,10 @@ pub struct Slot {
     /// shim), to recognise a never-updated trampoline; null if unknown.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     entry: *mut (),
+    /// Some update of the key has succeeded: its window is never again
+    /// one as assembled.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    updated: AtomicBool,
 }
 
 // SAFETY: `entry` is an address only compared, never dereferenced.
@@ -104,6 +108,7 @@ impl Slot {
         Slot {
             target: AtomicPtr::new(target),
             entry: core::ptr::null_mut(),
+            updated: AtomicBool::new(false),
         }
     }
 
@@ -217,6 +222,7 @@ unsafe impl Backend for Aarch64 {
             written?;
         }
         slot.target.store(target as *mut (), Ordering::Release);
+        slot.updated.store(true, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -224,7 +230,8 @@ unsafe impl Backend for Aarch64 {
 /// [`decode`], also accepting a window never updated whose literal an
 /// update has already published (the key's own current target) beside
 /// the assembled `b`: an update that failed after publishing leaves it so.
-/// It decodes as never updated.
+/// It decodes as never updated. Only while no update of the key has
+/// succeeded: after one, such bytes are foreign.
 #[cfg(target_arch = "aarch64")]
 fn decode_own(
     tramp: usize,
@@ -239,7 +246,11 @@ fn decode_own(
     let mut assembled = *bytes;
     assembled[..8].fill(0);
     match decode(tramp, &assembled) {
-        Ok(t) if t.never_updated() && literal == slot.target.load(Ordering::Relaxed) as u64 => {
+        Ok(t)
+            if t.never_updated()
+                && !slot.updated.load(Ordering::Relaxed)
+                && literal == slot.target.load(Ordering::Relaxed) as u64 =>
+        {
             Ok(t)
         }
         _ => Err(refused),

@@ -611,8 +611,11 @@ mod live {
             // The update may have failed between storing `int3`s and the
             // sync after them: every CPU must see them before any tail
             // changes, or one could pair a stale first byte with a new
-            // tail (as Linux syncs after every int3 write).
-            writer.sync_cores().map_err(|_| failed(0))?;
+            // tail (as Linux syncs after every int3 write). Without an
+            // armed site there is nothing to make seen.
+            if self.all().any(|s| s.now()[0] == INT3) {
+                writer.sync_cores().map_err(|_| failed(0))?;
+            }
             for phase in 1..=3 {
                 let stored = self
                     .sweep(
@@ -710,24 +713,17 @@ mod live {
             *old = unsafe { read_image(it.tramp) };
             layout::decode(it.tramp as u64, old, stub).map_err(|e| (i, e))?;
         }
-        // Every trampoline is recognised; now the literals of those never
-        // updated. One that fails stops the batch; those published before
-        // it keep their literal, which behaves exactly as before.
-        for (i, old) in olds.iter_mut().enumerate().take(n) {
-            // SAFETY: recognised above; the caller's, with the lock held.
-            *old = unsafe { publish_literal(item(i).tramp, *old, stub, writer) }
-                .map_err(|e| (i, e))?;
-        }
-        for i in 0..n {
+        let plan_of = |i: usize, old: &Image| {
             let it = item(i);
-            let old = olds[i];
-            let new = layout::plan(it.tramp as u64, it.target as u64, stub);
-            olds[i] = old;
-            plans[i] = protocol::breakpoint(&old, &new);
-            arms |= plans[i].stores().contains(&Store::First(INT3));
+            protocol::breakpoint(old, &layout::plan(it.tramp as u64, it.target as u64, stub))
+        };
+        for (i, plan) in plans.iter_mut().enumerate().take(n) {
+            *plan = plan_of(i, &olds[i]);
+            arms |= plan.stores().contains(&Store::First(INT3));
         }
         let sites_arm = |i: usize| sites.of_key(i).any(|s| s.now() != s.new);
         arms |= (0..n).any(sites_arm);
+        // A missing trap handler is refused before anything is written.
         if arms {
             trap::ensure_handler().map_err(|e| (0, e))?;
             for (i, plan) in plans.iter().enumerate().take(n) {
@@ -737,6 +733,17 @@ mod live {
                     unsafe { trap::arm(it.tramp, it.slot) };
                 }
             }
+        }
+        // Every trampoline is recognised; now the literals of those never
+        // updated, and the plans from there (whether they arm does not
+        // depend on the literal). One that fails stops the batch; those
+        // published before it keep their literal, which behaves exactly as
+        // before.
+        for (i, old) in olds.iter_mut().enumerate().take(n) {
+            // SAFETY: recognised above; the caller's, with the lock held.
+            *old = unsafe { publish_literal(item(i).tramp, *old, stub, writer) }
+                .map_err(|e| (i, e))?;
+            plans[i] = plan_of(i, old);
         }
         // `images[i]`: trampoline i as written so far.
         let mut images = olds;
@@ -951,19 +958,22 @@ mod live {
             // SAFETY: the caller passes a live, aligned trampoline.
             let old = unsafe { read_image(tramp) };
             layout::decode(tramp as u64, &old, stub)?;
-            // SAFETY: recognised; the caller's, with the lock held.
-            let old = unsafe { publish_literal(tramp, old, stub, writer) }?;
             let new = layout::plan(tramp as u64, target as u64, stub);
-            let plan = match strategy {
-                Strategy::Breakpoint => protocol::breakpoint(&old, &new),
-                Strategy::AtomicStore => protocol::atomic_store(&old, &new),
+            let plan_from = |old: &Image| match strategy {
+                Strategy::Breakpoint => protocol::breakpoint(old, &new),
+                Strategy::AtomicStore => protocol::atomic_store(old, &new),
             };
-            if plan.stores().contains(&Store::First(INT3)) {
+            // A missing trap handler is refused before anything is written
+            // (whether the plan arms does not depend on the literal).
+            if plan_from(&old).stores().contains(&Store::First(INT3)) {
                 trap::ensure_handler()?;
                 // SAFETY: the slot is the key's static slot (the caller's
                 // contract) and the patch lock is held.
                 unsafe { trap::arm(tramp, slot) };
             }
+            // SAFETY: recognised; the caller's, with the lock held.
+            let old = unsafe { publish_literal(tramp, old, stub, writer) }?;
+            let plan = plan_from(&old);
             // SAFETY: the trampoline holds `old`; the lock is held.
             unsafe { execute(tramp, old, &plan, writer) }?;
             if has_sites {

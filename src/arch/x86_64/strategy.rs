@@ -156,14 +156,22 @@ impl core::fmt::Debug for WithStrategy<'_> {
     }
 }
 
-#[cfg(static_call_backend = "x86_64")]
+/// On the x86-64 backend it asks for its strategy; on any other (the
+/// generic fallback forced on x86-64, say) there is nothing to choose and
+/// it is its writer.
 impl crate::arch::UpdateWriter for WithStrategy<'_> {
     fn text_writer(&self) -> &dyn TextWriter {
         self.writer
     }
 
+    #[cfg(static_call_backend = "x86_64")]
     fn options(&self) -> Option<Strategy> {
         Some(self.strategy)
+    }
+
+    #[cfg(not(static_call_backend = "x86_64"))]
+    fn options(&self) -> Option<<crate::arch::active::Active as crate::arch::Backend>::Options> {
+        None
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! A call that traps on the `int3` at a trampoline continues at the value
 //! the trampoline's own literal holds when the handler reads it. Every
-//! update writes the literal (and synchronizes all CPUs) before it puts an
-//! `int3` in place, the literal only ever holds targets of that key (or the
+//! update writes the literal before it puts an `int3` in place (a new
+//! target's literal with a sync of all CPUs; a never-updated trampoline's
+//! first literal, which names where its entry already goes, without one), the literal only ever holds targets of that key (or the
 //! shared NULL stub), it lives in the trampoline and is never freed or
 //! reused, and the handler keeps nothing after it returns: it only edits
 //! the trapped context's RIP. So a call parked anywhere inside the handler,
@@ -120,9 +121,11 @@ fn literal_of(tramp: usize) -> usize {
     // text, only ever written by single aligned stores.
     let literal =
         unsafe { (*((tramp + LITERAL_OFFSET) as *const AtomicU64)).load(Ordering::Acquire) };
-    // A literal of 0 was never written; no armed trampoline has one, since
-    // the literal is written before the first int3. Should it happen, run
-    // the trampoline itself: it traps until the update completes.
+    // A literal of 0 was never written. The first literal is stored before
+    // the first int3, but without a sync when it names where the entry
+    // already goes; a CPU that somehow still reads 0 runs the trampoline
+    // itself, which goes where the entry says or traps until the update
+    // completes: a target of the key either way.
     if literal == 0 {
         tramp
     } else {
