@@ -673,7 +673,7 @@ macro_rules! static_call {
 macro_rules! declare_static_call {
     () => {};
     ($(#[$attr:meta])* $vis:vis unsafe static $name:ident : $(extern $abi:tt)? fn($($arg:ty),* $(,)?) $(-> $ret:ty)?; $($rest:tt)*) => {
-        $crate::__static_call_key! { @abi [$($abi)?] declare [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] declared }
+        $crate::__static_call_key! { @abi [$($abi)?] declare [$(#[$attr])*] [$vis] $name [$($arg),*] [$($ret)?] declared unsafe }
         $crate::declare_static_call! { $($rest)* }
     };
     ($(#[$attr:meta])* $vis:vis static $($other:tt)*) => {
@@ -716,13 +716,14 @@ macro_rules! __static_call_key {
     (@zip [$($named:tt)*] [$($t:ty),+] [] $($tail:tt)*) => {
         ::core::compile_error!("static_call! supports at most eight arguments");
     };
-    ($abi:ident $mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+    // `$init`: a define's target (a path), or a declaration's `unsafe`.
+    ($abi:ident $mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:tt)?) => {
         $crate::__static_call_key! {
             @zip [] [$($arg),*] [a0 a1 a2 a3 a4 a5 a6 a7]
             $abi $mode [$($attr)*] [$vis] $name [$($arg),*] [$($ret)?] $kind $($init)?
         }
     };
-    (@emit [$(($id:ident: $t:ty))*] $abi:ident $mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:path)?) => {
+    (@emit [$(($id:ident: $t:ty))*] $abi:ident $mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:tt)?) => {
         #[allow(non_camel_case_types)]
         #[doc = ::core::concat!(
             "Static call key `", ::core::stringify!($name), "`: call it with `",
@@ -814,7 +815,9 @@ macro_rules! __static_call_key {
                 )
             };
     };
-    (@declare $abi:ident declared $name:ident [$(($id:ident: $t:ty))*] [$($arg:ty),*] [$($ret:ty)?]) => {
+    // A declaration takes the caller's `unsafe` (`declare_static_call!`
+    // demands it of its user), so this arm is no safe way around it.
+    (@declare $abi:ident declared $name:ident [$(($id:ident: $t:ty))*] [$($arg:ty),*] [$($ret:ty)?] unsafe) => {
         // SAFETY: the key symbol is defined by `static_call!` for a key of
         // this name and signature (the signature is part of the symbol, so
         // a differently spelled declaration fails to link; the user's

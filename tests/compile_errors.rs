@@ -21,6 +21,7 @@ fn refusals_say_what_to_do() {
     t.compile_fail("tests/ui/extern_c_u128_return.rs");
     t.compile_fail("tests/ui/unsupported_abi.rs");
     t.compile_fail("tests/ui/declaration_without_unsafe.rs");
+    t.compile_fail("tests/ui/hidden_declaration_without_unsafe.rs");
     t.compile_fail("tests/ui/elided_lifetime.rs");
     t.compile_fail("tests/ui/key_in_a_function_body.rs");
     t.compile_fail("tests/ui/nine_arguments.rs");
