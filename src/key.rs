@@ -1,13 +1,10 @@
 //! The typed key API: [`StaticCall`], and the macros that define and
 //! declare keys.
 
-use crate::arch::active::{Active, Slot};
+use crate::arch::active::{Active, Options, Slot};
 use crate::arch::{Backend, UpdateWriter};
 use crate::fnptr::{FnPtr, Ret0Safe};
 use crate::{TextWriter, UpdateError, writer};
-
-/// The active backend's per-update options.
-type Options = <Active as Backend>::Options;
 
 /// A static call key for functions of type `F`.
 ///

@@ -342,13 +342,10 @@ macro_rules! __static_call_ops {
     };
 }
 
-use crate::arch::active::Active;
+use crate::arch::active::{Active, Options};
 use crate::arch::{Backend, UpdateWriter};
 use crate::fnptr::{FnPtr, Ret0Safe};
 use crate::{Error, NullSafe, StaticCall, TextWriter, UpdateError};
-
-/// The active backend's per-update options.
-type Options = <Active as Backend>::Options;
 use core::cell::Cell;
 
 /// Where [`static_call_ops!`](crate::static_call_ops)'s `install` points one

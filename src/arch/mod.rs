@@ -211,6 +211,9 @@ pub mod active {
     pub use super::generic::{Generic as Active, Slot};
     #[cfg(static_call_backend = "x86_64")]
     pub use super::x86_64::{Slot, X86_64 as Active};
+
+    /// The active backend's per-update options.
+    pub type Options = <Active as super::Backend>::Options;
 }
 
 /// A text writer for one update, with the [`Backend::Options`] of the
@@ -224,7 +227,7 @@ pub trait UpdateWriter {
     /// Where the update's stores and synchronisations go.
     fn text_writer(&self) -> &dyn TextWriter;
     /// The options this writer asks for, if any.
-    fn options(&self) -> Option<<active::Active as Backend>::Options>;
+    fn options(&self) -> Option<active::Options>;
 }
 
 impl<W: TextWriter> UpdateWriter for W {
@@ -232,7 +235,7 @@ impl<W: TextWriter> UpdateWriter for W {
         self
     }
 
-    fn options(&self) -> Option<<active::Active as Backend>::Options> {
+    fn options(&self) -> Option<active::Options> {
         None
     }
 }
@@ -242,7 +245,7 @@ impl UpdateWriter for dyn TextWriter + '_ {
         self
     }
 
-    fn options(&self) -> Option<<active::Active as Backend>::Options> {
+    fn options(&self) -> Option<active::Options> {
         None
     }
 }

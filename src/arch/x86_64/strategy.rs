@@ -170,7 +170,7 @@ impl crate::arch::UpdateWriter for WithStrategy<'_> {
     }
 
     #[cfg(not(static_call_backend = "x86_64"))]
-    fn options(&self) -> Option<<crate::arch::active::Active as crate::arch::Backend>::Options> {
+    fn options(&self) -> Option<crate::arch::active::Options> {
         None
     }
 }
