@@ -25,8 +25,8 @@
 //! # Strategies
 //!
 //! The backend's [`Options`](crate::arch::Backend::Options): chosen per
-//! update with [`WithStrategy`], per program with [`set_default_strategy`],
-//! or per build with the `strategy-atomic-store` feature. The default is the atomic
+//! update with [`WithStrategy`] or per program with [`set_default_strategy`]
+//! (no Cargo feature: a dependency must not choose for the program). The default is the atomic
 //! store in Linux user space (no update can make a thread trap, so a thread
 //! with SIGTRAP blocked, or a debugger, is never caught out) and int3 on
 //! bare metal (see [`Strategy`] for what each

@@ -1,5 +1,5 @@
 //! How the x86-64 backend patches: the int3 protocol or one atomic store,
-//! chosen per update, per program or per build.
+//! chosen per update or per program.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -10,11 +10,12 @@ use crate::arch::Backend;
 /// How the x86-64 backend retargets: its [`Backend::Options`].
 ///
 /// Chosen, most specific first: per update by passing a [`WithStrategy`]
-/// writer to `update_with`; per program with [`set_default_strategy`]; per
-/// build with the `strategy-atomic-store` cargo feature, which makes
-/// [`AtomicStore`](Strategy::AtomicStore) the initial default everywhere.
+/// writer to `update_with`; per program with [`set_default_strategy`]. There
+/// is deliberately no Cargo feature for it: features are unified across the
+/// dependency graph, so any library could flip the final program's (or
+/// kernel's) choice; only the program itself decides, at run time.
 ///
-/// Without the feature the initial default depends on where the program
+/// The initial default depends on where the program
 /// runs (see [`default_strategy`]): [`AtomicStore`](Strategy::AtomicStore)
 /// in Linux user space, where a trap arrives as a signal that a thread may
 /// block (and a blocked SIGTRAP kills the process, a debugger stops on it),
@@ -55,7 +56,7 @@ const BREAKPOINT: u8 = 0;
 const ATOMIC_STORE: u8 = 1;
 
 /// The initial default: see [`Strategy`].
-const INITIAL_STRATEGY: u8 = if cfg!(any(feature = "strategy-atomic-store", target_os = "linux")) {
+const INITIAL_STRATEGY: u8 = if cfg!(target_os = "linux") {
     ATOMIC_STORE
 } else {
     BREAKPOINT
@@ -66,18 +67,16 @@ static DEFAULT_STRATEGY: AtomicU8 = AtomicU8::new(INITIAL_STRATEGY);
 /// The strategy updates use when their writer does not ask for one:
 /// initially `AtomicStore` in Linux user space (an update can never make a
 /// thread trap there) and `Breakpoint` elsewhere, unless changed with
-/// [`set_default_strategy`] or the `strategy-atomic-store` feature.
+/// [`set_default_strategy`].
 ///
 /// ```
 /// use static_call::arch::x86_64::{Strategy, default_strategy};
-/// # if !cfg!(feature = "strategy-atomic-store") {
 /// let expected = if cfg!(target_os = "linux") {
 ///     Strategy::AtomicStore
 /// } else {
 ///     Strategy::Breakpoint
 /// };
 /// assert_eq!(default_strategy(), expected);
-/// # }
 /// ```
 pub fn default_strategy() -> Strategy {
     match DEFAULT_STRATEGY.load(Ordering::Relaxed) {
@@ -194,7 +193,7 @@ mod tests {
     #[test]
     fn the_default_strategy_round_trips() {
         let initial = default_strategy();
-        let expected = if cfg!(any(feature = "strategy-atomic-store", target_os = "linux")) {
+        let expected = if cfg!(target_os = "linux") {
             Strategy::AtomicStore
         } else {
             Strategy::Breakpoint
