@@ -295,9 +295,11 @@ mod sigtrap {
         // SAFETY: all-zero is a valid `sigaction` to fill in.
         let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
         act.sa_sigaction = ours;
-        // SIGINFO for the context; ONSTACK to honour sigaltstack; NODEFER so
-        // a static call made from another SIGTRAP handler can trap too.
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
+        // SIGINFO for the context; NODEFER so a static call made from
+        // another SIGTRAP handler can trap too. See `handler_mask` for why
+        // there is no SA_ONSTACK.
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART;
+        act.sa_mask = handler_mask();
         // SAFETY: all-zero is a valid `sigaction` to be overwritten.
         let mut previous: libc::sigaction = unsafe { core::mem::zeroed() };
         // A foreign SIGTRAP in another thread before PREVIOUS is written
@@ -337,6 +339,44 @@ mod sigtrap {
         Ok(())
     }
 
+    /// The signals held off while the SIGTRAP handler runs: every
+    /// asynchronous one. Together with running on the stack of the call
+    /// that trapped (no `SA_ONSTACK`), this bounds what one trap costs.
+    ///
+    /// The trap is synchronous, at a call, on a stack that is about to be
+    /// used by the callee anyway, so it needs no alternate stack. Rust's
+    /// runtime gives every thread a small one (`SIGSTKSZ`, 8 KiB on many
+    /// machines) for its stack-overflow handler; with `SA_ONSTACK` every
+    /// trap was handled there, an asynchronous signal arriving meanwhile
+    /// was delivered on top of it, and if that handler called a key that
+    /// trapped again, the kernel ran out of room for the next frame and
+    /// killed the process with SIGSEGV. Now an asynchronous handler can
+    /// run before or after the steering, never inside it, and a trap
+    /// takes one frame on the stack it happened on. (A handler the
+    /// program put on its alternate stack that calls a key still needs
+    /// room there for one more signal frame while an update is in
+    /// progress: the kernel places the trap's frame on the stack in use.)
+    ///
+    /// The synchronous fault signals stay deliverable: the kernel kills a
+    /// thread that faults with them blocked.
+    fn handler_mask() -> libc::sigset_t {
+        // SAFETY: sigset_t operations on a local.
+        unsafe {
+            let mut mask: libc::sigset_t = core::mem::zeroed();
+            libc::sigfillset(&mut mask);
+            for sync in [
+                libc::SIGTRAP,
+                libc::SIGSEGV,
+                libc::SIGBUS,
+                libc::SIGILL,
+                libc::SIGFPE,
+            ] {
+                libc::sigdelset(&mut mask, sync);
+            }
+            mask
+        }
+    }
+
     /// The SIGTRAP handler: steers traps at armed trampolines by editing
     /// the saved RIP, and passes every other trap on.
     extern "C" fn on_sigtrap(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
@@ -358,7 +398,7 @@ mod sigtrap {
                         // stack: the site is in an `asm!` block without
                         // `nostack`, so nothing lives below its stack
                         // pointer, and the kernel put this signal frame
-                        // below the red zone (or on an alternate stack).
+                        // below the red zone.
                         let rsp = gregs[libc::REG_RSP as usize] as usize - 8;
                         (rsp as *mut usize).write(ret);
                         gregs[libc::REG_RSP as usize] = rsp as i64;
@@ -430,17 +470,29 @@ mod sigtrap {
             }
             Chained::Handler => {
                 // The mask the kernel would have applied for that action:
-                // its sa_mask, plus SIGTRAP itself unless SA_NODEFER.
-                // SAFETY: sigset_t operations on locals and the previous
-                // action's mask; pthread_sigmask is async-signal-safe and
-                // only affects this thread, and the old mask is put back.
+                // the mask at the trap, its sa_mask, plus SIGTRAP itself
+                // unless SA_NODEFER (not ours, which holds off every
+                // asynchronous signal only while it steers).
+                // SAFETY: the kernel passes a valid ucontext; sigset_t
+                // operations on locals and the previous action's mask;
+                // pthread_sigmask is async-signal-safe and only affects
+                // this thread, and the old mask is put back.
                 let saved = unsafe {
-                    let mut mask = prev.sa_mask;
+                    let at_trap = &(*ctx.cast::<libc::ucontext_t>()).uc_sigmask;
+                    let mut mask: libc::sigset_t = core::mem::zeroed();
+                    libc::sigemptyset(&mut mask);
+                    for sig in 1..=libc::SIGRTMAX() {
+                        if libc::sigismember(at_trap, sig) == 1
+                            || libc::sigismember(&prev.sa_mask, sig) == 1
+                        {
+                            libc::sigaddset(&mut mask, sig);
+                        }
+                    }
                     if prev.sa_flags & libc::SA_NODEFER == 0 {
                         libc::sigaddset(&mut mask, libc::SIGTRAP);
                     }
                     let mut saved: libc::sigset_t = core::mem::zeroed();
-                    libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut saved);
+                    libc::pthread_sigmask(libc::SIG_SETMASK, &mask, &mut saved);
                     saved
                 };
                 if prev.sa_flags & libc::SA_SIGINFO != 0 {
