@@ -112,6 +112,12 @@ pub enum Error {
         /// Address that read back wrong.
         addr: usize,
     },
+    /// The update was started on a thread that already holds the patch
+    /// lock: from a text writer, or from the closure of
+    /// [`each_inline_site`](crate::StaticCall::each_inline_site). It would
+    /// wait forever for itself. Nothing was written. (Detected in Linux
+    /// user space; on bare metal such an update waits forever.)
+    LockHeldByThisThread,
 }
 
 impl fmt::Display for Error {
@@ -159,6 +165,10 @@ impl fmt::Display for Error {
             Error::RestoreFailed { addr, state } => write!(
                 f,
                 "an update failed and restoring the text at {addr:#x} failed too: {state}"
+            ),
+            Error::LockHeldByThisThread => f.write_str(
+                "this thread already holds the patch lock (an update from a text writer \
+                 or from each_inline_site's closure would wait for itself)",
             ),
         }
     }
@@ -225,6 +235,7 @@ impl fmt::Debug for Error {
                 .field("addr", &hex(addr))
                 .field("state", &state)
                 .finish(),
+            Error::LockHeldByThisThread => f.write_str("LockHeldByThisThread"),
         }
     }
 }

@@ -136,7 +136,14 @@ impl<F: FnPtr> StaticCall<F> {
     /// Calls `f` with the address of each of the key's inline call sites,
     /// in address order: for diagnostics, and for tests that decode what
     /// an update left there. Holds the patch lock while it runs, so `f`
-    /// sees no update in progress (and must not update a key itself).
+    /// sees no update in progress.
+    ///
+    /// Inside `f`, [`inline_sites`](Self::inline_sites) works (it needs no
+    /// lock once the table is prepared, which this has done). In Linux user
+    /// space `each_inline_site` works too, and an update (or an install)
+    /// is refused with [`Error::LockHeldByThisThread`](crate::Error::LockHeldByThisThread).
+    /// On bare metal, where there is no thread to tell apart, neither may
+    /// be called from `f`: they would wait forever for the lock.
     ///
     /// ```
     /// static_call::static_call! { static HOT: extern "C" fn(u64) -> u64 = inc; }
@@ -214,17 +221,23 @@ impl<F: FnPtr> StaticCall<F> {
     /// # Locking, signal handlers and interrupts
     ///
     /// Updates take the patch lock, which calls never take. A thread
-    /// waiting for it yields its CPU in Linux user space (the holder may be
+    /// waiting for it sleeps in Linux user space (the holder may be
     /// preempted in a system call) and spins on bare metal.
     ///
     /// In Linux user space the lock holds off the holder's asynchronous
     /// signals, so a signal handler that updates a key never runs on a
     /// thread in the middle of an update (it would wait forever for its own
-    /// thread); it waits like any other updater. Updating from a handler of
-    /// a synchronous fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP)
-    /// raised inside an update is not supported, and on arm64 an update
-    /// consults the dynamic loader (`dl_iterate_phdr`, for BTI), so it must
-    /// not interrupt `dlopen`/`dlclose` either.
+    /// thread); it waits like any other updater. A waiter sleeps (on a
+    /// futex) rather than spinning, so a real-time waiter cannot starve a
+    /// holder on its CPU. An update started on a thread that holds the lock
+    /// already (from a text writer, or `each_inline_site`'s closure) is
+    /// refused with [`Error::LockHeldByThisThread`](crate::Error::LockHeldByThisThread).
+    ///
+    /// Updating from a handler of a synchronous fault signal (SIGSEGV,
+    /// SIGBUS, SIGILL, SIGFPE, SIGTRAP) raised inside an update is not
+    /// supported, and on arm64 an update consults the dynamic loader
+    /// (`dl_iterate_phdr`, for BTI), so it must not interrupt
+    /// `dlopen`/`dlclose` either.
     ///
     /// On bare metal nothing is masked for you: a kernel that updates keys
     /// from an interrupt handler masks that interrupt around its other

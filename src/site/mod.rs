@@ -63,12 +63,20 @@ pub fn assert_register_return<T: crate::RegisterReturn>() {}
 /// How many inline call sites the key whose trampoline is at `tramp` has
 /// in this program's call-site table (0 on the generic backend, whose
 /// calls go through a pointer, and for Rust-ABI keys, whose calls the
-/// compiler emits). Takes the patch lock.
+/// compiler emits). Takes the patch lock only to prepare the table on
+/// first use: once prepared it is read with atomic loads, as the trap
+/// handler reads it, so counting works anywhere, including inside
+/// [`each_of`]'s closure. (A count racing with `forget_call_sites` may
+/// see part of the range forgotten.)
 pub(crate) fn count_of(tramp: usize) -> usize {
     #[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
     {
-        let _lock = crate::writer::patch_lock();
-        table::live::locked().map_or(0, |t| t.sites_of(tramp).count())
+        if let Some(t) = table::live::published() {
+            return t.sites_of(tramp).count();
+        }
+        crate::writer::reading_under_patch_lock(|| {
+            table::live::locked().map_or(0, |t| t.sites_of(tramp).count())
+        })
     }
     #[cfg(static_call_backend = "generic")]
     {
@@ -79,14 +87,16 @@ pub(crate) fn count_of(tramp: usize) -> usize {
 
 /// Calls `f` with the address of each inline call site of the key whose
 /// trampoline is at `tramp`, in address order, with the patch lock held
-/// (so no update runs meanwhile; `f` must not update keys).
+/// (so no update runs meanwhile; an update `f` starts is refused in Linux
+/// user space, see `writer::reading_under_patch_lock`).
 pub(crate) fn each_of(tramp: usize, f: &mut dyn FnMut(usize)) {
     #[cfg(any(static_call_backend = "aarch64", static_call_backend = "x86_64"))]
     {
-        let _lock = crate::writer::patch_lock();
-        if let Ok(t) = table::live::locked() {
-            t.sites_of(tramp).for_each(f);
-        }
+        crate::writer::reading_under_patch_lock(|| {
+            if let Ok(t) = table::live::locked() {
+                t.sites_of(tramp).for_each(f);
+            }
+        })
     }
     #[cfg(static_call_backend = "generic")]
     {

@@ -276,9 +276,8 @@ pub mod live {
         records().prepare().map(|()| records())
     }
 
-    /// The table if it has been prepared, for the `int3` handler: no lock,
-    /// no allocation, atomic loads only.
-    #[cfg_attr(not(static_call_backend = "x86_64"), allow(dead_code))]
+    /// The table if it has been prepared, for the `int3` handler and
+    /// counts: no lock, no allocation, atomic loads only.
     pub fn published() -> Option<Records<'static>> {
         (STATE.load(Ordering::Acquire) == READY).then(records)
     }

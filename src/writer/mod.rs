@@ -9,12 +9,15 @@ mod bare;
 #[cfg(any(test, all(target_os = "linux", target_arch = "aarch64")))]
 mod bti;
 #[cfg(target_os = "linux")]
+mod futex;
+#[cfg(target_os = "linux")]
 pub mod linux;
 
 pub use bare::{Alias, Direct};
 
 use crate::Error;
 use core::marker::PhantomData;
+#[cfg(not(target_os = "linux"))]
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 /// Writes to executable memory on behalf of a backend, and optionally makes
@@ -142,23 +145,45 @@ impl TextPatch {
 
 /// The patch lock, holding the default writer. Every retarget takes it, so
 /// patches of the same text never interleave; calls never take it.
+///
+/// In Linux user space a waiter sleeps on a futex (see [`futex`]): the
+/// holder may be preempted in the middle of its `mmap`/`mremap`/`membarrier`
+/// calls, and a waiter that kept its CPU could starve it.
+#[cfg(target_os = "linux")]
+static PATCH: futex::FutexMutex<Option<&'static dyn TextWriter>> = futex::FutexMutex::new(None);
+
+/// On bare metal the holder runs on another CPU (or this CPU's interrupt
+/// handler was masked around it), and a waiter spins.
+#[cfg(not(target_os = "linux"))]
 static PATCH: SpinMutex<Option<&'static dyn TextWriter>, Relax> = SpinMutex::new(None);
 
-/// How a thread waits for the patch lock. In Linux user space the holder
-/// may be preempted in the middle of its `mmap`/`mremap`/`membarrier`
-/// calls, so a waiter gives its CPU away instead of spinning against it;
-/// on bare metal the holder runs on another CPU and a waiter spins.
+#[cfg(target_os = "linux")]
+type Guard = futex::FutexGuard<'static, Option<&'static dyn TextWriter>>;
+#[cfg(not(target_os = "linux"))]
+type Guard = SpinMutexGuard<'static, Option<&'static dyn TextWriter>, Relax>;
+
+/// How a thread waits for the patch lock on bare metal.
+#[cfg(not(target_os = "linux"))]
 struct Relax;
 
+#[cfg(not(target_os = "linux"))]
 impl spin::relax::RelaxStrategy for Relax {
     fn relax() {
-        #[cfg(target_os = "linux")]
-        // SAFETY: sched_yield has no preconditions.
-        unsafe {
-            libc::sched_yield();
-        }
-        #[cfg(not(target_os = "linux"))]
         core::hint::spin_loop();
+    }
+}
+
+/// Takes the patch lock, or refuses if this thread holds it already (in
+/// Linux user space; on bare metal there is no thread to tell apart, and
+/// taking it twice waits forever).
+fn acquire() -> Result<Guard, Error> {
+    #[cfg(target_os = "linux")]
+    {
+        PATCH.lock().map_err(|_| Error::LockHeldByThisThread)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Ok(PATCH.lock())
     }
 }
 
@@ -230,6 +255,11 @@ pub(crate) const PLATFORM_DEFAULT_AVAILABLE: bool = cfg!(target_os = "linux");
 /// static_call::set_default_writer(&WRITER);
 /// # }
 /// ```
+///
+/// # Panics
+///
+/// In Linux user space, if this thread holds the patch lock (see
+/// [`patch_lock`]).
 pub fn set_default_writer(writer: &'static dyn TextWriter) {
     let mut lock = patch_lock();
     *lock._guard = Some(writer);
@@ -255,19 +285,44 @@ pub fn set_default_writer(writer: &'static dyn TextWriter) {
 /// would restore the taking thread's signal mask on the wrong thread.
 pub struct PatchLock {
     // Fields drop in order: the lock is released before signals return.
-    _guard: SpinMutexGuard<'static, Option<&'static dyn TextWriter>, Relax>,
+    _guard: Guard,
     _signals: SignalsHeld,
     _not_send: PhantomData<*mut ()>,
 }
 
 /// Takes the patch lock (waiting while an update holds it).
+///
+/// # Panics
+///
+/// In Linux user space, if this thread holds it already (from inside a
+/// text writer, or [`each_inline_site`](crate::StaticCall::each_inline_site)'s
+/// closure): it would wait for itself. Updates made there return
+/// [`Error::LockHeldByThisThread`] instead. On bare metal taking it twice
+/// on one CPU waits forever.
 pub fn patch_lock() -> PatchLock {
+    try_patch_lock().unwrap_or_else(|e| panic!("static_call::writer::patch_lock: {e}"))
+}
+
+/// Takes the patch lock, or refuses if this thread holds it already.
+fn try_patch_lock() -> Result<PatchLock, Error> {
     let signals = SignalsHeld::hold();
-    PatchLock {
-        _guard: PATCH.lock(),
+    Ok(PatchLock {
+        _guard: acquire()?,
         _signals: signals,
         _not_send: PhantomData,
+    })
+}
+
+/// Runs `f` with the patch lock held, for reading what it protects: if
+/// this thread holds it already (in Linux user space), `f` runs under that
+/// hold, since nothing can change meanwhile either way.
+pub(crate) fn reading_under_patch_lock<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(target_os = "linux")]
+    if PATCH.held_by_this_thread() {
+        return f();
     }
+    let _lock = patch_lock();
+    f()
 }
 
 /// Runs `f` with the patch lock held and the writer to use: `explicit` if
@@ -276,7 +331,7 @@ pub(crate) fn with_patch_lock<T>(
     explicit: Option<&dyn TextWriter>,
     f: impl FnOnce(&dyn TextWriter) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let lock = patch_lock();
+    let lock = try_patch_lock()?;
     let writer: &dyn TextWriter = match (explicit, *lock._guard) {
         (Some(w), _) => w,
         (None, Some(w)) => w,
