@@ -232,6 +232,9 @@ impl<F: FnPtr> StaticCall<F> {
     /// holder on its CPU. An update started on a thread that holds the lock
     /// already (from a text writer, or `each_inline_site`'s closure) is
     /// refused with [`Error::LockHeldByThisThread`](crate::Error::LockHeldByThisThread).
+    /// A `fork` made while another thread updates waits for that update,
+    /// so the child inherits neither a held lock nor half-written text
+    /// (not a raw `clone` or `vfork`, whose child may only `exec` or exit).
     ///
     /// Updating from a handler of a synchronous fault signal (SIGSEGV,
     /// SIGBUS, SIGILL, SIGFPE, SIGTRAP) raised inside an update is not

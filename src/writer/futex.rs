@@ -10,7 +10,8 @@
 //!
 //! Knowing the holder lets a thread that already holds the lock be refused
 //! instead of waiting forever for itself (an update from inside
-//! `each_inline_site`'s closure or from a text writer).
+//! `each_inline_site`'s closure or from a text writer), and lets `fork`
+//! hand a consistent lock to the child (see `writer::fork`).
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
@@ -95,10 +96,37 @@ impl<T> FutexMutex<T> {
             futex_op(&self.state, libc::FUTEX_WAKE, 1);
         }
     }
+
+    /// Takes the lock without a guard, for `fork`'s prepare handler; the
+    /// parent handler releases it with [`unlock_raw`](Self::unlock_raw).
+    /// The caller must not hold it.
+    pub(super) fn lock_raw(&self) {
+        self.acquire(this_thread());
+    }
+
+    /// Releases a lock taken with [`lock_raw`](Self::lock_raw).
+    pub(super) fn unlock_raw(&self) {
+        self.release();
+    }
+
+    /// In a child of `fork`, the only thread: frees a lock the forking
+    /// thread took with [`lock_raw`](Self::lock_raw) (nobody can be
+    /// asleep on it here).
+    pub(super) fn reset_in_child(&self) {
+        self.owner.store(0, Ordering::Relaxed);
+        self.state.store(UNLOCKED, Ordering::Release);
+    }
+
+    /// In a child of `fork` made while the forking thread held the lock
+    /// through a guard: the child's thread is that holder now (its guard
+    /// releases it), under its new thread id.
+    pub(super) fn adopt_in_child(&self) {
+        self.owner.store(this_thread(), Ordering::Relaxed);
+    }
 }
 
 /// One futex operation on `word` (private to this process).
-fn futex_op(word: &AtomicU32, op: libc::c_int, val: u32) {
+pub(super) fn futex_op(word: &AtomicU32, op: libc::c_int, val: u32) {
     // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAIT only
     // sleeps while it still holds `val` (no timeout), FUTEX_WAKE wakes up
     // to `val` sleepers. Errors (EAGAIN when the word changed, EINTR)

@@ -9,6 +9,8 @@ mod bare;
 #[cfg(any(test, all(target_os = "linux", target_arch = "aarch64")))]
 mod bti;
 #[cfg(target_os = "linux")]
+mod fork;
+#[cfg(target_os = "linux")]
 mod futex;
 #[cfg(target_os = "linux")]
 pub mod linux;
@@ -179,6 +181,8 @@ impl spin::relax::RelaxStrategy for Relax {
 fn acquire() -> Result<Guard, Error> {
     #[cfg(target_os = "linux")]
     {
+        // Before the lock is ever held: from then on, `fork` waits for it.
+        fork::ensure_handlers();
         PATCH.lock().map_err(|_| Error::LockHeldByThisThread)
     }
     #[cfg(not(target_os = "linux"))]
@@ -283,6 +287,9 @@ pub fn set_default_writer(writer: &'static dyn TextWriter) {
 ///
 /// It stays on the thread that took it (`!Send`): dropping it elsewhere
 /// would restore the taking thread's signal mask on the wrong thread.
+///
+/// In Linux user space a `fork` made by another thread while it is held
+/// waits until it is released, so a child never inherits it held.
 pub struct PatchLock {
     // Fields drop in order: the lock is released before signals return.
     _guard: Guard,
