@@ -112,6 +112,14 @@ pub enum Error {
         /// Address that read back wrong.
         addr: usize,
     },
+    /// The new target is the key's own trampoline (or its entry for
+    /// indirect calls, what [`trampoline`](crate::StaticCall::trampoline)
+    /// returns): every call would jump to itself forever. Nothing was
+    /// written.
+    SelfTarget {
+        /// Address of the key's trampoline.
+        tramp: usize,
+    },
     /// The update was started on a thread that already holds the patch
     /// lock: from a text writer, or from the closure of
     /// [`each_inline_site`](crate::StaticCall::each_inline_site). It would
@@ -165,6 +173,11 @@ impl fmt::Display for Error {
             Error::RestoreFailed { addr, state } => write!(
                 f,
                 "an update failed and restoring the text at {addr:#x} failed too: {state}"
+            ),
+            Error::SelfTarget { tramp } => write!(
+                f,
+                "the target is the key's own trampoline at {tramp:#x}: every call would \
+                 jump to itself forever"
             ),
             Error::LockHeldByThisThread => f.write_str(
                 "this thread already holds the patch lock (an update from a text writer \
@@ -234,6 +247,10 @@ impl fmt::Debug for Error {
                 .debug_struct("RestoreFailed")
                 .field("addr", &hex(addr))
                 .field("state", &state)
+                .finish(),
+            Error::SelfTarget { tramp } => f
+                .debug_struct("SelfTarget")
+                .field("tramp", &hex(tramp))
                 .finish(),
             Error::LockHeldByThisThread => f.write_str("LockHeldByThisThread"),
         }

@@ -218,6 +218,11 @@ impl<F: FnPtr> StaticCall<F> {
     /// On `Err` the key behaves exactly as before on every CPU, except
     /// after [`Error::RestoreFailed`](crate::Error::RestoreFailed), which says what may be in place.
     ///
+    /// The key's own [`trampoline`](Self::trampoline) is refused as a
+    /// target ([`Error::SelfTarget`](crate::Error::SelfTarget)): every
+    /// call would jump to itself forever. (Keys that target each other's
+    /// trampolines in a cycle are not detected.)
+    ///
     /// # Locking, signal handlers and interrupts
     ///
     /// Updates take the patch lock, which calls never take. A thread
@@ -303,6 +308,22 @@ impl<F: FnPtr> StaticCall<F> {
         }
     }
 
+    /// Refuses a target that is the key itself: its trampoline, or its
+    /// entry for indirect calls (what [`trampoline`](Self::trampoline)
+    /// returns). Every call would loop forever (or, on the generic
+    /// backend, recurse until the stack overflows).
+    pub(crate) fn check_target(&self, target: usize) -> Result<(), UpdateError> {
+        if target != 0 && (target == self.tramp.addr() || target == self.indirect.addr()) {
+            return Err(UpdateError::new(
+                self.name,
+                crate::Error::SelfTarget {
+                    tramp: self.tramp.addr(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
     /// Retargets with the patch lock already held, through `writer`, as
     /// `options` say.
     ///
@@ -317,6 +338,7 @@ impl<F: FnPtr> StaticCall<F> {
         writer: &dyn TextWriter,
         options: Options,
     ) -> Result<(), UpdateError> {
+        self.check_target(target)?;
         // SAFETY: the trampoline and slot are this key's; `target` is as the
         // caller promises; the caller holds the lock.
         unsafe { Active::retarget(self.tramp.addr(), self.slot, target, writer, options) }
@@ -331,6 +353,7 @@ impl<F: FnPtr> StaticCall<F> {
         writer: Option<&dyn TextWriter>,
         options: Option<Options>,
     ) -> Result<(), UpdateError> {
+        self.check_target(target)?;
         let writer = match (writer, Active::WRITES_TEXT) {
             (w, true) => w,
             (_, false) => Some(&writer::Direct::UNUSED as &dyn TextWriter),

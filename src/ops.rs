@@ -419,6 +419,9 @@ pub trait Retarget: sealed::Sealed {
     /// The key's trampoline, for errors that name what could not be put
     /// back.
     fn trampoline_addr(&self) -> usize;
+    /// Refuses a target the key cannot take whatever else is in the batch
+    /// (its own trampoline), before anything is written.
+    fn check(&self) -> Result<(), UpdateError>;
 }
 
 /// A batch of updates in progress: the patch lock is held, and the writer
@@ -486,6 +489,10 @@ impl<F: FnPtr> Retarget for To<'_, F> {
     fn trampoline_addr(&self) -> usize {
         self.key.trampoline_addr()
     }
+
+    fn check(&self) -> Result<(), UpdateError> {
+        self.key.check_target(self.target_addr())
+    }
 }
 
 /// A writer that defers synchronisation: its `sync_cores` does nothing, so
@@ -522,8 +529,9 @@ unsafe impl TextWriter for Deferred<'_> {
 const NOT_PUT_BACK: &str = "an install failed and putting this key back failed too: it may keep \
                             its new target";
 
-/// Refuses a batch that names a key twice ([`Error::DuplicateKey`], before
-/// anything is written). Otherwise applies every retarget in order, under
+/// Refuses a batch that names a key twice ([`Error::DuplicateKey`]) or
+/// points a key at its own trampoline ([`Error::SelfTarget`]), before
+/// anything is written. Otherwise applies every retarget in order, under
 /// one hold of the patch lock; on
 /// the first error, undoes the ones already applied (newest first) and
 /// returns it, naming its key, so every key behaves as before. If an undo
@@ -569,6 +577,9 @@ fn retarget_batch(
                 tramp: dup.trampoline_addr(),
             },
         ));
+    }
+    for key in keys {
+        key.check()?;
     }
     #[allow(clippy::let_unit_value)] // `()` on backends with nothing to choose
     let outcome = crate::writer::with_patch_lock(writer, |w| {

@@ -1,9 +1,9 @@
-//! Calls of the key API from places that already hold the patch lock:
-//! each works or is refused with an error that changes nothing, never a
-//! deadlock.
+//! Calls of the key API from places that already hold the patch lock, and
+//! keys pointed at their own trampolines: each works or is refused with an
+//! error that changes nothing, never a deadlock or an endless jump.
 
-use static_call::ops::{To, retarget_all};
-use static_call::{Error, TextWriter};
+use static_call::ops::{To, retarget_all, retarget_all_with};
+use static_call::{Error, StaticCall, TextWriter};
 use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -164,4 +164,73 @@ fn an_update_from_inside_a_writer_is_refused() {
     );
     assert_eq!((op, hot), (3, 2));
     OP.update(plus_one).unwrap();
+}
+
+/// Every way to point `key` at `target` (a trampoline of `key` itself) is
+/// refused with `SelfTarget`, and the key still calls what it did.
+fn self_targets_are_refused<F: static_call::FnPtr>(
+    key: &StaticCall<F>,
+    target: F,
+    call: impl Fn() -> u64,
+) {
+    let before = (key.query().map(|f| f.addr()), call());
+    let tramp = key.trampoline_addr();
+    let refused = |r: Result<(), static_call::UpdateError>| {
+        let e = r.expect_err("a key pointed at its own trampoline was accepted");
+        assert_eq!(e.error, Error::SelfTarget { tramp });
+        assert_eq!(e.key, key.name());
+        assert!(e.to_string().contains("jump to itself"), "{e}");
+    };
+    refused(key.update(target));
+    #[cfg(target_os = "linux")]
+    {
+        use static_call::writer::linux::{Mprotect, Remap};
+        refused(key.update_with(target, &Remap));
+        refused(key.update_with(target, &Mprotect));
+        #[cfg(target_arch = "x86_64")]
+        for s in [
+            static_call::arch::x86_64::Strategy::Breakpoint,
+            static_call::arch::x86_64::Strategy::AtomicStore,
+        ] {
+            refused(key.update_with(target, &s.with(&Remap)));
+            refused(retarget_all_with(
+                &[&To::function(key, target)],
+                &s.with(&Remap),
+            ));
+        }
+    }
+    refused(retarget_all(&[&To::function(key, target)]));
+    assert_eq!((key.query().map(|f| f.addr()), call()), before);
+}
+
+#[test]
+fn a_key_cannot_target_its_own_trampoline() {
+    let _serial = serial();
+    self_targets_are_refused(&OP, OP.trampoline(), || OP.call(1));
+    self_targets_are_refused(&HOT, HOT.trampoline(), || hot_site_a(1));
+    // Through a declared key, either way round.
+    self_targets_are_refused(&declared::OP, OP.trampoline(), || OP.call(1));
+    self_targets_are_refused(&OP, declared::OP.trampoline(), || OP.call(1));
+    self_targets_are_refused(&declared::HOT, HOT.trampoline(), || hot_site_a(1));
+}
+
+#[test]
+fn a_batch_with_a_self_target_writes_nothing() {
+    let _serial = serial();
+    let before = (OP.call(1), hot_site_a(1));
+    let to_op = To::function(&OP, plus_two);
+    let to_self = To::function(&HOT, HOT.trampoline());
+    let e = retarget_all(&[&to_op, &to_self]).unwrap_err();
+    assert_eq!(
+        e.error,
+        Error::SelfTarget {
+            tramp: HOT.trampoline_addr()
+        }
+    );
+    assert_eq!(e.key, "HOT");
+    assert_eq!((OP.call(1), hot_site_a(1)), before);
+    assert_eq!(
+        OP.query().map(|f| f as usize),
+        Some(plus_one as fn(u64) -> u64 as usize)
+    );
 }

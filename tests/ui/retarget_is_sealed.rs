@@ -21,6 +21,9 @@ impl Retarget for Forged {
     fn trampoline_addr(&self) -> usize {
         0x1000
     }
+    fn check(&self) -> Result<(), UpdateError> {
+        Ok(())
+    }
 }
 
 fn main() {}
