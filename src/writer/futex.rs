@@ -1,8 +1,8 @@
 //! The patch lock in Linux user space: a mutex whose waiters sleep on a
 //! futex, and which knows which thread holds it.
 //!
-//! A waiter that spun with `sched_yield` (as on bare metal) livelocked a
-//! holder that shared its CPU when the waiter had a real-time priority:
+//! A waiter that spun with `sched_yield` (as this lock once did) livelocked
+//! a holder that shared its CPU when the waiter had a real-time priority:
 //! `sched_yield` only gives the CPU to threads of the same priority, so the
 //! holder never ran again (or, with real-time throttling, ran a few
 //! percent of the time). A waiter here sleeps in the kernel until the
