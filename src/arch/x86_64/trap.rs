@@ -355,7 +355,10 @@ mod sigtrap {
     /// takes one frame on the stack it happened on. (A handler the
     /// program put on its alternate stack that calls a key still needs
     /// room there for one more signal frame while an update is in
-    /// progress: the kernel places the trap's frame on the stack in use.)
+    /// progress: the kernel places the trap's frame on the stack in use.
+    /// Likewise a call that traps with less than a signal frame of its
+    /// stack left ends with SIGSEGV, where its callee would most likely
+    /// have overflowed the stack anyway.)
     ///
     /// The synchronous fault signals stay deliverable: the kernel kills a
     /// thread that faults with them blocked.
