@@ -56,7 +56,11 @@ use spin::mutex::{SpinMutex, SpinMutexGuard};
 /// is 1, 2, 4 or 8 and `addr` is aligned to it, the store is a single
 /// single-copy-atomic store, so a concurrent instruction fetch or load sees
 /// either the old or the new value, never a mix. When it returns `Err` it
-/// must have stored nothing.
+/// must have stored nothing, with one exception: an
+/// [`Error::RestoreFailed`] says the writer cannot tell, or could not put
+/// back, what the text holds (a Linux writer whose page a failed `mremap`
+/// left unmapped). Backends then return that error as it is and read or
+/// write nothing more of that text in the update.
 pub unsafe trait TextWriter: Sync {
     /// Stores `bytes` into the text that executes at `addr`.
     ///

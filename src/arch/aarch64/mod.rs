@@ -402,7 +402,13 @@ unsafe fn write_patch_and_sites(
         &[(0, patch.literal), (8, patch.entry)][..]
     };
     let mut written = 0;
-    let flush_sites = |s: &Sites| flush_icache_words(s.addrs());
+    // Not after a writer lost the text (`RestoreFailed`: its page may be
+    // unmapped, and cache maintenance on it would fault).
+    let flush_sites = |s: &Sites, stored: &Result<(), Error>| {
+        if !matches!(stored, Err(Error::RestoreFailed { .. })) {
+            flush_icache_words(s.addrs());
+        }
+    };
     let mut apply = || {
         for &(offset, word) in new {
             // SAFETY: per this function's contract.
@@ -418,7 +424,7 @@ unsafe fn write_patch_and_sites(
         if let Some(s) = sites {
             // SAFETY: the key's own sites; the lock is held.
             let stored = unsafe { writer.write_batch(&mut s.stores(|a| s.new_word(a))) };
-            flush_sites(s);
+            flush_sites(s, &stored);
             stored?;
             if let Some(bad) = s.addrs().find(|&a| Sites::read(a) != s.new_word(a as u64)) {
                 return Err(Error::VerifyFailed { addr: bad });
@@ -429,6 +435,10 @@ unsafe fn write_patch_and_sites(
     let Err(error) = apply() else {
         return Ok(());
     };
+    if matches!(error, Error::RestoreFailed { .. }) {
+        // The writer lost the text: nothing more of it is read or written.
+        return Err(error);
+    }
     // Every mix of old and new words is a valid state (module docs), so
     // putting back, in the same order, the words whose store succeeded (a
     // failed store stored nothing) returns the key to its old behaviour on
@@ -437,7 +447,7 @@ unsafe fn write_patch_and_sites(
         let Some(s) = sites else { return Ok(()) };
         // SAFETY: as above.
         let stored = unsafe { writer.write_batch(&mut s.stores(|a| s.restored_word(a))) };
-        flush_sites(s);
+        flush_sites(s, &stored);
         stored?;
         match s
             .addrs()
@@ -463,6 +473,7 @@ unsafe fn write_patch_and_sites(
         });
     match restored {
         Ok(()) => Err(error),
+        Err(e @ Error::RestoreFailed { .. }) => Err(e),
         Err(_) => Err(Error::RestoreFailed {
             addr: window,
             state: "the window may hold the old or the new literal and branch, and the \

@@ -108,7 +108,8 @@ pub use strategy::{Strategy, WithStrategy, default_strategy, set_default_strateg
 #[cfg(target_arch = "x86_64")]
 pub use trap::{hooks as __test_hooks, traps_steered};
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
+use crate::Error;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 /// The x86-64 backend (implements [`Backend`](super::Backend) on x86-64
 /// targets; elsewhere only its pure functions are used).
@@ -141,11 +142,12 @@ pub struct Slot {
     tramp: AtomicUsize,
     /// The slot armed before this one.
     next: AtomicPtr<Slot>,
-    /// Set when an update returned `RestoreFailed`, cleared by the next
-    /// update that succeeds: the trampoline and sites may hold any state
-    /// the protocols pass through (an `int3` included), which the next
-    /// update recognises and completes.
-    unfinished: AtomicBool,
+    /// [`FINISHED`], or [`UNFINISHED`] after an update returned
+    /// `RestoreFailed` (until one succeeds): the trampoline and sites may
+    /// hold any state the protocols pass through (an `int3` included),
+    /// which the next update recognises and completes; or [`TEXT_LOST`]
+    /// when the writer could not even tell what the text holds.
+    unfinished: AtomicU8,
 }
 
 impl Slot {
@@ -156,7 +158,7 @@ impl Slot {
             target: AtomicPtr::new(target),
             tramp: AtomicUsize::new(0),
             next: AtomicPtr::new(core::ptr::null_mut()),
-            unfinished: AtomicBool::new(false),
+            unfinished: AtomicU8::new(FINISHED),
         }
     }
 
@@ -164,6 +166,38 @@ impl Slot {
     /// trampoline (its literal is 0), so where it leads is not recorded.
     pub const fn assembled_for(self, _entry: *mut ()) -> Self {
         self
+    }
+}
+
+/// [`Slot::unfinished`]: the key's last update succeeded or undid itself.
+const FINISHED: u8 = 0;
+/// [`Slot::unfinished`]: the key's last update could not undo itself.
+const UNFINISHED: u8 = 1;
+/// [`Slot::unfinished`]: the writer lost the key's text (a Linux writer
+/// whose page a failed `mremap` unmapped): it is not read again.
+const TEXT_LOST: u8 = 2;
+
+impl Slot {
+    /// Whether the key's last update returned `RestoreFailed`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn is_unfinished(&self) -> bool {
+        self.unfinished.load(Ordering::Relaxed) != FINISHED
+    }
+
+    /// Refuses, before anything is read, to update a key whose text the
+    /// writer lost.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn check_text_kept(&self, tramp: usize) -> Result<(), Error> {
+        if self.unfinished.load(Ordering::Relaxed) == TEXT_LOST {
+            Err(Error::RestoreFailed {
+                addr: tramp,
+                state: "an earlier update of this key failed and its writer could not tell \
+                        what the text holds (it may be unmapped); it is not read or written \
+                        again",
+            })
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -314,11 +348,13 @@ pub unsafe fn declare_breakpoint_hook() {
 mod live {
     use super::layout::{self, Form, Image, LITERAL_OFFSET};
     use super::protocol::{self, Plan, Store};
-    use super::{Slot, X86_64, insn::INT3, null_stub_addr, site, trap};
+    use super::{
+        FINISHED, Slot, TEXT_LOST, UNFINISHED, X86_64, insn::INT3, null_stub_addr, site, trap,
+    };
     use super::{Strategy, default_strategy};
     use crate::arch::{Backend, BatchItem};
     use crate::{Error, TextWriter};
-    use core::sync::atomic::{AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// Reads the trampoline's entry word and literal, each with one
     /// aligned 8-byte load (entry first).
@@ -444,6 +480,63 @@ mod live {
         Ok(())
     }
 
+    /// `e` if it is a writer's [`Error::RestoreFailed`]: the writer could
+    /// not tell or put back what the text holds (a Linux writer whose page
+    /// a failed `mremap` unmapped). It is returned as it is, and nothing
+    /// more of that text is read (it may not be mapped).
+    fn lost(e: Error) -> Option<Error> {
+        matches!(e, Error::RestoreFailed { .. }).then_some(e)
+    }
+
+    /// The writer of one update, noting whether it ever returned
+    /// [`Error::RestoreFailed`] (see [`lost`]), after which the update
+    /// reads no text to learn what calls reach.
+    struct Watched<'a> {
+        inner: &'a dyn TextWriter,
+        lost: AtomicBool,
+    }
+
+    impl<'a> Watched<'a> {
+        fn new(inner: &'a dyn TextWriter) -> Self {
+            Watched {
+                inner,
+                lost: AtomicBool::new(false),
+            }
+        }
+
+        fn note<T>(&self, r: Result<T, Error>) -> Result<T, Error> {
+            if let Err(Error::RestoreFailed { .. }) = r {
+                self.lost.store(true, Ordering::Relaxed);
+            }
+            r
+        }
+
+        fn lost(&self) -> bool {
+            self.lost.load(Ordering::Relaxed)
+        }
+    }
+
+    // SAFETY: forwards every write unchanged to a writer that keeps the
+    // contract.
+    unsafe impl TextWriter for Watched<'_> {
+        unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+            // SAFETY: the caller's contract, passed on.
+            self.note(unsafe { self.inner.write(addr, bytes) })
+        }
+
+        unsafe fn write_batch(
+            &self,
+            patches: &mut dyn Iterator<Item = crate::writer::TextPatch>,
+        ) -> Result<(), Error> {
+            // SAFETY: the caller's contract, passed on.
+            self.note(unsafe { self.inner.write_batch(patches) })
+        }
+
+        fn sync_cores(&self) -> Result<(), Error> {
+            self.note(self.inner.sync_cores())
+        }
+    }
+
     /// What [`Error::RestoreFailed`] reports when an undo fails.
     const PARTLY_RESTORED: &str = "the trampoline holds an intermediate state of its update \
         protocol (every CPU runs the old target or the new one, an int3 in place being \
@@ -461,11 +554,18 @@ mod live {
     /// the failed sync may still run the instruction before the last store
     /// until its next serializing event.
     ///
+    /// If the writer lost the text (`lost`), nothing is read and `query`
+    /// keeps the old target.
+    ///
     /// # Safety
     ///
     /// `tramp` is the key's live, aligned trampoline; the lock is held.
-    unsafe fn settle(tramp: usize, slot: &Slot, target: usize) {
-        slot.unfinished.store(true, Ordering::Relaxed);
+    unsafe fn settle(tramp: usize, slot: &Slot, target: usize, lost: bool) {
+        if lost {
+            slot.unfinished.store(TEXT_LOST, Ordering::Relaxed);
+            return;
+        }
+        slot.unfinished.store(UNFINISHED, Ordering::Relaxed);
         // SAFETY: per this function's contract.
         let image = unsafe { read_image(tramp) };
         let reached = layout::current_target(tramp as u64, &image, null_stub_addr());
@@ -481,14 +581,22 @@ mod live {
     /// # Safety
     ///
     /// As for [`settle`].
-    unsafe fn conclude(tramp: usize, slot: &Slot, target: usize, result: &Result<(), Error>) {
+    unsafe fn conclude(
+        tramp: usize,
+        slot: &Slot,
+        target: usize,
+        writer: &Watched,
+        result: &Result<(), Error>,
+    ) {
         match result {
             Ok(()) => {
                 slot.target.store(target as *mut (), Ordering::Release);
-                slot.unfinished.store(false, Ordering::Relaxed);
+                slot.unfinished.store(FINISHED, Ordering::Relaxed);
             }
             // SAFETY: forwarded.
-            Err(Error::RestoreFailed { .. }) => unsafe { settle(tramp, slot, target) },
+            Err(Error::RestoreFailed { .. }) => unsafe {
+                settle(tramp, slot, target, writer.lost())
+            },
             Err(_) => {}
         }
     }
@@ -519,8 +627,8 @@ mod live {
                 state: PARTLY_RESTORED,
             });
             // SAFETY: per this function's contract.
-            if unsafe { store(tramp, s.undo(before), writer) }.is_err() {
-                return failed;
+            if let Err(e) = unsafe { store(tramp, s.undo(before), writer) } {
+                return lost(e).map_or(failed, Err);
             }
             // SAFETY: the trampoline is aligned and readable.
             if unsafe { read_image(tramp) } != *before || writer.sync_cores().is_err() {
@@ -582,7 +690,7 @@ mod live {
                     it.slot.target.load(Ordering::Relaxed) as u64,
                 );
                 let now = unsafe_free_read(at);
-                if it.slot.unfinished.load(Ordering::Relaxed) {
+                if it.slot.is_unfinished() {
                     site::check_unfinished(at as u64, &now).map_err(|e| (i, e))?;
                 } else {
                     site::check(at as u64, &now, tramp, old).map_err(|e| (i, e))?;
@@ -697,6 +805,7 @@ mod live {
                     )
                     .map_err(|e| match e {
                         Error::VerifyFailed { addr } => failed(addr),
+                        Error::RestoreFailed { .. } => e,
                         _ => unsynced(),
                     })?;
                 if stored {
@@ -729,11 +838,16 @@ mod live {
                 |s| s.now() == s.new,
             );
             let Err(e) = swept else { return swept };
+            if let Some(e) = lost(e) {
+                return Err(e);
+            }
             // SAFETY: the caller's contract.
-            unsafe { store_all_back(self, writer) }.map_err(|_| Error::RestoreFailed {
-                addr: self.first_changed(),
-                state: "an inline site may hold its new call or the trampoline's call; the \
-                        key's next update, with a writer that works, completes it",
+            unsafe { store_all_back(self, writer) }.map_err(|e| {
+                lost(e).unwrap_or_else(|| Error::RestoreFailed {
+                    addr: self.first_changed(),
+                    state: "an inline site may hold its new call or the trampoline's call; \
+                            the key's next update, with a writer that works, completes it",
+                })
             })?;
             Err(e)
         }
@@ -774,13 +888,14 @@ mod live {
         item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
         writer: &dyn TextWriter,
     ) -> Result<(), (usize, Error)> {
+        let writer = Watched::new(writer);
         // SAFETY: forwarded from the caller.
-        let result = unsafe { breakpoint_steps(n, item, writer) };
+        let result = unsafe { breakpoint_steps(n, item, &writer) };
         let outcome = result.map_err(|(_, e)| e);
         for i in 0..n {
             let it = item(i);
             // SAFETY: the caller's live trampolines; the lock is held.
-            unsafe { conclude(it.tramp, it.slot, it.target, &outcome) };
+            unsafe { conclude(it.tramp, it.slot, it.target, &writer, &outcome) };
         }
         result
     }
@@ -796,6 +911,10 @@ mod live {
         item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
         writer: &dyn TextWriter,
     ) -> Result<(), (usize, Error)> {
+        for i in 0..n {
+            let it = item(i);
+            it.slot.check_text_kept(it.tramp).map_err(|e| (i, e))?;
+        }
         let stub = null_stub_addr();
         let sites = BatchSites::of(n, item)?;
         let mut olds = [Image::from_words(0, 0); BATCH_MAX];
@@ -806,7 +925,7 @@ mod live {
             layout::check_alignment(it.tramp).map_err(|e| (i, e))?;
             // SAFETY: the caller passes live, aligned trampolines.
             *old = unsafe { read_image(it.tramp) };
-            let unfinished = it.slot.unfinished.load(Ordering::Relaxed);
+            let unfinished = it.slot.is_unfinished();
             layout::recognise(it.tramp as u64, old, stub, unfinished).map_err(|e| (i, e))?;
         }
         let plan_of = |i: usize, old: &Image| {
@@ -833,7 +952,7 @@ mod live {
         // A key left unfinished may hold an int3 whose sync failed: every
         // CPU sees it (and what else was left) before anything changes, as
         // the protocol's own step would have made them.
-        if (0..n).any(|i| item(i).slot.unfinished.load(Ordering::Relaxed)) {
+        if (0..n).any(|i| item(i).slot.is_unfinished()) {
             writer.sync_cores().map_err(|e| (0, e))?;
         }
         // Every trampoline is recognised; now the literals of those never
@@ -877,6 +996,9 @@ mod live {
                     if matches!(e, Error::VerifyFailed { .. }) {
                         images[i] = s.apply(images[i]);
                     }
+                    if let Some(e) = lost(e) {
+                        return Err((i, e));
+                    }
                     // SAFETY: as for this function.
                     return unsafe { sites.revert(writer) }
                         .and_then(|()| unsafe {
@@ -903,6 +1025,9 @@ mod live {
             match swept {
                 Ok(any) => stored |= any,
                 Err(e) => {
+                    if let Some(e) = lost(e) {
+                        return Err((0, e));
+                    }
                     // SAFETY: as for this function.
                     return unsafe { sites.revert(writer) }
                         .and_then(|()| unsafe {
@@ -913,6 +1038,9 @@ mod live {
                 }
             }
             if stored && let Err(e) = writer.sync_cores() {
+                if let Some(e) = lost(e) {
+                    return Err((0, e));
+                }
                 // SAFETY: as for this function.
                 return unsafe { sites.revert(writer) }
                     .and_then(|()| unsafe {
@@ -969,8 +1097,8 @@ mod live {
                     state: PARTLY_RESTORED,
                 };
                 // SAFETY: as for this function.
-                if unsafe { store(tramp, s.undo(&before), writer) }.is_err() {
-                    return Err(failed);
+                if let Err(e) = unsafe { store(tramp, s.undo(&before), writer) } {
+                    return Err(lost(e).unwrap_or(failed));
                 }
                 // SAFETY: aligned and readable.
                 if unsafe { read_image(tramp) } != before {
@@ -1038,6 +1166,7 @@ mod live {
             strategy: Strategy,
         ) -> Result<(), Error> {
             layout::check_alignment(tramp)?;
+            slot.check_text_kept(tramp)?;
             let item = |_| BatchItem {
                 tramp,
                 slot,
@@ -1048,10 +1177,11 @@ mod live {
                 // SAFETY: forwarded from the caller.
                 return unsafe { breakpoint_batch(1, &item, writer) }.map_err(|(_, e)| e);
             }
+            let writer = Watched::new(writer);
             // SAFETY: forwarded from the caller.
-            let result = unsafe { retarget_one(tramp, slot, target, writer, strategy) };
+            let result = unsafe { retarget_one(tramp, slot, target, &writer, strategy) };
             // SAFETY: the caller's live, aligned trampoline; lock held.
-            unsafe { conclude(tramp, slot, target, &result) };
+            unsafe { conclude(tramp, slot, target, &writer, &result) };
             result
         }
     }
@@ -1079,7 +1209,7 @@ mod live {
         let stub = null_stub_addr();
         // SAFETY: the caller passes a live, aligned trampoline.
         let old = unsafe { read_image(tramp) };
-        let unfinished = slot.unfinished.load(Ordering::Relaxed);
+        let unfinished = slot.is_unfinished();
         layout::recognise(tramp as u64, &old, stub, unfinished)?;
         let new = layout::plan(tramp as u64, target as u64, stub);
         let plan_from = |old: &Image| match strategy {
@@ -1122,9 +1252,11 @@ mod live {
                     })
                 };
                 return back
-                    .map_err(|_| Error::RestoreFailed {
-                        addr: tramp,
-                        state: PARTLY_RESTORED,
+                    .map_err(|e| {
+                        lost(e).unwrap_or(Error::RestoreFailed {
+                            addr: tramp,
+                            state: PARTLY_RESTORED,
+                        })
                     })
                     .and(Err(e));
             }
