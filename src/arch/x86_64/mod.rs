@@ -172,6 +172,7 @@ impl Slot {
 /// [`Slot::unfinished`]: the key's last update succeeded or undid itself.
 const FINISHED: u8 = 0;
 /// [`Slot::unfinished`]: the key's last update could not undo itself.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const UNFINISHED: u8 = 1;
 /// [`Slot::unfinished`]: the writer lost the key's text (a Linux writer
 /// whose page a failed `mremap` unmapped): it is not read again.
@@ -353,8 +354,9 @@ mod live {
     };
     use super::{Strategy, default_strategy};
     use crate::arch::{Backend, BatchItem};
+    use crate::writer::Watched;
     use crate::{Error, TextWriter};
-    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicU64, Ordering};
 
     /// Reads the trampoline's entry word and literal, each with one
     /// aligned 8-byte load (entry first).
@@ -486,55 +488,6 @@ mod live {
     /// more of that text is read (it may not be mapped).
     fn lost(e: Error) -> Option<Error> {
         matches!(e, Error::RestoreFailed { .. }).then_some(e)
-    }
-
-    /// The writer of one update, noting whether it ever returned
-    /// [`Error::RestoreFailed`] (see [`lost`]), after which the update
-    /// reads no text to learn what calls reach.
-    struct Watched<'a> {
-        inner: &'a dyn TextWriter,
-        lost: AtomicBool,
-    }
-
-    impl<'a> Watched<'a> {
-        fn new(inner: &'a dyn TextWriter) -> Self {
-            Watched {
-                inner,
-                lost: AtomicBool::new(false),
-            }
-        }
-
-        fn note<T>(&self, r: Result<T, Error>) -> Result<T, Error> {
-            if let Err(Error::RestoreFailed { .. }) = r {
-                self.lost.store(true, Ordering::Relaxed);
-            }
-            r
-        }
-
-        fn lost(&self) -> bool {
-            self.lost.load(Ordering::Relaxed)
-        }
-    }
-
-    // SAFETY: forwards every write unchanged to a writer that keeps the
-    // contract.
-    unsafe impl TextWriter for Watched<'_> {
-        unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
-            // SAFETY: the caller's contract, passed on.
-            self.note(unsafe { self.inner.write(addr, bytes) })
-        }
-
-        unsafe fn write_batch(
-            &self,
-            patches: &mut dyn Iterator<Item = crate::writer::TextPatch>,
-        ) -> Result<(), Error> {
-            // SAFETY: the caller's contract, passed on.
-            self.note(unsafe { self.inner.write_batch(patches) })
-        }
-
-        fn sync_cores(&self) -> Result<(), Error> {
-            self.note(self.inner.sync_cores())
-        }
     }
 
     /// What [`Error::RestoreFailed`] reports when an undo fails.
