@@ -559,7 +559,8 @@ unsafe fn write_patch_and_sites(
             state: "the window may hold the old or the new literal and branch, and the \
                     key's inline sites the old or the new call or the trampoline's (each \
                     calls the old or the new target), and other CPUs may not have been \
-                    synchronised",
+                    synchronised; query() names where a call of the trampoline goes, and \
+                    the key's next update, with a writer that works, completes it",
         }),
     }
 }

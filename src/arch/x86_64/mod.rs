@@ -63,7 +63,7 @@
 //!   program that rules both out.
 //! - A SIGTRAP handler installed after ours must chain to it (or call
 //!   [`handle_breakpoint`]); if ours is found replaced, int3 updates fail
-//!   with [`Error::WriterFailed`](crate::Error::WriterFailed) before
+//!   with [`Error::WriterFailed`] before
 //!   writing anything.
 //! - Calls of Rust-ABI keys are the compiler's `call __SCT__NAME` and are
 //!   never written; calls of `extern "C"` keys are inline sites
