@@ -209,10 +209,14 @@ fn no_copy_is_left_mapped() {
 fn the_x86_64_rollback_never_reads_a_lost_page() {
     use static_call::arch::Backend;
     use static_call::arch::x86_64::{Image, Slot, Strategy, X86_64, null_stub_addr, plan};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let _serial = serial();
     let stub = null_stub_addr();
     // A trampoline at offset 64 of a scratch page, near, to a made-up
-    // target in the page (nothing executes it), with a slot of its own.
+    // target in the page (nothing executes it), with a slot of its own
+    // (statics: a slot armed for the int3 protocol is never freed).
+    static SLOTS: [Slot; 40] = [const { Slot::new(std::ptr::null_mut()) }; 40];
+    let next_slot = AtomicUsize::new(0);
     let fresh = || {
         // SAFETY: a fresh anonymous mapping, written, then made read+execute.
         let page = unsafe {
@@ -234,7 +238,7 @@ fn the_x86_64_rollback_never_reads_a_lost_page() {
             assert_eq!(libc::mprotect(page as *mut _, PAGE, rx), 0);
             page
         };
-        let slot: &'static Slot = Box::leak(Box::new(Slot::new(std::ptr::null_mut())));
+        let slot = &SLOTS[next_slot.fetch_add(1, Ordering::Relaxed)];
         (page, page + 64, slot)
     };
     let image = |tramp: usize| {
