@@ -92,7 +92,10 @@ pub enum Error {
     },
     /// An update failed, and putting the previous bytes back failed too:
     /// the key is not known to behave as before everywhere. `state` says
-    /// what may be in place.
+    /// what may be in place. Each call still reaches the old or the new
+    /// target; `query()` names where a call of the trampoline now goes,
+    /// and the key's next update (with a writer that works) recognises
+    /// what was left (an `int3` on x86-64 included) and completes it.
     RestoreFailed {
         /// Address of the text that could not be restored.
         addr: usize,

@@ -159,29 +159,98 @@ fn page_span(addr: usize, len: usize) -> (usize, usize) {
     (start, end - start)
 }
 
+/// What [`Error::RestoreFailed`] says when the text pages may be unmapped.
+const UNMAPPED: &str = "the text page is not mapped: mremap to its address unmapped it and \
+    failed, and mapping the original back failed too (or an earlier failure left it so); \
+    nothing more is written there, and a call into it faults";
+
+/// Whether every page of `start..start + len` is mapped: `None` when the
+/// kernel cannot say.
+fn mapped(start: usize, len: usize) -> Option<bool> {
+    // One byte per page; a write spans at most two.
+    let mut residency = [0u8; 4];
+    if len / page_size() > residency.len() {
+        return None;
+    }
+    // SAFETY: mincore reads the page tables of our own range and writes
+    // one byte per page into `residency`, which has room for them.
+    let rc = unsafe { libc::mincore(start as *mut _, len, residency.as_mut_ptr()) };
+    match rc {
+        0 => Some(true),
+        _ if errno() == libc::ENOMEM => Some(false),
+        _ => None,
+    }
+}
+
+/// Moves the `len` bytes of our mapping at `from` over `to` with one
+/// `mremap`; the errno on failure.
+///
+/// # Safety
+///
+/// `from..from + len` is our own mapping; `to..to + len` text the caller
+/// may patch, with the patch lock held.
+unsafe fn move_over(from: usize, to: usize, len: usize) -> Result<(), i32> {
+    if let Some(fault) = __test_hooks::next_fault() {
+        if fault == __test_hooks::MoveFault::Unmapped {
+            // What the kernel does before the steps that can still fail.
+            // SAFETY: the test that asked for this fault promises nothing
+            // runs the page meanwhile.
+            unsafe { libc::munmap(to as *mut _, len) };
+        }
+        return Err(libc::ENOMEM);
+    }
+    // SAFETY: per this function's contract.
+    let moved = unsafe {
+        libc::mremap(
+            from as *mut _,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to as *mut libc::c_void,
+        )
+    };
+    if moved == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
 /// A private read-write copy of text pages, patched and then moved over
-/// the originals in one `mremap` ([`Remap`]'s one step).
+/// the originals in one `mremap` ([`Remap`]'s one step), with a second,
+/// pristine copy to map back should that `mremap` fail after the kernel
+/// unmapped the originals.
 struct PageCopy {
     start: usize,
     len: usize,
+    /// The patched copy; the pristine one follows it, in one mapping of
+    /// `2 * len` bytes.
     copy: usize,
     rx: libc::c_int,
 }
 
 impl PageCopy {
-    /// Copies the text pages `start..start + len`.
+    /// Copies the text pages `start..start + len`, after checking they are
+    /// mapped (a failed move may have left them unmapped: reading them
+    /// would fault).
     ///
     /// # Safety
     ///
-    /// `start..start + len` must be mapped text pages.
+    /// `start..start + len` must be text pages the caller may patch.
     unsafe fn new(start: usize, len: usize) -> Result<Self, Error> {
         ensure_membarrier()?;
+        if mapped(start, len) != Some(true) {
+            return Err(Error::RestoreFailed {
+                addr: start,
+                state: UNMAPPED,
+            });
+        }
         let rx = libc::PROT_READ | libc::PROT_EXEC | kept_protection(start);
         // SAFETY: an anonymous private mapping with no address hint.
         let copy = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
-                len,
+                2 * len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -194,9 +263,13 @@ impl PageCopy {
                 errno: errno(),
             });
         }
-        // SAFETY: `start..start + len` is mapped text (readable), `copy` is
-        // a fresh writable mapping of the same size; they do not overlap.
-        unsafe { core::ptr::copy_nonoverlapping(start as *const u8, copy.cast::<u8>(), len) };
+        // SAFETY: `start..start + len` is mapped text (checked above:
+        // readable), `copy` a fresh writable mapping of twice its size;
+        // they do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(start as *const u8, copy.cast::<u8>(), len);
+            core::ptr::copy_nonoverlapping(start as *const u8, copy.cast::<u8>().add(len), len);
+        }
         Ok(PageCopy {
             start,
             len,
@@ -215,39 +288,125 @@ impl PageCopy {
         unsafe { store(self.copy + (addr - self.start), bytes) };
     }
 
-    /// Makes the copy read+execute and moves it over the text, or unmaps
-    /// it and leaves the text untouched.
+    /// Makes the copy read+execute and moves it over the text. On failure
+    /// the text is as it was, or the error is [`Error::RestoreFailed`].
     ///
     /// # Safety
     ///
     /// The copied pages must be text the caller may patch, with the patch
     /// lock held.
     unsafe fn commit(self) -> Result<(), Error> {
-        let fail = |what| {
-            let errno = errno();
-            // SAFETY: `copy` is our mapping, of `len` bytes.
-            unsafe { libc::munmap(self.copy as *mut libc::c_void, self.len) };
-            Err(Error::WriterFailed { what, errno })
+        let pristine = self.copy + self.len;
+        let unmap = |at: usize, len: usize| {
+            // SAFETY: `at..at + len` is (what is left of) our own mapping.
+            unsafe { libc::munmap(at as *mut libc::c_void, len) };
         };
         // SAFETY: changes the protection of our own mapping only.
         if unsafe { libc::mprotect(self.copy as *mut _, self.len, self.rx) } != 0 {
-            return fail("make the patched copy read+execute");
+            let errno = errno();
+            unmap(self.copy, 2 * self.len);
+            return Err(Error::WriterFailed {
+                what: "make the patched copy read+execute",
+                errno,
+            });
         }
-        // SAFETY: moves our mapping over the text pages; on failure the
-        // original mapping is untouched.
-        let moved = unsafe {
-            libc::mremap(
-                self.copy as *mut _,
-                self.len,
-                self.len,
-                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                self.start as *mut libc::c_void,
-            )
+        // SAFETY: moves our mapping over the caller's text pages.
+        let Err(errno) = (unsafe { move_over(self.copy, self.start, self.len) }) else {
+            unmap(pristine, self.len);
+            return Ok(());
         };
-        if moved == libc::MAP_FAILED {
-            return fail("mremap the patched copy over the text page");
+        // `mremap` to a fixed address unmaps the destination first and can
+        // still fail after that, leaving nothing there; user space cannot
+        // tell which from the errno, so look. Still mapped: the kernel
+        // refused before touching it, and the text is as it was.
+        let what = "mremap the patched copy over the text page";
+        match mapped(self.start, self.len) {
+            Some(true) => {
+                unmap(self.copy, 2 * self.len);
+                return Err(Error::WriterFailed { what, errno });
+            }
+            Some(false) => {}
+            None => {
+                unmap(self.copy, 2 * self.len);
+                return Err(Error::RestoreFailed {
+                    addr: self.start,
+                    state: UNMAPPED,
+                });
+            }
         }
-        Ok(())
+        // Gone: the pristine copy takes its place, so the text holds what
+        // it held (a thread that ran the page while it was missing has
+        // faulted; nothing can undo that).
+        // SAFETY: our own mapping, then moved over the caller's text.
+        let back = unsafe { libc::mprotect(pristine as *mut _, self.len, self.rx) } == 0
+            && unsafe { move_over(pristine, self.start, self.len) }.is_ok();
+        unmap(self.copy, self.len);
+        if back {
+            Err(Error::WriterFailed {
+                what: "mremap the patched copy over the text page (the kernel unmapped the \
+                       page and failed; the original was mapped back)",
+                errno,
+            })
+        } else {
+            unmap(pristine, self.len);
+            Err(Error::RestoreFailed {
+                addr: self.start,
+                state: UNMAPPED,
+            })
+        }
+    }
+}
+
+/// Failure injection for [`Remap`]'s move step, for tests of the paths the
+/// kernel rarely takes. Not part of the API.
+#[doc(hidden)]
+pub mod __test_hooks {
+    use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+    /// How an injected `mremap` failure behaves.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum MoveFault {
+        /// The kernel refuses before changing anything.
+        Refused,
+        /// The kernel unmaps the destination, then fails.
+        Unmapped,
+    }
+
+    static FAULT: AtomicU8 = AtomicU8::new(0);
+    static SKIP: AtomicUsize = AtomicUsize::new(0);
+    static LEFT: AtomicUsize = AtomicUsize::new(0);
+
+    /// Lets the next `skip` moves of [`Remap`](super::Remap) succeed, then
+    /// makes `count` fail as `fault` says (0: none).
+    ///
+    /// # Safety
+    ///
+    /// With [`MoveFault::Unmapped`], the page being written is unmapped
+    /// for a while, and for good if `count` is 2 or more: nothing may run
+    /// or read it but the writer and the update it serves.
+    pub unsafe fn fail_moves(fault: MoveFault, skip: usize, count: usize) {
+        FAULT.store(fault as u8, Ordering::SeqCst);
+        SKIP.store(skip, Ordering::SeqCst);
+        LEFT.store(count, Ordering::SeqCst);
+    }
+
+    /// The fault the next move has, if any.
+    pub(super) fn next_fault() -> Option<MoveFault> {
+        if LEFT.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        if SKIP
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return None;
+        }
+        LEFT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()?;
+        Some(match FAULT.load(Ordering::SeqCst) {
+            0 => MoveFault::Refused,
+            _ => MoveFault::Unmapped,
+        })
     }
 }
 
@@ -265,6 +424,16 @@ impl PageCopy {
 /// its file afterwards. Keep such tools off those functions while keys are
 /// updated, or give `.static_call.text` pages of its own (see the README).
 ///
+/// If the `mremap` fails, the page is checked: still mapped, the kernel
+/// refused before touching it and the text is as it was. But `mremap` to a
+/// fixed address unmaps the destination first and can fail after that
+/// (running out of memory for page tables, say); the page is then gone,
+/// and a pristine copy made beside the patched one is moved in its place,
+/// so the error still means nothing changed (a thread that ran the page
+/// in that moment has faulted, which nothing can undo). Only if that move
+/// fails too is the error [`Error::RestoreFailed`]: the page is unmapped,
+/// and no later write reads it.
+///
 /// ```
 /// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
 /// fn inc(x: u32) -> u32 { x + 1 }
@@ -279,8 +448,10 @@ pub struct Remap;
 
 // SAFETY: the copy receives exactly `bytes` at the right offset through
 // `store` (atomic for aligned sizes up to 8), and the mremap swaps the whole
-// page at once, so a reader sees the old or the new value. Every failure
-// path unmaps the copy before touching the original.
+// page at once, so a reader sees the old or the new value. A failed mremap
+// leaves the original in place (checked: still mapped) or puts the
+// pristine copy where the kernel unmapped it; only if that fails too is the
+// error `RestoreFailed`, and no later write reads an unmapped page.
 unsafe impl TextWriter for Remap {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
         let (start, len) = page_span(addr, bytes.len());

@@ -61,7 +61,11 @@ use spin::mutex::{SpinMutex, SpinMutexGuard};
 /// is 1, 2, 4 or 8 and `addr` is aligned to it, the store is a single
 /// single-copy-atomic store, so a concurrent instruction fetch or load sees
 /// either the old or the new value, never a mix. When it returns `Err` it
-/// must have stored nothing.
+/// must have stored nothing, with one exception: an
+/// [`Error::RestoreFailed`] says the writer cannot tell, or could not put
+/// back, what the text holds (a Linux writer whose page a failed `mremap`
+/// left unmapped). Backends then return that error as it is and read or
+/// write nothing more of that text in the update.
 pub unsafe trait TextWriter: Sync {
     /// Stores `bytes` into the text that executes at `addr`.
     ///
@@ -105,6 +109,64 @@ pub unsafe trait TextWriter: Sync {
     /// or the new instruction, which every backend's patch protocol allows.
     fn sync_cores(&self) -> Result<(), Error> {
         Ok(())
+    }
+}
+
+/// The writer of one update, noting whether it ever returned
+/// [`Error::RestoreFailed`]: the writer lost the text (see [`TextWriter`]),
+/// so the update reads none of it to learn what calls reach.
+#[cfg_attr(
+    not(any(target_arch = "aarch64", target_arch = "x86_64")),
+    allow(dead_code)
+)]
+pub(crate) struct Watched<'a> {
+    inner: &'a dyn TextWriter,
+    lost: core::sync::atomic::AtomicBool,
+}
+
+#[cfg_attr(
+    not(any(target_arch = "aarch64", target_arch = "x86_64")),
+    allow(dead_code)
+)]
+impl<'a> Watched<'a> {
+    pub(crate) fn new(inner: &'a dyn TextWriter) -> Self {
+        Watched {
+            inner,
+            lost: core::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn note<T>(&self, r: Result<T, Error>) -> Result<T, Error> {
+        if let Err(Error::RestoreFailed { .. }) = r {
+            self.lost.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Whether the writer returned [`Error::RestoreFailed`].
+    pub(crate) fn lost(&self) -> bool {
+        self.lost.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+// SAFETY: forwards every write unchanged to a writer that keeps the
+// contract.
+unsafe impl TextWriter for Watched<'_> {
+    unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
+        // SAFETY: the caller's contract, passed on.
+        self.note(unsafe { self.inner.write(addr, bytes) })
+    }
+
+    unsafe fn write_batch(
+        &self,
+        patches: &mut dyn Iterator<Item = TextPatch>,
+    ) -> Result<(), Error> {
+        // SAFETY: the caller's contract, passed on.
+        self.note(unsafe { self.inner.write_batch(patches) })
+    }
+
+    fn sync_cores(&self) -> Result<(), Error> {
+        self.note(self.inner.sync_cores())
     }
 }
 

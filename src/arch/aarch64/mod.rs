@@ -96,6 +96,11 @@ pub struct Slot {
     /// one as assembled.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     updated: AtomicBool,
+    /// The key's last update returned `RestoreFailed` (cleared by the next
+    /// that succeeds): its window may hold a literal that disagrees with
+    /// its `b`, and its sites any call, which the next update completes.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    unfinished: AtomicBool,
 }
 
 // SAFETY: `entry` is an address only compared, never dereferenced.
@@ -109,6 +114,7 @@ impl Slot {
             target: AtomicPtr::new(target),
             entry: core::ptr::null_mut(),
             updated: AtomicBool::new(false),
+            unfinished: AtomicBool::new(false),
         }
     }
 
@@ -161,11 +167,71 @@ unsafe impl Backend for Aarch64 {
         (): (),
     ) -> Result<(), Error> {
         let window = layout::window_of(tramp)?;
+        let writer = &crate::writer::Watched::new(writer);
+        // SAFETY: forwarded from the caller.
+        let result = unsafe { retarget_window(tramp, window, slot, target, writer) };
+        match result {
+            Ok(()) => {
+                slot.target.store(target as *mut (), Ordering::Release);
+                slot.updated.store(true, Ordering::Relaxed);
+                slot.unfinished.store(false, Ordering::Relaxed);
+            }
+            Err(Error::RestoreFailed { .. }) => {
+                slot.unfinished.store(true, Ordering::Relaxed);
+                // `query` names where a call of the trampoline now goes:
+                // the old target or this one. Unless the writer lost the
+                // text, whose state is then unknown (and not read).
+                if !writer.lost() {
+                    // SAFETY: the caller's live trampoline.
+                    let now = unsafe { read_trampoline(window) };
+                    if reached(tramp, &now) == Some(target as u64) {
+                        slot.target.store(target as *mut (), Ordering::Release);
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+/// Where a call entering the window `bytes` of the trampoline at `tramp`
+/// goes: its `b`'s destination, or with a `nop` the literal (0 for NULL);
+/// `None` for bytes no update leaves.
+#[cfg(target_arch = "aarch64")]
+fn reached(tramp: usize, bytes: &[u8; TRAMPOLINE_LEN]) -> Option<u64> {
+    let literal = layout::patch_of(bytes).literal;
+    let mut assembled = *bytes;
+    assembled[..8].fill(0);
+    match decode(tramp, &assembled).ok()?.branch {
+        Branch::B(dest) => Some(dest),
+        Branch::Nop => Some(literal),
+    }
+}
+
+/// [`Backend::retarget`] of an aligned window, leaving the slot to the
+/// caller.
+///
+/// # Safety
+///
+/// As for [`Backend::retarget`].
+#[cfg(target_arch = "aarch64")]
+unsafe fn retarget_window(
+    tramp: usize,
+    window: usize,
+    slot: &Slot,
+    target: usize,
+    writer: &dyn TextWriter,
+) -> Result<(), Error> {
+    {
         // SAFETY: the caller passes a live trampoline.
         let before = unsafe { read_trampoline(window) };
         let mut current = decode_own(tramp, &before, slot)?;
         let patch = plan(tramp as u64, target as u64)?;
-        if let (true, Branch::B(dest)) = (current.never_updated(), current.branch) {
+        let unfinished = slot.unfinished.load(Ordering::Relaxed);
+        if let (true, false, Branch::B(dest)) =
+            (current.never_updated(), unfinished, current.branch)
+        {
             // The assembled `b` must lead where the key was assembled to
             // go, or (only when that is out of reach) to a linker veneer.
             let entry = slot.entry as u64;
@@ -188,7 +254,12 @@ unsafe impl Backend for Aarch64 {
             table: crate::site::table::live::locked()?,
         });
         if let Some(s) = &sites {
-            s.check()?;
+            s.check(unfinished)?;
+        }
+        if unfinished {
+            // What the failed update left reaches every CPU before
+            // anything changes.
+            writer.sync_cores()?;
         }
         if current.never_updated() {
             // A CPU may pair the new branch word with a stale literal, so
@@ -221,8 +292,6 @@ unsafe impl Backend for Aarch64 {
             // (`decode_own` recognises the window as never updated).
             written?;
         }
-        slot.target.store(target as *mut (), Ordering::Release);
-        slot.updated.store(true, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -231,7 +300,9 @@ unsafe impl Backend for Aarch64 {
 /// update has already published (the key's own current target) beside
 /// the assembled `b`: an update that failed after publishing leaves it so.
 /// It decodes as never updated. Only while no update of the key has
-/// succeeded: after one, such bytes are foreign.
+/// succeeded: after one, such bytes are foreign. After an update that
+/// returned `RestoreFailed`, also any `b` beside any literal (the literal
+/// written, the branch not, or not put back).
 #[cfg(target_arch = "aarch64")]
 fn decode_own(
     tramp: usize,
@@ -246,6 +317,10 @@ fn decode_own(
     let mut assembled = *bytes;
     assembled[..8].fill(0);
     match decode(tramp, &assembled) {
+        Ok(t) if slot.unfinished.load(Ordering::Relaxed) => Ok(Trampoline {
+            target: literal,
+            ..t
+        }),
         Ok(t)
             if t.never_updated()
                 && !slot.updated.load(Ordering::Relaxed)
@@ -313,10 +388,15 @@ impl Sites {
     }
 
     /// Every site holds what it may hold, and can take the new target:
-    /// checked before anything is written.
-    fn check(&self) -> Result<(), Error> {
+    /// checked before anything is written. After an update that returned
+    /// `RestoreFailed` (`unfinished`), any call or the no-op.
+    fn check(&self, unfinished: bool) -> Result<(), Error> {
         for s in self.addrs() {
-            site::check(s as u64, Self::read(s), self.tramp, self.old)?;
+            if unfinished {
+                site::check_unfinished(s as u64, Self::read(s))?;
+            } else {
+                site::check(s as u64, Self::read(s), self.tramp, self.old)?;
+            }
             site::plan(s as u64, self.tramp, self.new)?;
         }
         Ok(())
@@ -402,7 +482,13 @@ unsafe fn write_patch_and_sites(
         &[(0, patch.literal), (8, patch.entry)][..]
     };
     let mut written = 0;
-    let flush_sites = |s: &Sites| flush_icache_words(s.addrs());
+    // Not after a writer lost the text (`RestoreFailed`: its page may be
+    // unmapped, and cache maintenance on it would fault).
+    let flush_sites = |s: &Sites, stored: &Result<(), Error>| {
+        if !matches!(stored, Err(Error::RestoreFailed { .. })) {
+            flush_icache_words(s.addrs());
+        }
+    };
     let mut apply = || {
         for &(offset, word) in new {
             // SAFETY: per this function's contract.
@@ -418,7 +504,7 @@ unsafe fn write_patch_and_sites(
         if let Some(s) = sites {
             // SAFETY: the key's own sites; the lock is held.
             let stored = unsafe { writer.write_batch(&mut s.stores(|a| s.new_word(a))) };
-            flush_sites(s);
+            flush_sites(s, &stored);
             stored?;
             if let Some(bad) = s.addrs().find(|&a| Sites::read(a) != s.new_word(a as u64)) {
                 return Err(Error::VerifyFailed { addr: bad });
@@ -429,6 +515,10 @@ unsafe fn write_patch_and_sites(
     let Err(error) = apply() else {
         return Ok(());
     };
+    if matches!(error, Error::RestoreFailed { .. }) {
+        // The writer lost the text: nothing more of it is read or written.
+        return Err(error);
+    }
     // Every mix of old and new words is a valid state (module docs), so
     // putting back, in the same order, the words whose store succeeded (a
     // failed store stored nothing) returns the key to its old behaviour on
@@ -437,7 +527,7 @@ unsafe fn write_patch_and_sites(
         let Some(s) = sites else { return Ok(()) };
         // SAFETY: as above.
         let stored = unsafe { writer.write_batch(&mut s.stores(|a| s.restored_word(a))) };
-        flush_sites(s);
+        flush_sites(s, &stored);
         stored?;
         match s
             .addrs()
@@ -463,12 +553,14 @@ unsafe fn write_patch_and_sites(
         });
     match restored {
         Ok(()) => Err(error),
+        Err(e @ Error::RestoreFailed { .. }) => Err(e),
         Err(_) => Err(Error::RestoreFailed {
             addr: window,
             state: "the window may hold the old or the new literal and branch, and the \
                     key's inline sites the old or the new call or the trampoline's (each \
                     calls the old or the new target), and other CPUs may not have been \
-                    synchronised",
+                    synchronised; query() names where a call of the trampoline goes, and \
+                    the key's next update, with a writer that works, completes it",
         }),
     }
 }

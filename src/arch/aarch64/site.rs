@@ -67,6 +67,29 @@ pub fn home(site: u64, tramp: u64) -> Result<u32, Error> {
     })
 }
 
+/// [`check`] for a key whose last update returned
+/// [`Error::RestoreFailed`]: the site may hold any word the crate puts at
+/// a site (a `bl`, its trampoline's included, or the `nop`), which the
+/// next update completes. Anything else is refused, naming what was found.
+///
+/// ```
+/// use static_call::arch::aarch64::{insn::NOP, site::{check_unfinished, encode_bl}};
+/// let bl = encode_bl(0x1000, 0x2000).unwrap();
+/// assert_eq!(check_unfinished(0x1000, bl), Ok(()));
+/// assert_eq!(check_unfinished(0x1000, NOP), Ok(()));
+/// assert!(check_unfinished(0x1000, 0xd65f_03c0).is_err()); // ret
+/// ```
+pub fn check_unfinished(site: u64, word: u32) -> Result<(), Error> {
+    if site.is_multiple_of(4) && (word == NOP || decode_bl(site, word).is_some()) {
+        Ok(())
+    } else {
+        Err(Error::UnrecognisedCallSite {
+            site: site as usize,
+            found: u64::from(word),
+        })
+    }
+}
+
 /// Checks, before anything is written, that the site holds what it may
 /// hold for a key whose current target is `current` (0 for NULL): its
 /// trampoline's call or [`plan`]'s word for `current`. A site the linker

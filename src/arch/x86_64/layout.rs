@@ -218,6 +218,44 @@ pub fn current_target(tramp: u64, image: &Image, null_stub: u64) -> Result<u64, 
     }
 }
 
+/// Checks, before an update writes anything, that `image` is a state this
+/// crate can leave at the trampoline at `tramp`, and returns where a call
+/// entering it goes (0 for NULL).
+///
+/// A key whose last update succeeded (or undid itself) holds one of the
+/// three forms with a literal that agrees ([`decode`]). One whose last
+/// update returned [`Error::RestoreFailed`] (`unfinished`) may also hold
+/// any state the protocols pass through: an `int3` over the first byte of
+/// any form's tail (steered through the literal), or a literal already
+/// naming another target beside the entry. Anything else gets `decode`'s
+/// error, so a foreign `int3` at a finished key is still refused.
+///
+/// ```
+/// use static_call::arch::x86_64::{plan, recognise};
+/// let (tramp, stub) = (0x5555_0000_1000, 0x5555_0000_2000);
+/// let mut left = plan(tramp, tramp + 0x100, stub);
+/// left.entry[0] = 0xcc; // an update stopped with its int3 in place
+/// left.literal = tramp + 0x200; // steered to the target it was writing
+/// assert!(recognise(tramp, &left, stub, false).is_err());
+/// assert_eq!(recognise(tramp, &left, stub, true), Ok(tramp + 0x200));
+/// ```
+pub fn recognise(
+    tramp: u64,
+    image: &Image,
+    null_stub: u64,
+    unfinished: bool,
+) -> Result<u64, Error> {
+    match decode(tramp, image, null_stub) {
+        Ok(t) => Ok(t.target()),
+        // Every state an update leaves has a literal: it is published
+        // before anything else is written, and never put back to 0.
+        Err(e) if unfinished && image.literal != 0 => {
+            current_target(tramp, image, null_stub).map_err(|_| e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// What a retarget of the trampoline at `tramp` to `target` (0 for NULL)
 /// should leave there: `jmp.d32 target` when `rel32` reaches, else the far
 /// form; `ret` for NULL. The literal is always the target (the NULL stub

@@ -63,7 +63,7 @@
 //!   program that rules both out.
 //! - A SIGTRAP handler installed after ours must chain to it (or call
 //!   [`handle_breakpoint`]); if ours is found replaced, int3 updates fail
-//!   with [`Error::WriterFailed`](crate::Error::WriterFailed) before
+//!   with [`Error::WriterFailed`] before
 //!   writing anything.
 //! - Calls of Rust-ABI keys are the compiler's `call __SCT__NAME` and are
 //!   never written; calls of `extern "C"` keys are inline sites
@@ -102,13 +102,14 @@ mod trap;
 
 pub use layout::{
     FAR_ENTRY, Form, Image, LITERAL_OFFSET, NULL_ENTRY, TRAMPOLINE_ALIGN, TRAMPOLINE_LEN,
-    Trampoline, check_alignment, current_target, decode, plan,
+    Trampoline, check_alignment, current_target, decode, plan, recognise,
 };
 pub use strategy::{Strategy, WithStrategy, default_strategy, set_default_strategy};
 #[cfg(target_arch = "x86_64")]
 pub use trap::{hooks as __test_hooks, traps_steered};
 
-use core::sync::atomic::{AtomicPtr, AtomicUsize};
+use crate::Error;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 /// The x86-64 backend (implements [`Backend`](super::Backend) on x86-64
 /// targets; elsewhere only its pure functions are used).
@@ -134,12 +135,19 @@ pub enum X86_64 {}
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Slot {
     /// The current target, 0 for NULL; written under the patch lock once
-    /// an update has fully succeeded.
+    /// an update has fully succeeded, or after one that could not undo
+    /// itself, where a call of the trampoline now goes.
     target: AtomicPtr<()>,
     /// The trampoline, once armed; 0 before.
     tramp: AtomicUsize,
     /// The slot armed before this one.
     next: AtomicPtr<Slot>,
+    /// [`FINISHED`], or [`UNFINISHED`] after an update returned
+    /// `RestoreFailed` (until one succeeds): the trampoline and sites may
+    /// hold any state the protocols pass through (an `int3` included),
+    /// which the next update recognises and completes; or [`TEXT_LOST`]
+    /// when the writer could not even tell what the text holds.
+    unfinished: AtomicU8,
 }
 
 impl Slot {
@@ -150,6 +158,7 @@ impl Slot {
             target: AtomicPtr::new(target),
             tramp: AtomicUsize::new(0),
             next: AtomicPtr::new(core::ptr::null_mut()),
+            unfinished: AtomicU8::new(FINISHED),
         }
     }
 
@@ -157,6 +166,39 @@ impl Slot {
     /// trampoline (its literal is 0), so where it leads is not recorded.
     pub const fn assembled_for(self, _entry: *mut ()) -> Self {
         self
+    }
+}
+
+/// [`Slot::unfinished`]: the key's last update succeeded or undid itself.
+const FINISHED: u8 = 0;
+/// [`Slot::unfinished`]: the key's last update could not undo itself.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const UNFINISHED: u8 = 1;
+/// [`Slot::unfinished`]: the writer lost the key's text (a Linux writer
+/// whose page a failed `mremap` unmapped): it is not read again.
+const TEXT_LOST: u8 = 2;
+
+impl Slot {
+    /// Whether the key's last update returned `RestoreFailed`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn is_unfinished(&self) -> bool {
+        self.unfinished.load(Ordering::Relaxed) != FINISHED
+    }
+
+    /// Refuses, before anything is read, to update a key whose text the
+    /// writer lost.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn check_text_kept(&self, tramp: usize) -> Result<(), Error> {
+        if self.unfinished.load(Ordering::Relaxed) == TEXT_LOST {
+            Err(Error::RestoreFailed {
+                addr: tramp,
+                state: "an earlier update of this key failed and its writer could not tell \
+                        what the text holds (it may be unmapped); it is not read or written \
+                        again",
+            })
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -307,9 +349,12 @@ pub unsafe fn declare_breakpoint_hook() {
 mod live {
     use super::layout::{self, Form, Image, LITERAL_OFFSET};
     use super::protocol::{self, Plan, Store};
-    use super::{Slot, X86_64, insn::INT3, null_stub_addr, site, trap};
+    use super::{
+        FINISHED, Slot, TEXT_LOST, UNFINISHED, X86_64, insn::INT3, null_stub_addr, site, trap,
+    };
     use super::{Strategy, default_strategy};
     use crate::arch::{Backend, BatchItem};
+    use crate::writer::Watched;
     use crate::{Error, TextWriter};
     use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -362,8 +407,10 @@ mod live {
         stub: u64,
         writer: &dyn TextWriter,
     ) -> Result<Image, Error> {
+        if old.literal != 0 {
+            return Ok(old);
+        }
         let literal = match layout::decode(tramp as u64, &old, stub)?.form {
-            _ if old.literal != 0 => return Ok(old),
             Form::Near(dest) => dest,
             Form::Null => stub,
             // `decode` refuses a far entry without a literal.
@@ -435,11 +482,77 @@ mod live {
         Ok(())
     }
 
+    /// `e` if it is a writer's [`Error::RestoreFailed`]: the writer could
+    /// not tell or put back what the text holds (a Linux writer whose page
+    /// a failed `mremap` unmapped). It is returned as it is, and nothing
+    /// more of that text is read (it may not be mapped).
+    fn lost(e: Error) -> Option<Error> {
+        matches!(e, Error::RestoreFailed { .. }).then_some(e)
+    }
+
     /// What [`Error::RestoreFailed`] reports when an undo fails.
     const PARTLY_RESTORED: &str = "the trampoline holds an intermediate state of its update \
         protocol (every CPU runs the old target or the new one, an int3 in place being \
-        steered through the literal); query() reports the old target, and the trampoline \
-        must be rewritten before the key can be updated again";
+        steered through the literal); query() reports where a call of the trampoline now \
+        goes, and the key's next update, with a writer that works, completes it";
+
+    /// After an update of the key at `tramp` to `target` returned
+    /// [`Error::RestoreFailed`]: marks the key unfinished, so that its next
+    /// update recognises (and completes) whatever was left, and makes
+    /// `query` name where a call of the trampoline now goes. That is the
+    /// old target or `target` (each store moves the bytes one step of the
+    /// protocol between them); it is `target` exactly when the bytes send
+    /// calls there, and otherwise `query` keeps the old one, which may be
+    /// reached through a never-updated key's init shim. A CPU that missed
+    /// the failed sync may still run the instruction before the last store
+    /// until its next serializing event.
+    ///
+    /// If the writer lost the text (`lost`), nothing is read and `query`
+    /// keeps the old target.
+    ///
+    /// # Safety
+    ///
+    /// `tramp` is the key's live, aligned trampoline; the lock is held.
+    unsafe fn settle(tramp: usize, slot: &Slot, target: usize, lost: bool) {
+        if lost {
+            slot.unfinished.store(TEXT_LOST, Ordering::Relaxed);
+            return;
+        }
+        slot.unfinished.store(UNFINISHED, Ordering::Relaxed);
+        // SAFETY: per this function's contract.
+        let image = unsafe { read_image(tramp) };
+        let reached = layout::current_target(tramp as u64, &image, null_stub_addr());
+        if reached == Ok(target as u64) {
+            slot.target.store(target as *mut (), Ordering::Release);
+        }
+    }
+
+    /// Records the outcome of an update of one key: the new target once
+    /// it succeeded, [`settle`] when it could not undo itself; after any
+    /// other error the key is as before.
+    ///
+    /// # Safety
+    ///
+    /// As for [`settle`].
+    unsafe fn conclude(
+        tramp: usize,
+        slot: &Slot,
+        target: usize,
+        writer: &Watched,
+        result: &Result<(), Error>,
+    ) {
+        match result {
+            Ok(()) => {
+                slot.target.store(target as *mut (), Ordering::Release);
+                slot.unfinished.store(FINISHED, Ordering::Relaxed);
+            }
+            // SAFETY: forwarded.
+            Err(Error::RestoreFailed { .. }) => unsafe {
+                settle(tramp, slot, target, writer.lost())
+            },
+            Err(_) => {}
+        }
+    }
 
     /// Writes back, newest first, what each store overwrote, reading each
     /// undo back and synchronizing all CPUs after it.
@@ -467,8 +580,8 @@ mod live {
                 state: PARTLY_RESTORED,
             });
             // SAFETY: per this function's contract.
-            if unsafe { store(tramp, s.undo(before), writer) }.is_err() {
-                return failed;
+            if let Err(e) = unsafe { store(tramp, s.undo(before), writer) } {
+                return lost(e).map_or(failed, Err);
             }
             // SAFETY: the trampoline is aligned and readable.
             if unsafe { read_image(tramp) } != *before || writer.sync_cores().is_err() {
@@ -530,7 +643,11 @@ mod live {
                     it.slot.target.load(Ordering::Relaxed) as u64,
                 );
                 let now = unsafe_free_read(at);
-                site::check(at as u64, &now, tramp, old).map_err(|e| (i, e))?;
+                if it.slot.is_unfinished() {
+                    site::check_unfinished(at as u64, &now).map_err(|e| (i, e))?;
+                } else {
+                    site::check(at as u64, &now, tramp, old).map_err(|e| (i, e))?;
+                }
                 site::plan(at as u64, tramp, it.target as u64).map_err(|e| (i, e))?;
             }
             Ok(sites)
@@ -561,6 +678,11 @@ mod live {
 
         fn all(&self) -> impl Iterator<Item = SiteWords> + Clone + '_ {
             self.keyed().map(|(i, at)| self.words(i, at))
+        }
+
+        /// Whether the batch's keys have any site.
+        fn any(&self) -> bool {
+            self.keyed().next().is_some()
         }
 
         fn of_key(&self, key: usize) -> impl Iterator<Item = SiteWords> + '_ {
@@ -606,15 +728,17 @@ mod live {
             let failed = |at| Error::RestoreFailed {
                 addr: at,
                 state: "an inline site may hold its new call, an int3 (steered through the \
-                        key's literal) or the trampoline's call",
+                        key's literal) or the trampoline's call; the key's next update, with \
+                        a writer that works, completes it",
             };
+            let unsynced = || failed(self.first_changed());
             // The update may have failed between storing `int3`s and the
             // sync after them: every CPU must see them before any tail
             // changes, or one could pair a stale first byte with a new
             // tail (as Linux syncs after every int3 write). Without an
             // armed site there is nothing to make seen.
             if self.all().any(|s| s.now()[0] == INT3) {
-                writer.sync_cores().map_err(|_| failed(0))?;
+                writer.sync_cores().map_err(|_| unsynced())?;
             }
             for phase in 1..=3 {
                 let stored = self
@@ -634,13 +758,23 @@ mod live {
                     )
                     .map_err(|e| match e {
                         Error::VerifyFailed { addr } => failed(addr),
-                        _ => failed(0),
+                        Error::RestoreFailed { .. } => e,
+                        _ => unsynced(),
                     })?;
                 if stored {
-                    writer.sync_cores().map_err(|_| failed(0))?;
+                    writer.sync_cores().map_err(|_| unsynced())?;
                 }
             }
             Ok(())
+        }
+
+        /// The first site that does not behave as before the update (or,
+        /// if all do, the first site): what a failed restore names.
+        fn first_changed(&self) -> usize {
+            self.all()
+                .find(|s| !s.behaves_as_before(&s.now()))
+                .or_else(|| self.all().next())
+                .map_or(0, |s| s.at)
         }
 
         /// The one-store strategy's sites: each changed site's whole word
@@ -657,10 +791,16 @@ mod live {
                 |s| s.now() == s.new,
             );
             let Err(e) = swept else { return swept };
+            if let Some(e) = lost(e) {
+                return Err(e);
+            }
             // SAFETY: the caller's contract.
-            unsafe { store_all_back(self, writer) }.map_err(|_| Error::RestoreFailed {
-                addr: 0,
-                state: "an inline site may hold its new call or the trampoline's call",
+            unsafe { store_all_back(self, writer) }.map_err(|e| {
+                lost(e).unwrap_or_else(|| Error::RestoreFailed {
+                    addr: self.first_changed(),
+                    state: "an inline site may hold its new call or the trampoline's call; \
+                            the key's next update, with a writer that works, completes it",
+                })
             })?;
             Err(e)
         }
@@ -701,6 +841,33 @@ mod live {
         item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
         writer: &dyn TextWriter,
     ) -> Result<(), (usize, Error)> {
+        let writer = Watched::new(writer);
+        // SAFETY: forwarded from the caller.
+        let result = unsafe { breakpoint_steps(n, item, &writer) };
+        let outcome = result.map_err(|(_, e)| e);
+        for i in 0..n {
+            let it = item(i);
+            // SAFETY: the caller's live trampolines; the lock is held.
+            unsafe { conclude(it.tramp, it.slot, it.target, &writer, &outcome) };
+        }
+        result
+    }
+
+    /// [`breakpoint_batch`]'s stores, syncs and undo, leaving the slots to
+    /// it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`breakpoint_batch`].
+    unsafe fn breakpoint_steps<'b>(
+        n: usize,
+        item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
+        writer: &dyn TextWriter,
+    ) -> Result<(), (usize, Error)> {
+        for i in 0..n {
+            let it = item(i);
+            it.slot.check_text_kept(it.tramp).map_err(|e| (i, e))?;
+        }
         let stub = null_stub_addr();
         let sites = BatchSites::of(n, item)?;
         let mut olds = [Image::from_words(0, 0); BATCH_MAX];
@@ -711,7 +878,8 @@ mod live {
             layout::check_alignment(it.tramp).map_err(|e| (i, e))?;
             // SAFETY: the caller passes live, aligned trampolines.
             *old = unsafe { read_image(it.tramp) };
-            layout::decode(it.tramp as u64, old, stub).map_err(|e| (i, e))?;
+            let unfinished = it.slot.is_unfinished();
+            layout::recognise(it.tramp as u64, old, stub, unfinished).map_err(|e| (i, e))?;
         }
         let plan_of = |i: usize, old: &Image| {
             let it = item(i);
@@ -733,6 +901,12 @@ mod live {
                     unsafe { trap::arm(it.tramp, it.slot) };
                 }
             }
+        }
+        // A key left unfinished may hold an int3 whose sync failed: every
+        // CPU sees it (and what else was left) before anything changes, as
+        // the protocol's own step would have made them.
+        if (0..n).any(|i| item(i).slot.is_unfinished()) {
+            writer.sync_cores().map_err(|e| (0, e))?;
         }
         // Every trampoline is recognised; now the literals of those never
         // updated, and the plans from there (whether they arm does not
@@ -775,6 +949,9 @@ mod live {
                     if matches!(e, Error::VerifyFailed { .. }) {
                         images[i] = s.apply(images[i]);
                     }
+                    if let Some(e) = lost(e) {
+                        return Err((i, e));
+                    }
                     // SAFETY: as for this function.
                     return unsafe { sites.revert(writer) }
                         .and_then(|()| unsafe {
@@ -801,6 +978,9 @@ mod live {
             match swept {
                 Ok(any) => stored |= any,
                 Err(e) => {
+                    if let Some(e) = lost(e) {
+                        return Err((0, e));
+                    }
                     // SAFETY: as for this function.
                     return unsafe { sites.revert(writer) }
                         .and_then(|()| unsafe {
@@ -811,6 +991,9 @@ mod live {
                 }
             }
             if stored && let Err(e) = writer.sync_cores() {
+                if let Some(e) = lost(e) {
+                    return Err((0, e));
+                }
                 // SAFETY: as for this function.
                 return unsafe { sites.revert(writer) }
                     .and_then(|()| unsafe {
@@ -822,12 +1005,6 @@ mod live {
             if sites_stored {
                 trap::hooks::after_site_phase(phase);
             }
-        }
-        for i in 0..n {
-            let it = item(i);
-            it.slot
-                .target
-                .store(it.target as *mut (), Ordering::Release);
         }
         Ok(())
     }
@@ -873,8 +1050,8 @@ mod live {
                     state: PARTLY_RESTORED,
                 };
                 // SAFETY: as for this function.
-                if unsafe { store(tramp, s.undo(&before), writer) }.is_err() {
-                    return Err(failed);
+                if let Err(e) = unsafe { store(tramp, s.undo(&before), writer) } {
+                    return Err(lost(e).unwrap_or(failed));
                 }
                 // SAFETY: aligned and readable.
                 if unsafe { read_image(tramp) } != before {
@@ -942,68 +1119,102 @@ mod live {
             strategy: Strategy,
         ) -> Result<(), Error> {
             layout::check_alignment(tramp)?;
+            slot.check_text_kept(tramp)?;
             let item = |_| BatchItem {
                 tramp,
                 slot,
                 target,
             };
-            let sites = BatchSites::of(1, &item).map_err(|(_, e)| e)?;
-            let has_sites = sites.all().next().is_some();
-            if has_sites && strategy == Strategy::Breakpoint {
+            if strategy == Strategy::Breakpoint && BatchSites::of(1, &item).is_ok_and(|s| s.any()) {
                 // The trampoline and every site in one int3 protocol.
                 // SAFETY: forwarded from the caller.
                 return unsafe { breakpoint_batch(1, &item, writer) }.map_err(|(_, e)| e);
             }
-            let stub = null_stub_addr();
-            // SAFETY: the caller passes a live, aligned trampoline.
-            let old = unsafe { read_image(tramp) };
-            layout::decode(tramp as u64, &old, stub)?;
-            let new = layout::plan(tramp as u64, target as u64, stub);
-            let plan_from = |old: &Image| match strategy {
-                Strategy::Breakpoint => protocol::breakpoint(old, &new),
-                Strategy::AtomicStore => protocol::atomic_store(old, &new),
-            };
-            // A missing trap handler is refused before anything is written
-            // (whether the plan arms does not depend on the literal).
-            if plan_from(&old).stores().contains(&Store::First(INT3)) {
-                trap::ensure_handler()?;
-                // SAFETY: the slot is the key's static slot (the caller's
-                // contract) and the patch lock is held.
-                unsafe { trap::arm(tramp, slot) };
-            }
-            // SAFETY: recognised; the caller's, with the lock held.
-            let old = unsafe { publish_literal(tramp, old, stub, writer) }?;
-            let plan = plan_from(&old);
-            // SAFETY: the trampoline holds `old`; the lock is held.
-            unsafe { execute(tramp, old, &plan, writer) }?;
-            if has_sites {
-                // The one-store strategy: the trampoline first, then every
-                // site in one store each and one sync. Each site calls the
-                // old or the new target whatever the trampoline holds.
-                // SAFETY: the lock is held; the sites were checked.
-                let stored = unsafe { sites.store_all(writer) }
-                    .and_then(|any| if any { writer.sync_cores() } else { Ok(()) });
-                if let Err(e) = stored {
-                    if matches!(e, Error::RestoreFailed { .. }) {
-                        return Err(e);
-                    }
-                    // SAFETY: as above; the trampoline holds `new`.
-                    let back = unsafe {
-                        store_all_back(&sites, writer).and_then(|()| {
-                            execute(tramp, new, &protocol::atomic_store(&new, &old), writer)
-                        })
-                    };
-                    return back
-                        .map_err(|_| Error::RestoreFailed {
+            let writer = Watched::new(writer);
+            // SAFETY: forwarded from the caller.
+            let result = unsafe { retarget_one(tramp, slot, target, &writer, strategy) };
+            // SAFETY: the caller's live, aligned trampoline; lock held.
+            unsafe { conclude(tramp, slot, target, &writer, &result) };
+            result
+        }
+    }
+
+    /// [`Backend::retarget`] without the int3 protocol's sites (which go
+    /// through [`breakpoint_batch`]), leaving the slot to the caller.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Backend::retarget`], with an aligned trampoline.
+    unsafe fn retarget_one(
+        tramp: usize,
+        slot: &Slot,
+        target: usize,
+        writer: &dyn TextWriter,
+        strategy: Strategy,
+    ) -> Result<(), Error> {
+        let item = |_| BatchItem {
+            tramp,
+            slot,
+            target,
+        };
+        let sites = BatchSites::of(1, &item).map_err(|(_, e)| e)?;
+        let has_sites = sites.any();
+        let stub = null_stub_addr();
+        // SAFETY: the caller passes a live, aligned trampoline.
+        let old = unsafe { read_image(tramp) };
+        let unfinished = slot.is_unfinished();
+        layout::recognise(tramp as u64, &old, stub, unfinished)?;
+        let new = layout::plan(tramp as u64, target as u64, stub);
+        let plan_from = |old: &Image| match strategy {
+            Strategy::Breakpoint => protocol::breakpoint(old, &new),
+            Strategy::AtomicStore => protocol::atomic_store(old, &new),
+        };
+        // A missing trap handler is refused before anything is written
+        // (whether the plan arms does not depend on the literal).
+        if plan_from(&old).stores().contains(&Store::First(INT3)) {
+            trap::ensure_handler()?;
+            // SAFETY: the slot is the key's static slot (the caller's
+            // contract) and the patch lock is held.
+            unsafe { trap::arm(tramp, slot) };
+        }
+        if unfinished {
+            // What a failed update left (an int3 whose sync failed, say)
+            // reaches every CPU before anything changes.
+            writer.sync_cores()?;
+        }
+        // SAFETY: recognised; the caller's, with the lock held.
+        let old = unsafe { publish_literal(tramp, old, stub, writer) }?;
+        let plan = plan_from(&old);
+        // SAFETY: the trampoline holds `old`; the lock is held.
+        unsafe { execute(tramp, old, &plan, writer) }?;
+        if has_sites {
+            // The one-store strategy: the trampoline first, then every
+            // site in one store each and one sync. Each site calls the
+            // old or the new target whatever the trampoline holds.
+            // SAFETY: the lock is held; the sites were checked.
+            let stored = unsafe { sites.store_all(writer) }
+                .and_then(|any| if any { writer.sync_cores() } else { Ok(()) });
+            if let Err(e) = stored {
+                if matches!(e, Error::RestoreFailed { .. }) {
+                    return Err(e);
+                }
+                // SAFETY: as above; the trampoline holds `new`.
+                let back = unsafe {
+                    store_all_back(&sites, writer).and_then(|()| {
+                        execute(tramp, new, &protocol::atomic_store(&new, &old), writer)
+                    })
+                };
+                return back
+                    .map_err(|e| {
+                        lost(e).unwrap_or(Error::RestoreFailed {
                             addr: tramp,
                             state: PARTLY_RESTORED,
                         })
-                        .and(Err(e));
-                }
+                    })
+                    .and(Err(e));
             }
-            slot.target.store(target as *mut (), Ordering::Release);
-            Ok(())
         }
+        Ok(())
     }
 
     /// After a failed sync of the one-store strategy's sites: every site

@@ -209,7 +209,7 @@ pub fn phase(store: Store) -> usize {
 #[cfg(test)]
 mod tests {
     use super::super::insn::{self, JMP_REL32, RET};
-    use super::super::layout::{FAR_ENTRY, decode, plan};
+    use super::super::layout::{FAR_ENTRY, decode, plan, recognise};
     use super::*;
     use std::vec::Vec;
 
@@ -317,6 +317,56 @@ mod tests {
                 assert!(phases.iter().all(|&ph| ph < PHASES));
             }
         }
+    }
+
+    /// What an update that failed and could not undo itself leaves: any
+    /// state its plan passes through, forwards or while undoing, then the
+    /// same again from there for the next update. Each is recognised as a
+    /// key's unfinished state, and where a call goes is what `recognise`
+    /// says; an `int3` state of a key not marked unfinished is refused.
+    #[test]
+    fn every_state_a_failed_update_leaves_is_recognised() {
+        let effect_of = |target: u64| {
+            if target == 0 {
+                Effect::Return
+            } else {
+                Effect::Jump(target)
+            }
+        };
+        let mut armed_refused = 0;
+        for a in targets() {
+            for b in targets() {
+                let (old, new) = (plan(TRAMP, a, STUB), plan(TRAMP, b, STUB));
+                for (_, p) in plans(&old, &new) {
+                    let left: Vec<Image> = core::iter::once(old).chain(p.states(old)).collect();
+                    for start in &left {
+                        let reaches = recognise(TRAMP, start, STUB, true).unwrap();
+                        assert_eq!(execute(start, start), effect_of(reaches), "{start:x?}");
+                        if start.entry[0] == INT3 {
+                            assert!(recognise(TRAMP, start, STUB, false).is_err());
+                            armed_refused += 1;
+                        }
+                        // The next update, from there, to any target.
+                        for c in targets() {
+                            let to = plan(TRAMP, c, STUB);
+                            for (_, q) in plans(start, &to) {
+                                assert_eq!(q.states(*start).last().unwrap_or(*start), to);
+                                for state in q.states(*start) {
+                                    let r = recognise(TRAMP, &state, STUB, true).unwrap();
+                                    let fx = execute(&state, &state);
+                                    assert_eq!(fx, effect_of(r), "{state:x?}");
+                                    assert!(
+                                        [execute(start, start), effect_of(c)].contains(&fx),
+                                        "{start:x?} -> {c:#x}: {state:x?} does {fx:?}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(armed_refused > 0);
     }
 
     #[test]

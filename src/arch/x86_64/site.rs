@@ -124,6 +124,40 @@ pub fn check(site: u64, word: &[u8; SITE_LEN], tramp: u64, current: u64) -> Resu
     }
 }
 
+/// [`check`] for a key whose last update returned
+/// [`Error::RestoreFailed`]: the site may hold any word the crate puts at a
+/// site (a call, the no-op, its trampoline's call), or one with an `int3`
+/// over its first byte, which the next update completes. Anything else is
+/// refused, naming what was found.
+///
+/// ```
+/// use static_call::arch::x86_64::site::{NOP8, armed, check_unfinished, encode_call};
+/// let call = encode_call(0x1000, 0x2000).unwrap();
+/// assert_eq!(check_unfinished(0x1000, &armed(&call)), Ok(()));
+/// assert_eq!(check_unfinished(0x1000, &armed(&NOP8)), Ok(()));
+/// assert!(check_unfinished(0x1000, &[0xcc; 8]).is_err());
+/// ```
+pub fn check_unfinished(site: u64, word: &[u8; SITE_LEN]) -> Result<(), Error> {
+    let firsts = if word[0] == INT3 {
+        [CALL_PREFIXES[0], NOP8[0]]
+    } else {
+        [word[0]; 2]
+    };
+    let known = firsts.iter().any(|&first| {
+        let mut w = *word;
+        w[0] = first;
+        decode(site, &w).is_ok()
+    });
+    if known && site.is_multiple_of(SITE_LEN as u64) {
+        Ok(())
+    } else {
+        Err(Error::UnrecognisedCallSite {
+            site: site as usize,
+            found: u64::from_le_bytes(*word),
+        })
+    }
+}
+
 /// A site's word with its first byte replaced by `int3`: the armed state
 /// of the int3 protocol.
 pub fn armed(word: &[u8; SITE_LEN]) -> [u8; SITE_LEN] {
