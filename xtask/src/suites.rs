@@ -111,7 +111,7 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
             "host-generic" => timed(name, &host, || generic_tests(root)),
             "host-asan" => timed(name, &host, || asan_tests(root, &host)),
             "host-lint" => timed(name, &host, || host_lint(root)),
-            "call-sites" => timed(name, "6 configurations", || call_sites(root, tc)),
+            "call-sites" => timed(name, "7 configurations", || call_sites(root, tc)),
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
             "riscv64-linux" => timed(name, RISCV_LINUX, || riscv_linux_tests(root, tc)),
             "riscv64-none" => timed(name, RISCV_BARE, || riscv_bare_checks(root, tc)),
