@@ -12,6 +12,7 @@ mod cmd;
 mod qemu;
 mod setup;
 mod suites;
+mod unwind;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ commands:
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
           a summary table; suites: host, host-generic, host-asan,
-          host-lint, call-sites, aarch64-linux, aarch64-none,
+          host-lint, call-sites, unwind, aarch64-linux, aarch64-none,
           riscv64-linux, riscv64-none, virt-el1, virt-el2, virt-negative
   demo    setup, then boot the arm64 demo kernel on the QEMU virt board
   bench   setup, then time calls and updates against the alternatives and
