@@ -554,9 +554,15 @@ where
 ///   compiler emits. Any argument and return types (without elided
 ///   lifetimes). On x86-64 the compiler emits that call through the GOT in
 ///   position-independent builds (the default), see the README.
-/// - `extern "C" fn(..)` keys: `call` is a `call`/`bl` instruction of the
-///   trampoline that the crate emits with `asm!`, so it is a direct call in
-///   every relocation model and with retpolines. Each argument and the
+/// - `extern "C" fn(..)` keys: `call_inline` is a `call`/`bl` instruction
+///   of the trampoline that the crate emits with `asm!` and records (an
+///   inline site), so it is a direct call in every relocation model and
+///   with retpolines, rewritten by every update to call the target itself;
+///   `call_trampoline` is the compiler's call of the trampoline; `call` is
+///   whichever is cheaper on the target (the inline site on x86-64 and
+///   soft-float arm64, the trampoline call on arm64 with FP/SIMD registers
+///   and for 7 or 8 arguments on x86-64; see
+///   [`StaticCall`](crate::StaticCall#calling-a-key)). Each argument and the
 ///   return value must travel in one integer register
 ///   ([`RegisterArg`](crate::RegisterArg),
 ///   [`RegisterReturn`](crate::RegisterReturn)); anything else is refused

@@ -3,7 +3,9 @@
 //! A Rust-ABI key's `call` is an ordinary call of the trampoline, declared
 //! as an external function; how the compiler emits it depends on the
 //! relocation model (on x86-64 PIE it loads the address from the GOT, see
-//! the README). An `extern "C"` key's `call` is emitted here, with `asm!`
+//! the README). An `extern "C"` key's inline site (`call_inline`, and
+//! `call` where the site is the cheaper call, see each backend's
+//! `__static_call_c_default_call`) is emitted here, with `asm!`
 //! and the trampoline as a `sym` operand, so it is a direct `call`/`bl` in
 //! every relocation model and with retpolines: arguments go in the C ABI's
 //! integer registers ([`RegisterArg`](crate::RegisterArg)), the result
