@@ -24,6 +24,51 @@ use crate::{TextWriter, UpdateError, writer};
 /// assert_eq!(LOG.name(), "LOG");
 /// # }
 /// ```
+///
+/// # Calling a key
+///
+/// The methods that call a key belong to the key itself (each key is a
+/// type of its own, with its signature's arguments), not to `StaticCall`:
+///
+/// - `KEY.call(..)`: every key. For a Rust-ABI key it is the compiler's
+///   call of the key's trampoline. For an `extern "C"` key it is whichever
+///   of the two calls below costs less on the target the calling crate is
+///   built for:
+///   - x86-64: the inline site (up to six arguments; with 7 or 8, whose
+///     extra arguments go on the stack, the trampoline call);
+///   - arm64 without FP/SIMD registers (`aarch64-unknown-none-softfloat`):
+///     the inline site;
+///   - arm64 with them (`aarch64-unknown-none`, Linux): the trampoline
+///     call, because a function holding an inline site must save and
+///     restore `d8`-`d15`, which costs more than the trampoline's two
+///     instructions;
+///   - the generic backend: its trampoline, the only call it has.
+/// - `KEY.call_inline(..)` (`extern "C"` keys): always the inline site, a
+///   `call`/`bl` the crate emits and records, which every update rewrites
+///   to call the new target directly. Worth it where a function makes
+///   several key calls per entry or calls in a loop. Refused at compile
+///   time on x86-64 for keys with 7 or 8 arguments (it could not be
+///   unwound through).
+/// - `KEY.call_trampoline(..)` (`extern "C"` keys): always the compiler's
+///   call of the trampoline, which can be a tail call.
+///
+/// All three take the same arguments with the same type checks, and every
+/// update retargets all of them (inline sites are rewritten, trampoline
+/// calls follow the trampoline). The README's "What it costs" has the
+/// measured instruction counts.
+///
+/// ```
+/// static_call::static_call! {
+///     static HOT: extern "C" fn(u64) -> u64 = inc;
+/// }
+/// extern "C" fn inc(x: u64) -> u64 { x + 1 }
+///
+/// # fn main() {
+/// assert_eq!(HOT.call(1), 2);
+/// assert_eq!(HOT.call_inline(1), 2);
+/// assert_eq!(HOT.call_trampoline(1), 2);
+/// # }
+/// ```
 pub struct StaticCall<F: FnPtr> {
     tramp: F,
     indirect: F,
@@ -119,7 +164,7 @@ impl<F: FnPtr> StaticCall<F> {
     /// extern "C" fn inc(x: u64) -> u64 { x + 1 }
     /// fn dec(x: u64) -> u64 { x - 1 }
     /// #[inline(never)]
-    /// fn one_site(x: u64) -> u64 { HOT.call(x) }
+    /// fn one_site(x: u64) -> u64 { HOT.call_inline(x) }
     ///
     /// # fn main() {
     /// assert_eq!(one_site(1), 2);
@@ -149,7 +194,7 @@ impl<F: FnPtr> StaticCall<F> {
     /// static_call::static_call! { static HOT: extern "C" fn(u64) -> u64 = inc; }
     /// extern "C" fn inc(x: u64) -> u64 { x + 1 }
     /// #[inline(never)]
-    /// fn one_site(x: u64) -> u64 { HOT.call(x) }
+    /// fn one_site(x: u64) -> u64 { HOT.call_inline(x) }
     ///
     /// # fn main() {
     /// let mut sites = Vec::new();
@@ -548,9 +593,15 @@ where
 ///   compiler emits. Any argument and return types (without elided
 ///   lifetimes). On x86-64 the compiler emits that call through the GOT in
 ///   position-independent builds (the default), see the README.
-/// - `extern "C" fn(..)` keys: `call` is a `call`/`bl` instruction of the
-///   trampoline that the crate emits with `asm!`, so it is a direct call in
-///   every relocation model and with retpolines. Each argument and the
+/// - `extern "C" fn(..)` keys: `call_inline` is a `call`/`bl` instruction
+///   of the trampoline that the crate emits with `asm!` and records (an
+///   inline site), so it is a direct call in every relocation model and
+///   with retpolines, rewritten by every update to call the target itself;
+///   `call_trampoline` is the compiler's call of the trampoline; `call` is
+///   whichever is cheaper on the target (the inline site on x86-64 and
+///   soft-float arm64, the trampoline call on arm64 with FP/SIMD registers
+///   and for 7 or 8 arguments on x86-64; see
+///   [`StaticCall`](crate::StaticCall#calling-a-key)). Each argument and the
 ///   return value must travel in one integer register
 ///   ([`RegisterArg`](crate::RegisterArg),
 ///   [`RegisterReturn`](crate::RegisterReturn)); anything else is refused
@@ -761,11 +812,7 @@ macro_rules! __static_call_key {
     };
     (@emit [$(($id:ident: $t:ty))*] $abi:ident $mode:ident [$($attr:tt)*] [$vis:vis] $name:ident [$($arg:ty),*] [$($ret:ty)?] $kind:ident $($init:tt)?) => {
         #[allow(non_camel_case_types)]
-        #[doc = ::core::concat!(
-            "Static call key `", ::core::stringify!($name), "`: call it with `",
-            ::core::stringify!($name), ".call(..)`; it dereferences to its [`StaticCall`](",
-            "$crate::StaticCall) for `update` and `query`."
-        )]
+        #[doc = $crate::__static_call_key!(@struct_doc $abi $name)]
         $vis struct $name {
             _private: (),
         }
@@ -791,13 +838,7 @@ macro_rules! __static_call_key {
             $crate::__static_call_key! { @$mode $abi $kind $name [$(($id: $t))*] [$($arg),*] [$($ret)?] $($init)? }
 
             impl $name {
-                /// Calls the key's current target (a direct call of the
-                /// key's trampoline).
-                #[inline(always)]
-                #[allow(dead_code, clippy::too_many_arguments)]
-                $vis fn call(&self, $($id: $t),*) $(-> $ret)? {
-                    $crate::__static_call_key!(@call $abi [$($ret)?] $($id),*)
-                }
+                $crate::__static_call_key! { @methods $abi $vis [$(($id: $t))*] [$($ret)?] }
             }
 
             impl $crate::__private::Deref for $name {
@@ -813,9 +854,61 @@ macro_rules! __static_call_key {
     (@fn_type c [$($arg:ty),*] [$($ret:ty)?]) => { extern "C" fn($($arg),*) $(-> $ret)? };
     (@ret_type) => { () };
     (@ret_type $ret:ty) => { $ret };
-    (@call rust [$($ret:ty)?] $($id:ident),*) => { __tramp($($id),*) };
-    (@call c [$($ret:ty)?] $($id:ident),*) => {
-        $crate::__static_call_c_call!(__tramp, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*)
+    (@struct_doc rust $name:ident) => {
+        ::core::concat!(
+            "Static call key `", ::core::stringify!($name), "`: call it with `",
+            ::core::stringify!($name), ".call(..)` (the compiler's call of the key's trampoline); ",
+            "it dereferences to its [`StaticCall`]($crate::StaticCall) for `update` and `query`."
+        )
+    };
+    (@struct_doc c $name:ident) => {
+        ::core::concat!(
+            "Static call key `", ::core::stringify!($name), "` (`extern \"C\"`): call it with `",
+            ::core::stringify!($name), ".call(..)`, the cheaper call for the target, or choose ",
+            "per call: `call_inline(..)` (an inline site the crate emits, rewritten by every ",
+            "update) or `call_trampoline(..)` (the compiler's call of the trampoline, which can ",
+            "be a tail call); see [`StaticCall`]($crate::StaticCall#calling-a-key). ",
+            "It dereferences to its `StaticCall` for `update` and `query`."
+        )
+    };
+    (@methods rust $vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+        /// Calls the key's current target (the compiler's call of the
+        /// key's trampoline).
+        #[inline(always)]
+        #[allow(dead_code, clippy::too_many_arguments)]
+        $vis fn call(&self, $($id: $t),*) $(-> $ret)? {
+            __tramp($($id),*)
+        }
+    };
+    (@methods c $vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+        /// Calls the key's current target with the call that is cheaper
+        /// on the target this crate is built for: an inline call site on
+        /// x86-64 (up to six arguments) and soft-float arm64, the
+        /// compiler's call of the trampoline on arm64 with FP/SIMD
+        /// registers and for 7 or 8 arguments on x86-64. See
+        /// [`StaticCall`]($crate::StaticCall#calling-a-key).
+        #[inline(always)]
+        #[allow(dead_code, clippy::too_many_arguments)]
+        $vis fn call(&self, $($id: $t),*) $(-> $ret)? {
+            $crate::__static_call_c_default_call!(
+                __tramp, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*
+            )
+        }
+
+        $crate::__static_call_inline_method! { $vis [$(($id: $t))*] [$($ret)?] }
+
+        /// Calls the key's current target through the compiler's own call
+        /// of the key's trampoline (`bl`/`call`, or a tail call `b`/`jmp`),
+        /// which every update retargets. On x86-64 in position-independent
+        /// builds the compiler may load the trampoline's address from the
+        /// GOT.
+        #[inline(always)]
+        #[allow(dead_code, clippy::too_many_arguments)]
+        $vis fn call_trampoline(&self, $($id: $t),*) $(-> $ret)? {
+            $crate::__static_call_c_tramp_call!(
+                __tramp, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*
+            )
+        }
     };
     // Items that must sit at module level (`global_asm!`); their names are
     // link-level symbols derived from the key's name.

@@ -79,6 +79,8 @@ pub mod __private {
     pub use crate::abi::{RegisterArg, RegisterReturn};
     pub use crate::arch::active::Slot;
     pub use crate::key::{assert_null_safe, assert_ret0_safe};
+    #[cfg(static_call_backend = "x86_64")]
+    pub use crate::site::x86_64::NoInlineSiteForStackArgs;
     pub use crate::site::{assert_register_arg, assert_register_return};
     pub use core;
     pub use core::ops::Deref;

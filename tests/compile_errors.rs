@@ -25,6 +25,7 @@ fn refusals_say_what_to_do() {
     t.compile_fail("tests/ui/elided_lifetime.rs");
     t.compile_fail("tests/ui/key_in_a_function_body.rs");
     t.compile_fail("tests/ui/nine_arguments.rs");
+    t.compile_fail("tests/ui/call_inline_with_stack_arguments.rs");
     t.compile_fail("tests/ui/null_safe_is_sealed.rs");
     t.compile_fail("tests/ui/retarget_is_sealed.rs");
     t.compile_fail("tests/ui/writers_that_store_anywhere_are_unsafe_to_build.rs");

@@ -38,12 +38,12 @@ static_call::static_call! {
 
 #[inline(never)]
 fn freed_kept(x: u64) -> u64 {
-    FREED.call(x)
+    FREED.call_inline(x)
 }
 
 #[inline(never)]
 fn freed_forgotten(x: u64) -> u64 {
-    FREED.call(x + 1)
+    FREED.call_inline(x + 1)
 }
 
 extern "C" fn add1(x: u64) -> u64 {
@@ -74,18 +74,18 @@ fn serial() -> MutexGuard<'static, ()> {
 
 #[inline(never)]
 fn counted_one(x: u64) -> u64 {
-    COUNTED.call(x)
+    COUNTED.call_inline(x)
 }
 
 #[inline(never)]
 fn counted_three(x: u64) -> u64 {
-    COUNTED.call(x) ^ COUNTED.call(x + 10) ^ COUNTED.call(x + 20)
+    COUNTED.call_inline(x) ^ COUNTED.call_inline(x + 10) ^ COUNTED.call_inline(x + 20)
 }
 
 #[inline(never)]
 fn hook_twice(x: u64) {
-    HOOK.call(x);
-    HOOK.call(x);
+    HOOK.call_inline(x);
+    HOOK.call_inline(x);
 }
 
 #[macro_use]
@@ -605,10 +605,10 @@ fn allowed(seq: &[Target], g0: usize, g1: usize, x: u64) -> Vec<u64> {
 #[inline(never)]
 fn raced_sites(x: u64) -> [u64; 4] {
     [
-        RACED.call(x),
-        RACED.call(x + 1),
-        RACED.call(x + 2),
-        RACED.call(x + 3),
+        RACED.call_inline(x),
+        RACED.call_inline(x + 1),
+        RACED.call_inline(x + 2),
+        RACED.call_inline(x + 3),
     ]
 }
 
@@ -794,7 +794,7 @@ mod int3 {
 
     #[inline(never)]
     fn parked_site(x: u64) -> u64 {
-        PARKED.call(x)
+        PARKED.call_inline(x)
     }
 
     #[test]

@@ -1,6 +1,34 @@
 //! The arm64 call of an `extern "C"` key: the inline call site of
 //! `asm/aarch64/call_site.S` (`bl __SCT__NAME`, recorded in the call-site
-//! table), arguments in `x0`..`x7`, the result in `x0`.
+//! table), arguments in `x0`..`x7`, the result in `x0`; and which call
+//! an `extern "C"` key's `call` is.
+
+/// An `extern "C"` key's default `call` on arm64: the cheaper of the two
+/// calls for the target the caller is built for.
+///
+/// Where the ABI has FP/SIMD registers (`target_feature = "neon"`:
+/// `aarch64-unknown-none`, Linux), an `asm!` call must declare `v8`-`v15`
+/// clobbered whole (it cannot say "only their upper halves"), so every
+/// function holding an inline site saves and restores `d8`-`d15`: about 8
+/// instructions and 64 bytes of stack per entry, against the 2 the
+/// trampoline adds (`bti c; b target`), and a site is never a tail call.
+/// There the compiler's own call of the trampoline is cheaper: a direct
+/// `bl` (or `b`) in every relocation model. Without FP/SIMD registers
+/// (`aarch64-unknown-none-softfloat`) the site costs nothing extra and is
+/// the default. The `cfg` is evaluated in the caller's crate.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_c_default_call {
+    ($tramp:path, $ret:ty; $($arg:ident),* $(,)?) => {{
+        #[cfg(target_feature = "neon")]
+        #[allow(clippy::let_unit_value)]
+        let ret = $crate::__static_call_c_tramp_call!($tramp, $ret; $($arg),*);
+        #[cfg(not(target_feature = "neon"))]
+        #[allow(clippy::let_unit_value)]
+        let ret = $crate::__static_call_c_call!($tramp, $ret; $($arg),*);
+        ret
+    }};
+}
 
 /// Calls the trampoline `$tramp` (a `sym` path) with the C ABI: the
 /// arguments (each a [`RegisterArg`](crate::RegisterArg)) in `x0`..`x7`,

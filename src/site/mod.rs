@@ -3,7 +3,9 @@
 //! A Rust-ABI key's `call` is an ordinary call of the trampoline, declared
 //! as an external function; how the compiler emits it depends on the
 //! relocation model (on x86-64 PIE it loads the address from the GOT, see
-//! the README). An `extern "C"` key's `call` is emitted here, with `asm!`
+//! the README). An `extern "C"` key's inline site (`call_inline`, and
+//! `call` where the site is the cheaper call, see each backend's
+//! `__static_call_c_default_call`) is emitted here, with `asm!`
 //! and the trampoline as a `sym` operand, so it is a direct `call`/`bl` in
 //! every relocation model and with retpolines: arguments go in the C ABI's
 //! integer registers ([`RegisterArg`](crate::RegisterArg)), the result
@@ -33,21 +35,76 @@ pub(crate) mod table;
 #[cfg(static_call_backend = "aarch64")]
 mod aarch64;
 #[cfg(static_call_backend = "x86_64")]
-mod x86_64;
+pub(crate) mod x86_64;
 
-/// The generic backend's call of an `extern "C"` key: an ordinary call of
-/// its Rust trampoline, which calls through the key's atomic pointer. The
-/// signature is held to the same rules as where the call is emitted with
-/// `asm!`, so a key that builds here builds on every target.
-#[cfg(static_call_backend = "generic")]
+/// The compiler's own call of an `extern "C"` key's trampoline `$tramp`
+/// (declared as an external `extern "C"` function): a direct `bl` on
+/// arm64, a `call` (through the GOT in x86-64 PIE) or a tail call on
+/// x86-64; on the generic backend, a call of the Rust trampoline that
+/// calls through the key's atomic pointer. The arguments are held to the
+/// rules of the inline site, so a key that builds with one call kind
+/// builds with every other, on every target. Used by `call_trampoline`
+/// and, where it is the cheaper call, by `call`.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __static_call_c_call {
-    ($tramp:path, $ret:ty; $($arg:expr),* $(,)?) => {{
+macro_rules! __static_call_c_tramp_call {
+    ($tramp:path, $ret:ty; $($arg:ident),* $(,)?) => {{
         $($crate::__private::assert_register_arg(&$arg);)*
         $crate::__private::assert_register_return::<$ret>();
         $tramp($($arg),*)
     }};
+}
+
+/// The generic backend has no inline site: its `call_inline` is the call
+/// of its trampoline.
+#[cfg(static_call_backend = "generic")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_c_call {
+    ($tramp:path, $ret:ty; $($arg:ident),* $(,)?) => {
+        $crate::__static_call_c_tramp_call!($tramp, $ret; $($arg),*)
+    };
+}
+
+/// An `extern "C"` key's default `call` on the generic backend: its
+/// trampoline, the only call there is.
+#[cfg(static_call_backend = "generic")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_c_default_call {
+    ($tramp:path, $ret:ty; $($arg:ident),* $(,)?) => {
+        $crate::__static_call_c_tramp_call!($tramp, $ret; $($arg),*)
+    };
+}
+
+/// The `call_inline` method of an `extern "C"` key, where the backend
+/// emits an inline site for every arity. Used by `static_call!`.
+#[cfg(not(static_call_backend = "x86_64"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_inline_method {
+    ($($tail:tt)*) => {
+        $crate::__static_call_inline_method_site! { $($tail)* }
+    };
+}
+
+/// A `call_inline` method that emits the backend's inline site.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_inline_method_site {
+    ($vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+        /// Calls the key's current target through an inline call site: a
+        /// `call`/`bl` instruction the crate emits and records, which
+        /// every update rewrites to call the target directly. See the
+        /// key's documentation for when it beats the default `call`.
+        #[inline(always)]
+        #[allow(dead_code, clippy::too_many_arguments)]
+        $vis fn call_inline(&self, $($id: $t),*) $(-> $ret)? {
+            $crate::__static_call_c_call!(
+                __tramp, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*
+            )
+        }
+    };
 }
 
 /// Holds a generic backend's `extern "C"` key to the argument rule.

@@ -28,7 +28,7 @@ macro_rules! wide_fns {
         $(
             #[inline(never)]
             fn $name(x: u64) -> u64 {
-                ten!(ten!($key.call(core::hint::black_box(x)))) ^ $index
+                ten!(ten!($key.call_inline(core::hint::black_box(x)))) ^ $index
             }
         )*
         /// The functions holding the key's 1000 sites.

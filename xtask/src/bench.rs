@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
+use crate::setup::BARE;
 use crate::{Result, cmd, qemu};
 
 /// One way users build the host benchmark.
@@ -288,16 +289,31 @@ struct Report {
     machine: String,
 }
 
-/// Instructions per call on arm64: boots the benchmark kernel on the virt
-/// board with `-icount shift=0` and reads its `bench arm64 <row> <count>`
-/// lines.
-fn arm64_instructions(root: &Path) -> Result<BTreeMap<String, f64>> {
-    let elf = qemu::build_kernel(root, "bench", &[])?;
+/// The arm64 targets the benchmark kernel is built for, and the suffix of
+/// their rows: with FP/SIMD registers in the ABI, and without.
+const ARM64_TARGETS: &[(&str, &str)] =
+    &[(BARE, ""), ("aarch64-unknown-none-softfloat", "_softfloat")];
+
+/// Instructions per call on arm64: boots the benchmark kernel, built for
+/// each of [`ARM64_TARGETS`], on the virt board with `-icount shift=0` and
+/// reads its `bench arm64 <row> <count>` lines (`<row><suffix>`).
+pub fn arm64_instructions(root: &Path) -> Result<BTreeMap<String, f64>> {
+    let mut counts = BTreeMap::new();
+    for &(target, suffix) in ARM64_TARGETS {
+        for (row, n) in arm64_instructions_for(root, target)? {
+            counts.insert(format!("{row}{suffix}"), n);
+        }
+    }
+    Ok(counts)
+}
+
+fn arm64_instructions_for(root: &Path, target: &str) -> Result<BTreeMap<String, f64>> {
+    let elf = qemu::build_kernel_for(root, "bench", &[], target)?;
     let boot = qemu::boot_counting(&elf, false, qemu::TIMEOUT)?;
     print!("{}", boot.log);
     if boot.timed_out || boot.status != Some(0) {
         return Err(format!(
-            "the benchmark kernel failed (status {:?}, timed out: {})",
+            "the benchmark kernel for {target} failed (status {:?}, timed out: {})",
             boot.status, boot.timed_out
         ));
     }
@@ -314,7 +330,9 @@ fn arm64_instructions(root: &Path) -> Result<BTreeMap<String, f64>> {
         }
     }
     if counts.is_empty() {
-        return Err("the benchmark kernel printed no counts".into());
+        return Err(format!(
+            "the benchmark kernel for {target} printed no counts"
+        ));
     }
     Ok(counts)
 }
@@ -433,6 +451,22 @@ fn results_json(r: &Report) -> String {
         "mainline_2026",
         "direct_in_function",
         "inline_in_function",
+        "key_in_function_default",
+        "key_in_function_inline",
+        "key_in_function_trampoline",
+        "four_calls_direct",
+        "four_calls_default",
+        "four_calls_inline",
+        "four_calls_trampoline",
+        "direct_in_function_softfloat",
+        "inline_in_function_softfloat",
+        "key_in_function_default_softfloat",
+        "key_in_function_inline_softfloat",
+        "key_in_function_trampoline_softfloat",
+        "four_calls_direct_softfloat",
+        "four_calls_default_softfloat",
+        "four_calls_inline_softfloat",
+        "four_calls_trampoline_softfloat",
     ];
     let fields: Vec<String> = arm64
         .iter()
@@ -533,12 +567,8 @@ fn markdown(r: &Report, json: &str) -> String {
          code, so it cannot sit in the measuring assembly: the rows marked \"from Rust\" read\n\
          the counter around a call written in Rust, the same way for each, and compare with\n\
          one another; where the compiler schedules a move of the result between the two reads\n\
-         (it does for the direct call), that move is counted too. The last two rows count a\n\
-         whole function around the call, prologue and epilogue too: the inline site's `asm!`\n\
-         declares `clobber_abi(\"C\")`, which on arm64 counts v8-v15 as clobbered whole (asm\n\
-         cannot say that only their upper halves are lost), so a function containing a site\n\
-         saves and restores d8-d15 itself: 8 instructions per entry into the function, not\n\
-         per call (a loop of key calls pays them once).\n\n\
+         (it does for the direct call), that move is counted too. Built for\n\
+         `aarch64-unknown-none`.\n\n\
          | call | instructions |\n| --- | ---: |\n",
     );
     for (key, label) in [
@@ -564,19 +594,46 @@ fn markdown(r: &Report, json: &str) -> String {
             "mainline_2026",
             "Linux mainline 2026 trampoline (`adrp; ldr; br`)",
         ),
-        (
-            "direct_in_function",
-            "a function making one direct call, counted whole",
-        ),
-        (
-            "inline_in_function",
-            "the same function calling a key at an inline site, counted whole",
-        ),
     ] {
         let _ = writeln!(
             md,
             "| {label} | {} |",
             r.arm64.get(key).map_or("-".into(), |n| format!("{n:.0}"))
+        );
+    }
+    md.push_str(
+        "\n## arm64: a function calling a key, counted whole\n\n\
+         The same kernel built for both bare-metal arm64 targets; each row counts a whole\n\
+         `extern \"C\"` function, prologue and epilogue too, that calls the callee (or a key\n\
+         whose target it is) and adds 1 to the result, so no call is a tail call. An inline\n\
+         site's `asm!` declares `clobber_abi(\"C\")`, which where the ABI has FP/SIMD registers\n\
+         counts v8-v15 as clobbered whole (asm cannot say that only their upper halves are\n\
+         lost), so a function holding a site saves and restores d8-d15 itself, once per entry\n\
+         (a loop of key calls pays it once). The trampoline call costs the trampoline's 2\n\
+         instructions (`bti c; b target`) per call. `call` takes the trampoline where FP/SIMD\n\
+         registers exist and the inline site where they do not.\n\n\
+         | function | `aarch64-unknown-none` | `aarch64-unknown-none-softfloat` |\n\
+         | --- | ---: | ---: |\n",
+    );
+    for (key, label) in [
+        ("direct_in_function", "one direct call"),
+        ("key_in_function_default", "one key call, `call` (default)"),
+        ("key_in_function_inline", "one key call, `call_inline`"),
+        (
+            "key_in_function_trampoline",
+            "one key call, `call_trampoline`",
+        ),
+        ("four_calls_direct", "four direct calls"),
+        ("four_calls_default", "four key calls, `call`"),
+        ("four_calls_inline", "four key calls, `call_inline`"),
+        ("four_calls_trampoline", "four key calls, `call_trampoline`"),
+    ] {
+        let count = |k: String| r.arm64.get(&k).map_or("-".into(), |n| format!("{n:.0}"));
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} |",
+            count(key.to_string()),
+            count(format!("{key}_softfloat"))
         );
     }
     md.push_str(

@@ -12,6 +12,7 @@ mod cmd;
 mod qemu;
 mod setup;
 mod suites;
+mod unwind;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,12 +29,15 @@ commands:
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
           a summary table; suites: host, host-generic, host-asan,
-          host-lint, call-sites, aarch64-linux, aarch64-none,
+          host-lint, call-sites, unwind, aarch64-linux, aarch64-none,
           riscv64-linux, riscv64-none, virt-el1, virt-el2, virt-negative
   demo    setup, then boot the arm64 demo kernel on the QEMU virt board
   bench   setup, then time calls and updates against the alternatives and
           write target/bench/results.json, benches/BENCHMARKS.md and
-          benches/chart.svg";
+          benches/chart.svg
+  bench arm64
+          setup, then only count the arm64 instructions (both bare-metal
+          targets) and print them; writes nothing";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,6 +55,16 @@ fn main() -> ExitCode {
             setup::run()
                 .and_then(|_| bench::run(&root))
                 .map(|()| ExitCode::SUCCESS),
+        ),
+        ["bench", "arm64"] => report(
+            setup::run()
+                .and_then(|_| bench::arm64_instructions(&root))
+                .map(|counts| {
+                    for (row, n) in counts {
+                        println!("arm64 {row} {n}");
+                    }
+                    ExitCode::SUCCESS
+                }),
         ),
         ["help" | "-h" | "--help"] => {
             println!("{USAGE}");

@@ -52,6 +52,12 @@ pub const MACHINE_EL1: &str = "virt";
 /// kernel builds with `-Zbranch-protection=bti`, and `core` must be built
 /// the same way to land on `bti c`, even where a precompiled target exists.
 pub fn kernel_cargo(root: &Path, subcommand: &str) -> Result<Command> {
+    kernel_cargo_for(root, subcommand, BARE)
+}
+
+/// As [`kernel_cargo`], for another bare-metal arm64 `target` (the
+/// benchmark kernel is also built for `aarch64-unknown-none-softfloat`).
+pub fn kernel_cargo_for(root: &Path, subcommand: &str, target: &str) -> Result<Command> {
     let dir = root.join(kernel::DIR);
     if !dir.join("Cargo.toml").is_file() {
         return Err(format!(
@@ -62,14 +68,14 @@ pub fn kernel_cargo(root: &Path, subcommand: &str) -> Result<Command> {
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(&dir)
-        .args([subcommand, "--release", "--target", BARE])
+        .args([subcommand, "--release", "--target", target])
         .args(kernel::BUILD_STD)
         .env("RUSTC_BOOTSTRAP", "1");
     if !kernel::RUSTFLAGS.is_empty() {
         let quoted: Vec<String> = kernel::RUSTFLAGS.iter().map(|f| format!("{f:?}")).collect();
         cargo
             .arg("--config")
-            .arg(format!("target.{BARE}.rustflags=[{}]", quoted.join(", ")));
+            .arg(format!("target.{target}.rustflags=[{}]", quoted.join(", ")));
     }
     Ok(cargo)
 }
@@ -77,7 +83,17 @@ pub fn kernel_cargo(root: &Path, subcommand: &str) -> Result<Command> {
 /// Builds one of the kernel's binaries (`tests` or `demo`) and returns the
 /// ELF's path.
 pub fn build_kernel(root: &Path, bin: &str, features: &[&str]) -> Result<PathBuf> {
-    let mut cargo = kernel_cargo(root, "build")?;
+    build_kernel_for(root, bin, features, BARE)
+}
+
+/// As [`build_kernel`], for another bare-metal arm64 `target`.
+pub fn build_kernel_for(
+    root: &Path,
+    bin: &str,
+    features: &[&str],
+    target: &str,
+) -> Result<PathBuf> {
+    let mut cargo = kernel_cargo_for(root, "build", target)?;
     cargo
         .args(["--bin", bin])
         .arg("--message-format=json-render-diagnostics");

@@ -88,6 +88,7 @@ const HOST_SUITES: &[&str] = &[
     "host-asan",
     "host-lint",
     "call-sites",
+    "unwind",
     "aarch64-linux",
     "aarch64-none",
     "riscv64-linux",
@@ -111,7 +112,8 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
             "host-generic" => timed(name, &host, || generic_tests(root)),
             "host-asan" => timed(name, &host, || asan_tests(root, &host)),
             "host-lint" => timed(name, &host, || host_lint(root)),
-            "call-sites" => timed(name, "6 configurations", || call_sites(root, tc)),
+            "call-sites" => timed(name, "7 configurations", || call_sites(root, tc)),
+            "unwind" => timed(name, &host, || unwind(root)),
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
             "riscv64-linux" => timed(name, RISCV_LINUX, || riscv_linux_tests(root, tc)),
             "riscv64-none" => timed(name, RISCV_BARE, || riscv_bare_checks(root, tc)),
@@ -296,6 +298,17 @@ fn host_lint(root: &Path) -> Counts {
 /// Each key's call site, disassembled in every configuration users build.
 fn call_sites(root: &Path, tc: &Toolchain) -> Counts {
     let (passed, failed, problems) = crate::callsites::run(root, tc);
+    Counts {
+        passed,
+        failed,
+        problems,
+    }
+}
+
+/// Backtraces and panics inside keys' targets, in both frame-pointer
+/// modes, debug and release.
+fn unwind(root: &Path) -> Counts {
+    let (passed, failed, problems) = crate::unwind::run(root);
     Counts {
         passed,
         failed,

@@ -11,8 +11,12 @@ use core::hint::black_box;
 static_call::static_call! {
     /// A Rust-ABI key: the compiler emits its call.
     pub static RUST_KEY: fn(u64) -> u64 = triple;
-    /// An `extern "C"` key: the crate emits its call.
+    /// An `extern "C"` key: `call` is the cheaper call for the target,
+    /// `call_inline` the crate's inline site, `call_trampoline` the
+    /// compiler's call of the trampoline.
     pub static C_KEY: extern "C" fn(u64) -> u64 = c_triple;
+    /// Eight arguments: on x86-64 two of them go on the stack.
+    pub static C8_KEY: extern "C" fn(u64, u64, u64, u64, u64, u64, u64, u64) -> u64 = c_sum8;
 }
 
 fn triple(x: u64) -> u64 {
@@ -21,6 +25,11 @@ fn triple(x: u64) -> u64 {
 
 extern "C" fn c_triple(x: u64) -> u64 {
     x.wrapping_mul(3)
+}
+
+#[allow(clippy::too_many_arguments)]
+extern "C" fn c_sum8(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64) -> u64 {
+    a.wrapping_add(b ^ c ^ d ^ e ^ f ^ g ^ h)
 }
 
 #[unsafe(no_mangle)]
@@ -55,15 +64,42 @@ pub fn site_c_loop(n: u64) -> u64 {
     sum
 }
 
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub fn site_c_inline_once(x: u64) -> u64 {
+    // Arguments unlike `site_c_once`'s, so release builds do not merge
+    // the functions where their code is the same.
+    C_KEY.call_inline(x.wrapping_add(1))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub fn site_c_tramp_once(x: u64) -> u64 {
+    C_KEY.call_trampoline(x.wrapping_add(2))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub fn site_c8_once(x: u64) -> u64 {
+    C8_KEY.call(x, 1, 2, 3, 4, 5, 6, 7)
+}
+
 fn run() -> u64 {
     let n = black_box(10);
-    site_rust_once(n) ^ site_rust_loop(n) ^ site_c_once(n) ^ site_c_loop(n)
+    site_rust_once(n)
+        ^ site_rust_loop(n)
+        ^ site_c_once(n)
+        ^ site_c_loop(n)
+        ^ site_c_inline_once(n)
+        ^ site_c_tramp_once(n)
+        ^ site_c8_once(n)
 }
 
 #[cfg(not(target_os = "none"))]
 fn main() {
-    // 3 * 10 twice, and 3 * (0 + .. + 9) twice: the XOR of equal pairs.
-    assert_eq!(run(), 0);
+    // 3 * 10 twice and 3 * (0 + .. + 9) twice: the XOR of equal pairs;
+    // then 3 * 11, 3 * 12, and 10 + (1 ^ 2 ^ .. ^ 7) = 10.
+    assert_eq!(run(), 33 ^ 36 ^ 10);
 }
 
 #[cfg(target_os = "none")]

@@ -111,7 +111,7 @@ macro_rules! measure_rust {
 }
 
 /// A function around one direct call, counted whole (call, prologue,
-/// epilogue): to compare with [`bench_fn_inline`].
+/// epilogue): to compare with the `bench_fn_key_*` functions.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn bench_fn_direct(x: u64) -> u64 {
@@ -119,14 +119,61 @@ extern "C" fn bench_fn_direct(x: u64) -> u64 {
 }
 
 /// The same function calling a key at an inline site. The site's `asm!`
-/// declares `clobber_abi("C")`, which on arm64 counts v8-v15 as clobbered
-/// whole (asm cannot say that only their upper halves are lost), so the
-/// function saves and restores d8-d15 itself: a cost per function entry
-/// that the call alone does not show.
+/// declares `clobber_abi("C")`, which where the ABI has FP/SIMD registers
+/// counts v8-v15 as clobbered whole (asm cannot say that only their upper
+/// halves are lost), so the function saves and restores d8-d15 itself: a
+/// cost per function entry that the call alone does not show. Soft-float
+/// builds have no such registers.
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn bench_fn_inline(x: u64) -> u64 {
+    INLINE_KEY.call_inline(x).wrapping_add(1)
+}
+
+/// The same function calling the key by default (`call`): the trampoline
+/// call with FP/SIMD registers, the inline site without.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn bench_fn_key_default(x: u64) -> u64 {
     INLINE_KEY.call(x).wrapping_add(1)
+}
+
+/// The same function calling the key's trampoline (`call_trampoline`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn bench_fn_key_trampoline(x: u64) -> u64 {
+    INLINE_KEY.call_trampoline(x).wrapping_add(1)
+}
+
+/// Functions making four dependent calls, counted whole: where inline
+/// sites win despite the FP/SIMD saves (paid once per entry).
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn bench_four_direct(x: u64) -> u64 {
+    bench_callee(bench_callee(bench_callee(bench_callee(x)))).wrapping_add(1)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn bench_four_default(x: u64) -> u64 {
+    let k = &INLINE_KEY;
+    k.call(k.call(k.call(k.call(x)))).wrapping_add(1)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn bench_four_inline(x: u64) -> u64 {
+    let k = &INLINE_KEY;
+    k.call_inline(k.call_inline(k.call_inline(k.call_inline(x))))
+        .wrapping_add(1)
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn bench_four_trampoline(x: u64) -> u64 {
+    let k = &INLINE_KEY;
+    k.call_trampoline(k.call_trampoline(k.call_trampoline(k.call_trampoline(x))))
+        .wrapping_add(1)
 }
 
 #[inline(never)]
@@ -136,13 +183,13 @@ fn direct_row(x: u64) -> (u64, u64) {
 
 #[inline(never)]
 fn inline_row(x: u64) -> (u64, u64) {
-    measure_rust!(INLINE_KEY.call(x))
+    measure_rust!(INLINE_KEY.call_inline(x))
 }
 
 #[inline(never)]
 fn null_inline_row(x: u64) -> (u64, u64) {
     measure_rust!({
-        NULL_INLINE_KEY.call(x);
+        NULL_INLINE_KEY.call_inline(x);
         x
     })
 }
@@ -243,7 +290,7 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     let (empty, _) = measure!([]);
     let pointer = bench_callee as extern "C" fn(u64) -> u64 as usize;
     let kcfi = bench_callee_kcfi as unsafe extern "C" fn(u64) -> u64 as usize;
-    let rows: [(&str, (u64, u64), u64); 9] = [
+    let rows: [(&str, (u64, u64), u64); 16] = [
         ("direct", measure!(["bl {f}"], f = sym bench_callee), 2),
         (
             "trampoline_near",
@@ -292,6 +339,41 @@ fn main(_x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
             "inline_in_function",
             measure!(["bl {f}"], f = sym bench_fn_inline),
             3,
+        ),
+        (
+            "key_in_function_default",
+            measure!(["bl {f}"], f = sym bench_fn_key_default),
+            3,
+        ),
+        (
+            "key_in_function_inline",
+            measure!(["bl {f}"], f = sym bench_fn_inline),
+            3,
+        ),
+        (
+            "key_in_function_trampoline",
+            measure!(["bl {f}"], f = sym bench_fn_key_trampoline),
+            3,
+        ),
+        (
+            "four_calls_direct",
+            measure!(["bl {f}"], f = sym bench_four_direct),
+            6,
+        ),
+        (
+            "four_calls_default",
+            measure!(["bl {f}"], f = sym bench_four_default),
+            6,
+        ),
+        (
+            "four_calls_inline",
+            measure!(["bl {f}"], f = sym bench_four_inline),
+            6,
+        ),
+        (
+            "four_calls_trampoline",
+            measure!(["bl {f}"], f = sym bench_four_trampoline),
+            6,
         ),
     ];
     let mut ok = true;

@@ -1,4 +1,4 @@
-//! Inline call sites on the board: every `K.call(..)` of an `extern "C"`
+//! Inline call sites on the board: every `K.call_inline(..)` of an `extern "C"`
 //! key is a `bl` of its own (the crate's `asm!`), recorded in the call-site
 //! table, and every update rewrites it along with the trampoline: `bl
 //! target` in reach, `bl trampoline` out of it, `nop` for NULL.
@@ -129,17 +129,17 @@ static_call::static_call! {
 
 #[inline(never)]
 fn cnt_one(x: u64) -> u64 {
-    CNT_ONE.call(x)
+    CNT_ONE.call_inline(x)
 }
 
 #[inline(never)]
 fn cnt_three_a(x: u64) -> u64 {
-    CNT_THREE.call(x)
+    CNT_THREE.call_inline(x)
 }
 
 #[inline(never)]
 fn cnt_three_b(x: u64) -> [u64; 2] {
-    [CNT_THREE.call(x), CNT_THREE.call(x + 1)]
+    [CNT_THREE.call_inline(x), CNT_THREE.call_inline(x + 1)]
 }
 
 #[inline(never)]
@@ -149,12 +149,16 @@ fn cnt_rust(x: u64) -> u64 {
 
 #[inline(never)]
 fn tv_one(x: u64) -> u64 {
-    TV.call(x)
+    TV.call_inline(x)
 }
 
 #[inline(never)]
 fn tv_three(x: u64) -> [u64; 3] {
-    [TV.call(x), TV.call(x + 1), TV.call(x + 2)]
+    [
+        TV.call_inline(x),
+        TV.call_inline(x + 1),
+        TV.call_inline(x + 2),
+    ]
 }
 
 /// TV's four sites' results for `x`, `x + 1`, ...
@@ -165,13 +169,13 @@ fn tv_all(x: u64) -> [u64; 4] {
 
 #[inline(never)]
 fn tn_one(x: u64) {
-    TN.call(x)
+    TN.call_inline(x)
 }
 
 #[inline(never)]
 fn tn_two(x: u64) {
-    TN.call(x);
-    TN.call(x + 1);
+    TN.call_inline(x);
+    TN.call_inline(x + 1);
 }
 
 /// Calls TN's three sites from `cpu` for site indexes 0..3.
@@ -182,20 +186,20 @@ fn tn_all(cpu: usize) {
 
 #[inline(never)]
 fn torn_v_site(x: u64) -> u64 {
-    TORN_V.call(x)
+    TORN_V.call_inline(x)
 }
 
 #[inline(never)]
 fn torn_n_site(x: u64) {
-    TORN_N.call(x)
+    TORN_N.call_inline(x)
 }
 
 #[inline(never)]
 fn bad_sites(x: u64) -> [u64; 3] {
     [
-        BAD_SITES.call(x),
-        BAD_SITES.call(x + 1),
-        BAD_SITES.call(x + 2),
+        BAD_SITES.call_inline(x),
+        BAD_SITES.call_inline(x + 1),
+        BAD_SITES.call_inline(x + 2),
     ]
 }
 
@@ -220,14 +224,14 @@ macro_rules! hundred_sites {
             #[inline(never)]
             fn $value(arg: u64, out: &mut [u64; PER_FN]) -> usize {
                 let mut i = 0;
-                ten! { ten! { out[i] = BIG_V.call(arg + $base + i as u64); i += 1; } }
+                ten! { ten! { out[i] = BIG_V.call_inline(arg + $base + i as u64); i += 1; } }
                 i
             }
 
             #[inline(never)]
             fn $effect(arg: u64) -> usize {
                 let mut i = 0;
-                ten! { ten! { BIG_N.call(arg + $base + i as u64); i += 1; } }
+                ten! { ten! { BIG_N.call_inline(arg + $base + i as u64); i += 1; } }
                 i
             }
         )*
