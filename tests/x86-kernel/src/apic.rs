@@ -36,6 +36,18 @@ fn write(reg: usize, value: u32) {
     unsafe { write_volatile((BASE + reg) as *mut u32, value) }
 }
 
+/// Masks every line of the legacy 8259 PICs, which the firmware left
+/// delivering the timer on vector 8 (the double-fault vector in long mode).
+pub fn mask_legacy_pic() {
+    use x86_64::instructions::port::Port;
+    // SAFETY: 0x21 and 0xa1 are the PICs' interrupt mask registers;
+    // all-ones masks every line and touches nothing else.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+    }
+}
+
 /// Enables this CPU's local APIC.
 pub fn enable() {
     write(SVR, 0x100 | u32::from(SPURIOUS_VECTOR));

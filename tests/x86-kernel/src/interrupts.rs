@@ -338,8 +338,9 @@ fn ist_top(cpu: usize, slot: u16) -> u64 {
     base + (IST_SIZE - IST_RESERVED) as u64
 }
 
-/// Builds the shared IDT (boot CPU, once, before any CPU loads it).
-pub fn build_idt() {
+/// Builds the shared IDT (boot CPU, once, after loading its GDT: a gate
+/// takes the current code segment, before any CPU loads it).
+fn build_idt() {
     // SAFETY: runs once on the boot CPU before any CPU loads the IDT; the
     // handler addresses are the entry stubs above, each ending in `iretq`
     // (or never returning), with the IST slots every CPU's TSS sets up.
@@ -388,7 +389,8 @@ pub fn set_breakpoint_entry(entry: BpEntry) {
     }
 }
 
-/// Loads this CPU's GDT and TSS and the shared IDT.
+/// Loads this CPU's GDT and TSS and the shared IDT (the boot CPU builds
+/// it first).
 pub fn init_this_cpu(cpu: usize) {
     // SAFETY: each CPU touches only its own TSS and GDT, once, before
     // loading them; they are statics, so `'static` as the CPU requires.
@@ -407,6 +409,13 @@ pub fn init_this_cpu(cpu: usize) {
         DS::set_reg(data);
         ES::set_reg(data);
         load_tss(tss_sel);
+    }
+    if cpu == 0 {
+        build_idt();
+    }
+    // SAFETY: the IDT is a static, built by the boot CPU before any other
+    // CPU starts.
+    unsafe {
         (*(&raw const IDT)).load();
     }
 }

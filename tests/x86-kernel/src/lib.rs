@@ -57,8 +57,8 @@ extern "C" fn kernel_entry(cpu: u32) -> ! {
         let cr3 = paging::build();
         CR3.store(cr3, Ordering::SeqCst);
         paging::switch_this_cpu(cr3);
-        interrupts::build_idt();
         interrupts::init_this_cpu(0);
+        apic::mask_legacy_pic();
         apic::enable();
         patching::install();
         println!("boot: cpu0 in long mode, text {:#x?}", paging::text());

@@ -8,8 +8,17 @@ extern crate alloc;
 
 use core::sync::atomic::Ordering;
 
+use alloc::string::String;
+use alloc::vec::Vec;
 use x86_kernel::runner::{self, TestResult};
-use x86_kernel::{MAX_CPUS, check, check_eq, paging, smp};
+use x86_kernel::{MAX_CPUS, check, check_eq, cpu, paging, smp};
+
+#[path = "tests/keys.rs"]
+mod keys;
+#[path = "tests/transitions.rs"]
+mod transitions;
+
+use transitions::static_call_transitions;
 
 /// CPUs the suite runs on.
 pub const CPUS: usize = MAX_CPUS;
@@ -24,8 +33,29 @@ fn text_is_read_only() -> TestResult {
     Ok(())
 }
 
+/// Runs `f(cpu)` on every CPU (the others first, one at a time, then this
+/// one) and returns the results in CPU order.
+pub fn on_every_cpu<R: Send>(f: impl Fn(usize) -> R + Sync) -> Result<Vec<R>, String> {
+    let mut results = Vec::new();
+    let me = cpu::id();
+    for c in 0..CPUS {
+        if c == me {
+            results.push(f(c));
+        } else {
+            let r =
+                smp::run_on(c, 5000, || f(c)).ok_or_else(|| alloc::format!("cpu{c} is busy"))?;
+            results.push(r);
+        }
+    }
+    Ok(results)
+}
+
 /// The suite's entry, called by the library once every CPU is up.
 #[unsafe(no_mangle)]
 pub fn x86_kernel_main() -> ! {
-    runner::run(x86_kernel::tests![smp_all_cpus_online, text_is_read_only])
+    runner::run(x86_kernel::tests![
+        smp_all_cpus_online,
+        text_is_read_only,
+        static_call_transitions,
+    ])
 }
