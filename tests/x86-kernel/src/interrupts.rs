@@ -44,7 +44,8 @@ pub const WAKE_VECTOR: u8 = 0xf1;
 
 /// IST slots (1-based in the IDT, 0-based in the TSS).
 const IST_BREAKPOINT: u16 = 0;
-const IST_NMI: u16 = 1;
+/// The NMI's IST slot.
+pub const IST_NMI: u16 = 1;
 const IST_DOUBLE_FAULT: u16 = 2;
 const IST_SIZE: usize = 32 * 1024;
 /// Bytes kept above each IST top: the `#BP` entry's nesting depth.
@@ -102,10 +103,10 @@ pub struct Counts {
     pub clobbered_with: AtomicU64,
     /// IST traps whose frame a nested `#BP` overwrote.
     pub ist_overwritten: AtomicU64,
-    /// The last overwritten frame's RIP before and after.
-    pub ist_rip_before: AtomicU64,
-    /// See `ist_rip_before`.
-    pub ist_rip_after: AtomicU64,
+    /// The last overwritten frame's saved RSP before and after.
+    pub ist_rsp_before: AtomicU64,
+    /// See `ist_rsp_before`.
+    pub ist_rsp_after: AtomicU64,
     /// `#BP` handlers running on this CPU now.
     pub in_breakpoint: AtomicU64,
     /// NMIs taken, and those taken while a `#BP` handler ran.
@@ -121,8 +122,8 @@ pub static COUNTS: [Counts; MAX_CPUS] = [const {
         frame_clobbered: AtomicU64::new(0),
         clobbered_with: AtomicU64::new(0),
         ist_overwritten: AtomicU64::new(0),
-        ist_rip_before: AtomicU64::new(0),
-        ist_rip_after: AtomicU64::new(0),
+        ist_rsp_before: AtomicU64::new(0),
+        ist_rsp_after: AtomicU64::new(0),
         in_breakpoint: AtomicU64::new(0),
         nmis: AtomicU64::new(0),
         nmis_in_breakpoint: AtomicU64::new(0),
@@ -332,6 +333,12 @@ fn addr(stub: unsafe extern "C" fn()) -> u64 {
     stub as *const () as u64
 }
 
+/// The address range of CPU `cpu`'s IST stack `slot`.
+pub fn ist_stack(cpu: usize, slot: u16) -> core::ops::Range<u64> {
+    let top = ist_top(cpu, slot);
+    top + IST_RESERVED as u64 - IST_SIZE as u64..top
+}
+
 fn ist_top(cpu: usize, slot: u16) -> u64 {
     // SAFETY: only the address of the static is taken.
     let base = unsafe { addr_of!(IST_STACKS[cpu][usize::from(slot)]) } as u64;
@@ -463,8 +470,8 @@ unsafe extern "C" fn x86_kernel_breakpoint(frame: *mut IretFrame, mode: u64) -> 
         }
         m if m == BpEntry::Ist as u64 && now != entry => {
             counts.ist_overwritten.fetch_add(1, Ordering::SeqCst);
-            counts.ist_rip_before.store(entry.rip, Ordering::SeqCst);
-            counts.ist_rip_after.store(now.rip, Ordering::SeqCst);
+            counts.ist_rsp_before.store(entry.rsp, Ordering::SeqCst);
+            counts.ist_rsp_after.store(now.rsp, Ordering::SeqCst);
             // SAFETY: our own frame; put back what the CPU saved for us.
             unsafe { write_volatile(frame, entry) };
         }

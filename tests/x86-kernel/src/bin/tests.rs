@@ -17,8 +17,14 @@ use x86_kernel::{MAX_CPUS, check, check_eq, cpu, paging, smp};
 mod keys;
 #[path = "tests/transitions.rs"]
 mod transitions;
+#[path = "tests/traps.rs"]
+mod traps;
 
 use transitions::static_call_transitions;
+use traps::{
+    bp_entry_on_ist_stack, bp_entry_with_gap, bp_entry_without_gap_corrupts_the_frame,
+    cpu_parked_in_bp_handler_across_updates, nmi_calling_a_key_inside_the_bp_handler,
+};
 
 /// CPUs the suite runs on.
 pub const CPUS: usize = MAX_CPUS;
@@ -57,5 +63,10 @@ pub fn x86_kernel_main() -> ! {
         smp_all_cpus_online,
         text_is_read_only,
         static_call_transitions,
+        bp_entry_with_gap,
+        bp_entry_without_gap_corrupts_the_frame,
+        bp_entry_on_ist_stack,
+        nmi_calling_a_key_inside_the_bp_handler,
+        cpu_parked_in_bp_handler_across_updates,
     ])
 }
