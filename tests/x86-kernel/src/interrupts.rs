@@ -35,7 +35,7 @@ use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
 use x86_64::structures::idt::InterruptDescriptorTable;
 use x86_64::structures::tss::TaskStateSegment;
 
-use crate::{MAX_CPUS, apic, cpu};
+use crate::{BootCell, MAX_CPUS, apic, cpu};
 
 /// The "synchronise this CPU" IPI ([`crate::patching::sync_all_cpus`]).
 pub const SYNC_VECTOR: u8 = 0xf0;
@@ -56,10 +56,11 @@ struct IstStack([u8; IST_SIZE]);
 
 static mut IST_STACKS: [[IstStack; 3]; MAX_CPUS] =
     [const { [const { IstStack([0; IST_SIZE]) }; 3] }; MAX_CPUS];
-static mut TSS: [TaskStateSegment; MAX_CPUS] = [const { TaskStateSegment::new() }; MAX_CPUS];
-static mut GDT: [GlobalDescriptorTable; MAX_CPUS] =
-    [const { GlobalDescriptorTable::new() }; MAX_CPUS];
-static mut IDT: InterruptDescriptorTable = InterruptDescriptorTable::new();
+static TSS: [BootCell<TaskStateSegment>; MAX_CPUS] =
+    [const { BootCell::new(TaskStateSegment::new()) }; MAX_CPUS];
+static GDT: [BootCell<GlobalDescriptorTable>; MAX_CPUS] =
+    [const { BootCell::new(GlobalDescriptorTable::new()) }; MAX_CPUS];
+static IDT: BootCell<InterruptDescriptorTable> = BootCell::new(InterruptDescriptorTable::new());
 
 /// How the kernel takes `#BP` (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,7 +353,7 @@ fn build_idt() {
     // handler addresses are the entry stubs above, each ending in `iretq`
     // (or never returning), with the IST slots every CPU's TSS sets up.
     unsafe {
-        let idt = &mut *(&raw mut IDT);
+        let idt = &mut *IDT.get();
         idt.divide_error
             .set_handler_addr(VirtAddr::new(addr(fault_entry_0)));
         idt.invalid_opcode
@@ -387,7 +388,7 @@ pub fn set_breakpoint_entry(entry: BpEntry) {
     // set in every CPU's TSS. A trap gate: interrupts stay as they were,
     // so a CPU inside the handler still answers sync IPIs.
     unsafe {
-        let idt = &mut *(&raw mut IDT);
+        let idt = &mut *IDT.get();
         let options = idt.breakpoint.set_handler_addr(VirtAddr::new(stub));
         options.disable_interrupts(false);
         if let Some(slot) = ist {
@@ -402,15 +403,15 @@ pub fn init_this_cpu(cpu: usize) {
     // SAFETY: each CPU touches only its own TSS and GDT, once, before
     // loading them; they are statics, so `'static` as the CPU requires.
     unsafe {
-        let tss = &mut *(&raw mut TSS[cpu]);
+        let tss = &mut *TSS[cpu].get();
         for slot in [IST_BREAKPOINT, IST_NMI, IST_DOUBLE_FAULT] {
             tss.interrupt_stack_table[usize::from(slot)] = VirtAddr::new(ist_top(cpu, slot));
         }
-        let gdt = &mut *(&raw mut GDT[cpu]);
+        let gdt = &mut *GDT[cpu].get();
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
-        let tss_sel = gdt.append(Descriptor::tss_segment(&*(&raw const TSS[cpu])));
-        (*(&raw const GDT[cpu])).load();
+        let tss_sel = gdt.append(Descriptor::tss_segment(&*TSS[cpu].get()));
+        (*GDT[cpu].get()).load();
         CS::set_reg(code);
         SS::set_reg(data);
         DS::set_reg(data);
@@ -423,7 +424,7 @@ pub fn init_this_cpu(cpu: usize) {
     // SAFETY: the IDT is a static, built by the boot CPU before any other
     // CPU starts.
     unsafe {
-        (*(&raw const IDT)).load();
+        (*IDT.get()).load();
     }
 }
 
@@ -529,7 +530,15 @@ unsafe extern "C" fn x86_kernel_fault(info: *const [u64; 7]) -> ! {
     // SAFETY: the entry passes the words it pushed and the CPU's frame.
     let [vector, error, rip, _cs, rflags, rsp, _ss] = unsafe { *info };
     let cr2 = x86_64::registers::control::Cr2::read_raw();
+    // The word at RSP: after a call or jump to a bad address, the return
+    // address of the call that went there.
+    let top = if (0x1000..(8 << 20)).contains(&rsp) {
+        // SAFETY: inside the identity-mapped, writable first 8 MiB.
+        unsafe { core::ptr::read_volatile(rsp as *const u64) }
+    } else {
+        0
+    };
     crate::fatal(format_args!(
-        "exception {vector} (error {error:#x}) at rip {rip:#x}, rsp {rsp:#x}, rflags {rflags:#x}, cr2 {cr2:#x}"
+        "exception {vector} (error {error:#x}) at rip {rip:#x}, rsp {rsp:#x} (holding {top:#x}), rflags {rflags:#x}, cr2 {cr2:#x}"
     ))
 }

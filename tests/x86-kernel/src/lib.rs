@@ -30,6 +30,29 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use qemu_exit::QEMUExit;
 
+/// A static the kernel initialises at a point where nothing else can
+/// touch it (the boot CPU before the others start, or one CPU's own
+/// entry), then only reads: hands out a raw pointer, and each use says
+/// why it is alone.
+pub struct BootCell<T>(core::cell::UnsafeCell<T>);
+
+// SAFETY: every access goes through `get` in an `unsafe` block whose
+// caller ensures no other CPU accesses the value at the same time (see
+// the type's documentation).
+unsafe impl<T> Sync for BootCell<T> {}
+
+impl<T> BootCell<T> {
+    /// A cell holding `value`.
+    pub const fn new(value: T) -> Self {
+        BootCell(core::cell::UnsafeCell::new(value))
+    }
+
+    /// The value's address.
+    pub const fn get(&self) -> *mut T {
+        self.0.get()
+    }
+}
+
 /// CPUs the kernel supports (QEMU runs it with `-smp 4`).
 pub const MAX_CPUS: usize = 4;
 
@@ -60,8 +83,13 @@ extern "C" fn kernel_entry(cpu: u32) -> ! {
         interrupts::init_this_cpu(0);
         apic::mask_legacy_pic();
         apic::enable();
+        cpu::calibrate_tsc();
         patching::install();
-        println!("boot: cpu0 in long mode, text {:#x?}", paging::text());
+        let (text_begin, text_end) = paging::text();
+        println!(
+            "boot: cpu0 in long mode, text {text_begin:#x}..{text_end:#x} read-only, TSC {} MHz",
+            cpu::tsc_per_ms() / 1000
+        );
         smp::start_secondaries(MAX_CPUS, cr3);
         x86_64::instructions::interrupts::enable();
         x86_kernel_main()

@@ -16,6 +16,7 @@
 
 use core::ptr::addr_of;
 
+use crate::BootCell;
 use crate::boot::Table;
 
 const PRESENT: u64 = 1;
@@ -33,13 +34,13 @@ const LOW: usize = 8 << 20;
 pub const FAR_VIRT: usize = 0x1_0000_0000;
 const FAR_PHYS: u64 = 0x100_0000;
 
-static mut PML4: Table = Table([0; 512]);
-static mut PDPT_LOW: Table = Table([0; 512]);
-static mut PD_LOW: [Table; 4] = [const { Table([0; 512]) }; 4];
-static mut PT_LOW: [Table; 4] = [const { Table([0; 512]) }; 4];
-static mut PD_FAR: Table = Table([0; 512]);
-static mut PDPT_ALIAS: Table = Table([0; 512]);
-static mut PD_ALIAS: Table = Table([0; 512]);
+static PML4: BootCell<Table> = BootCell::new(Table([0; 512]));
+static PDPT_LOW: BootCell<Table> = BootCell::new(Table([0; 512]));
+static PD_LOW: BootCell<[Table; 4]> = BootCell::new([const { Table([0; 512]) }; 4]);
+static PT_LOW: BootCell<[Table; 4]> = BootCell::new([const { Table([0; 512]) }; 4]);
+static PD_FAR: BootCell<Table> = BootCell::new(Table([0; 512]));
+static PDPT_ALIAS: BootCell<Table> = BootCell::new(Table([0; 512]));
+static PD_ALIAS: BootCell<Table> = BootCell::new(Table([0; 512]));
 
 unsafe extern "C" {
     static text_begin: u8;
@@ -88,10 +89,10 @@ pub fn build() -> u64 {
     // SAFETY: runs once on the boot CPU before any other CPU starts and
     // before any CPU uses these tables.
     unsafe {
-        let pml4 = &mut *(&raw mut PML4);
-        let pdpt = &mut *(&raw mut PDPT_LOW);
-        let pds = &mut *(&raw mut PD_LOW);
-        let pts = &mut *(&raw mut PT_LOW);
+        let pml4 = &mut *PML4.get();
+        let pdpt = &mut *PDPT_LOW.get();
+        let pds = &mut *PD_LOW.get();
+        let pts = &mut *PT_LOW.get();
         for (i, pt) in pts.iter_mut().enumerate() {
             for (j, entry) in pt.0.iter_mut().enumerate() {
                 let addr = (i * 512 + j) * 4096;
@@ -117,16 +118,16 @@ pub fn build() -> u64 {
             }
             pdpt.0[i] = table_addr(pd) | PRESENT | WRITABLE;
         }
-        let far = &mut *(&raw mut PD_FAR);
+        let far = &mut *PD_FAR.get();
         far.0[0] = FAR_PHYS | PRESENT | HUGE;
         pdpt.0[FAR_VIRT >> 30] = table_addr(far) | PRESENT | WRITABLE;
         pml4.0[0] = table_addr(pdpt) | PRESENT | WRITABLE;
 
-        let alias_pd = &mut *(&raw mut PD_ALIAS);
+        let alias_pd = &mut *PD_ALIAS.get();
         for (j, entry) in alias_pd.0.iter_mut().take(LOW >> 21).enumerate() {
             *entry = ((j as u64) << 21) | PRESENT | WRITABLE | HUGE | NO_EXECUTE;
         }
-        let alias_pdpt = &mut *(&raw mut PDPT_ALIAS);
+        let alias_pdpt = &mut *PDPT_ALIAS.get();
         alias_pdpt.0[0] = table_addr(alias_pd) | PRESENT | WRITABLE;
         pml4.0[ALIAS_BASE >> 39] = table_addr(alias_pdpt) | PRESENT | WRITABLE;
         table_addr(pml4)
@@ -144,4 +145,24 @@ pub fn switch_this_cpu(cr3: u64) {
 pub fn write_protect_on() -> bool {
     x86_64::registers::control::Cr0::read()
         .contains(x86_64::registers::control::Cr0Flags::WRITE_PROTECT)
+}
+
+/// The flags of the page-table entry that maps `addr` in the current
+/// tables (the leaf: a 4 KiB, 2 MiB or 1 GiB page), or `None` if unmapped.
+pub fn leaf_flags(addr: usize) -> Option<u64> {
+    let (frame, _) = x86_64::registers::control::Cr3::read_raw();
+    let mut table = frame.start_address().as_u64();
+    for level in (0..4).rev() {
+        let index = (addr >> (12 + 9 * level)) & 511;
+        // SAFETY: page tables live in the identity-mapped first 8 MiB.
+        let entry = unsafe { core::ptr::read_volatile((table as *const u64).add(index)) };
+        if entry & PRESENT == 0 {
+            return None;
+        }
+        if level == 0 || entry & HUGE != 0 {
+            return Some(entry & !0x000f_ffff_ffff_f000);
+        }
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    None
 }

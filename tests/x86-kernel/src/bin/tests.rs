@@ -13,13 +13,22 @@ use alloc::vec::Vec;
 use x86_kernel::runner::{self, TestResult};
 use x86_kernel::{MAX_CPUS, check, check_eq, cpu, paging, smp};
 
+#[path = "tests/failures.rs"]
+mod failures;
 #[path = "tests/keys.rs"]
 mod keys;
+#[path = "tests/portable.rs"]
+mod portable;
+#[path = "tests/stress.rs"]
+mod stress;
 #[path = "tests/transitions.rs"]
 mod transitions;
 #[path = "tests/traps.rs"]
 mod traps;
 
+use failures::failed_updates_change_nothing;
+use portable::portable_kernel_on_the_pc;
+use stress::static_call_smp_stress;
 use transitions::static_call_transitions;
 use traps::{
     bp_entry_on_ist_stack, bp_entry_with_gap, bp_entry_without_gap_corrupts_the_frame,
@@ -34,8 +43,66 @@ fn smp_all_cpus_online() -> TestResult {
     Ok(())
 }
 
+/// CR0.WP on every CPU, and the text's pages mapped read-only in the
+/// page tables every CPU uses (walked from CR3).
 fn text_is_read_only() -> TestResult {
-    check!(paging::write_protect_on(), "CR0.WP is clear");
+    let wp = on_every_cpu(|_| paging::write_protect_on())?;
+    check!(wp.iter().all(|&on| on), "CR0.WP per CPU: {wp:?}");
+    let (begin, end) = paging::text();
+    for page in (begin..end).step_by(4096) {
+        let flags = paging::leaf_flags(page).ok_or_else(|| alloc::format!("{page:#x} unmapped"))?;
+        check!(
+            flags & 2 == 0,
+            "text page {page:#x} is writable ({flags:#x})"
+        );
+        check!(
+            flags & (1 << 63) == 0,
+            "text page {page:#x} is not executable"
+        );
+    }
+    Ok(())
+}
+
+/// The alias maps the text: every trampoline reads the same through both.
+fn text_alias_maps_the_text() -> TestResult {
+    let (begin, end) = paging::text();
+    for at in (begin..end).step_by(509) {
+        // SAFETY: both addresses are mapped and readable (paging.rs).
+        let (exec, alias) = unsafe {
+            (
+                core::ptr::read_volatile(at as *const u8),
+                core::ptr::read_volatile((paging::ALIAS_BASE + at) as *const u8),
+            )
+        };
+        check!(
+            exec == alias,
+            "{at:#x}: {exec:#x} through the text, {alias:#x} through the alias"
+        );
+    }
+    let flags = paging::leaf_flags(paging::ALIAS_BASE + begin).ok_or("alias unmapped")?;
+    check!(flags & 2 != 0, "the alias is read-only ({flags:#x})");
+    Ok(())
+}
+
+/// The far targets are beyond a rel32's reach of every trampoline.
+fn far_text_is_out_of_rel32_range() -> TestResult {
+    let far = keys::far_value() as usize;
+    for key in keys::KEYS {
+        let d = far.abs_diff(key.tramp());
+        check!(
+            d > 1 << 31,
+            "{} is only {d:#x} from the far text",
+            key.name()
+        );
+    }
+    Ok(())
+}
+
+/// Fails on purpose (feature `deliberate-failure`): the harness's negative
+/// control checks that a failing kernel test fails the run.
+#[cfg(feature = "deliberate-failure")]
+fn deliberate_failure() -> TestResult {
+    check_eq!(keys::Key::CVal.call(1), 0);
     Ok(())
 }
 
@@ -62,11 +129,18 @@ pub fn x86_kernel_main() -> ! {
     runner::run(x86_kernel::tests![
         smp_all_cpus_online,
         text_is_read_only,
+        text_alias_maps_the_text,
+        far_text_is_out_of_rel32_range,
         static_call_transitions,
         bp_entry_with_gap,
         bp_entry_without_gap_corrupts_the_frame,
         bp_entry_on_ist_stack,
         nmi_calling_a_key_inside_the_bp_handler,
         cpu_parked_in_bp_handler_across_updates,
+        failed_updates_change_nothing,
+        portable_kernel_on_the_pc,
+        static_call_smp_stress,
+        #[cfg(feature = "deliberate-failure")]
+        deliberate_failure,
     ])
 }
