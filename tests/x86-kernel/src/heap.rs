@@ -7,7 +7,7 @@ use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-const HEAP_SIZE: usize = 1 << 20;
+const HEAP_SIZE: usize = 4 << 20;
 
 #[repr(C, align(4096))]
 struct Arena(UnsafeCell<[u8; HEAP_SIZE]>);

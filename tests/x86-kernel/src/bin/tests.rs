@@ -15,6 +15,8 @@ use x86_kernel::{MAX_CPUS, check, check_eq, cpu, paging, smp};
 
 #[path = "tests/failures.rs"]
 mod failures;
+#[path = "tests/inline.rs"]
+mod inline;
 #[path = "tests/keys.rs"]
 mod keys;
 #[path = "tests/portable.rs"]
@@ -27,6 +29,7 @@ mod transitions;
 mod traps;
 
 use failures::failed_updates_change_nothing;
+use inline::{callers_in_every_phase_of_the_batched_protocol, inline_sites_1000};
 use portable::portable_kernel_on_the_pc;
 use stress::static_call_smp_stress;
 use transitions::static_call_transitions;
@@ -132,6 +135,8 @@ pub fn x86_kernel_main() -> ! {
         text_alias_maps_the_text,
         far_text_is_out_of_rel32_range,
         static_call_transitions,
+        inline_sites_1000,
+        callers_in_every_phase_of_the_batched_protocol,
         bp_entry_with_gap,
         bp_entry_without_gap_corrupts_the_frame,
         bp_entry_on_ist_stack,
