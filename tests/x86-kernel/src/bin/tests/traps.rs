@@ -225,8 +225,19 @@ fn park_effect(out: *mut u64, v: u64) {
     unsafe { out.write_volatile(v + 10) }
 }
 
+extern "C" fn site_a(x: u64) -> u64 {
+    x + 10
+}
+extern "C" fn site_b(x: u64) -> u64 {
+    x + 20
+}
+extern "C" fn site_c(x: u64) -> u64 {
+    x + 30
+}
+
 static_call::static_call! {
     static PARK: fn(u32) -> u64 = park_a;
+    static PARK_SITE: extern "C" fn(u64) -> u64 = site_a;
     static OTHER: fn(u32) -> u64 = park_a;
     static PARK_NULL: fn(*mut u64, u64) = park_effect;
 }
@@ -291,12 +302,25 @@ fn hold_after_int3(tramp: usize, _index: usize, store: Store) {
     }
 }
 
+/// Phase hook on the updater (keys with inline sites): once phase 1 has
+/// put an `int3` on every site (synced), wait until the caller has trapped
+/// on one; phases 2 and 3 then run while it stays parked.
+fn hold_in_phase_1(phase: usize) {
+    let p = &PARKING;
+    if phase == 1 && !p.armed.swap(true, Ordering::SeqCst) {
+        wait_for(&p.in_handler);
+    }
+}
+
 fn parked_caller(_cpu: usize) {
     wait_for(&PARKING.armed);
-    let r = if PARKING.tramp.load(Ordering::SeqCst) == PARK_NULL.trampoline_addr() {
+    let tramp = PARKING.tramp.load(Ordering::SeqCst);
+    let r = if tramp == PARK_NULL.trampoline_addr() {
         let mut cell = UNTOUCHED;
         PARK_NULL.call(&mut cell, 1);
         cell
+    } else if tramp == PARK_SITE.trampoline_addr() {
+        PARK_SITE.call(1) // an inline site
     } else {
         PARK.call(1)
     };
@@ -325,12 +349,19 @@ fn parked_call(
     // SAFETY: the hooks do not unwind; they wait with a timeout.
     unsafe {
         hooks::set_on_trap(Some(park_in_handler));
-        hooks::set_after_store(Some(hold_after_int3));
+        if tramp == PARK_SITE.trampoline_addr() {
+            hooks::set_after_site_phase(Some(hold_in_phase_1));
+        } else {
+            hooks::set_after_store(Some(hold_after_int3));
+        }
     }
     check!(smp::post(1, parked_caller), "cpu1 is busy");
     let done = first();
-    // SAFETY: removing a hook.
-    unsafe { hooks::set_after_store(None) };
+    // SAFETY: removing the hooks.
+    unsafe {
+        hooks::set_after_store(None);
+        hooks::set_after_site_phase(None);
+    }
     done.map_err(|e| format!("first update: {e}"))?;
     check!(p.in_handler.load(Ordering::SeqCst), "the call never parked");
     let later = later();
@@ -405,8 +436,41 @@ pub(crate) fn cpu_parked_in_bp_handler_across_updates() -> TestResult {
     )?;
     check_eq!(dest as u64, static_call::arch::x86_64::null_stub_addr());
     check_eq!(result, UNTOUCHED);
+    // An inline site parked in phase 1 of the batched protocol, across
+    // phases 2 and 3 and later updates: its emulated call reaches the
+    // target of the update it trapped in (read before parking) or the
+    // newest (read after), and returns after its own site.
+    let mut sites = 0;
+    for (point, want_result, want_dest) in [
+        (
+            hooks::TrapPoint::Steering,
+            21,
+            site_b as extern "C" fn(u64) -> u64 as usize,
+        ),
+        (hooks::TrapPoint::Recognised, 31, 0),
+    ] {
+        PARK_SITE
+            .update_with(site_a, &bp)
+            .map_err(|e| format!("{e}"))?;
+        let (result, dest) = parked_call(
+            PARK_SITE.trampoline_addr(),
+            point,
+            || PARK_SITE.update_with(site_b, &bp),
+            || {
+                let e = |e| format!("{e}");
+                PARK_SITE.update_ret0_with(&bp).map_err(e)?;
+                PARK_SITE.update_with(site_c, &atomic).map_err(e)?;
+                check_eq!(PARK_SITE.call(1), 31);
+                Ok(())
+            },
+        )?;
+        check_eq!(dest, want_dest);
+        check_eq!(result, want_result);
+        sites += 1;
+    }
+    check_eq!(sites, 2);
     println!(
-        "bp: calls parked in the #BP handler on cpu1 across 5 later updates reached park_b (parked after reading), park_c (before), the NULL stub (seed 001)"
+        "bp: calls parked in the #BP handler on cpu1 across later updates reached park_b (parked after reading), park_c (before), the NULL stub (seed 001); an inline site parked in phase 1 across phases 2, 3 and 2 later updates reached site_b (after reading), site_c (before)"
     );
     Ok(())
 }
