@@ -315,7 +315,7 @@ pub(crate) fn static_call_smp_stress() -> TestResult {
         let steered = traps_steered() - steered_before;
         let syncs = patching::SYNCS.load(Ordering::SeqCst) - syncs_before;
         let line = format!(
-            "stress {strategy:?}, #BP entry {entry:?}: {} updates ({syncs} syncs) in {} ms, {calls} calls on {} CPUs, {steered} traps steered, stale {stale}, wrong {wrong}, faults 0 (a fault ends the run); {nmis} NMIs: {nmi_calls} calls from NMI handlers, {in_bp} NMIs inside a #BP handler, bad {nmi_bad}, #BP frames overwritten {overwritten}",
+            "stress {strategy:?}, #BP entry {entry:?}: {} updates ({syncs} syncs) in {} ms, {calls} calls on {} CPUs, {steered} traps steered, stale {stale}, wrong {wrong}, no fault (a fault ends the run with its report); {nmis} NMIs: {nmi_calls} calls from NMI handlers, {in_bp} NMIs inside a #BP handler, bad {nmi_bad}, #BP frames overwritten {overwritten}",
             2 * steps,
             ticks / cpu::tsc_per_ms(),
             CPUS - 1,
