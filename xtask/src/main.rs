@@ -9,6 +9,7 @@
 mod bench;
 mod callsites;
 mod cmd;
+mod pc;
 mod qemu;
 mod setup;
 mod suites;
@@ -24,13 +25,15 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  setup   install what is missing: QEMU, the aarch64 cross toolchain, and an
-          aarch64 core/std (a precompiled rustup target, or Debian's rust-src)
+  setup   install what is missing: QEMU (arm64 and x86-64), the aarch64 cross
+          toolchain, and an aarch64 core/std (a precompiled rustup target, or
+          Debian's rust-src)
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
           a summary table; suites: host, host-generic, host-asan,
           host-lint, call-sites, unwind, aarch64-linux, aarch64-none,
-          riscv64-linux, riscv64-none, virt-el1, virt-el2, virt-negative
+          riscv64-linux, riscv64-none, virt-el1, virt-el2, virt-negative,
+          x86-kernel, x86-negative
   demo    setup, then boot the arm64 demo kernel on the QEMU virt board
   bench   setup, then time calls and updates against the alternatives and
           write target/bench/results.json, benches/BENCHMARKS.md and

@@ -119,7 +119,7 @@ pub fn build_kernel_for(
 }
 
 /// The `"executable"` path of one line of cargo's JSON messages, if any.
-fn executable_of(line: &str) -> Option<String> {
+pub fn executable_of(line: &str) -> Option<String> {
     let start = line.find("\"executable\":\"")? + "\"executable\":\"".len();
     let mut path = String::new();
     let mut chars = line[start..].chars();
@@ -178,14 +178,22 @@ fn boot_with(
     .args(extra)
     .args(["-nographic", "-semihosting", "-net", "none", "-kernel"])
     .arg(elf);
+    run(qemu, echo, timeout)
+}
+
+/// Runs a QEMU command line (the guest's console on its standard output),
+/// killing it after `timeout`. With `echo`, the console is streamed to our
+/// standard output as it arrives.
+pub fn run(mut qemu: Command, echo: bool, timeout: Duration) -> Result<Boot> {
     println!("$ {}", cmd::describe(&qemu));
     let start = Instant::now();
+    let program = qemu.get_program().to_string_lossy().into_owned();
     let mut child = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"))?;
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
     let uart = reader(child.stdout.take().expect("piped"), echo);
     let stderr = reader(child.stderr.take().expect("piped"), false);
     let deadline = start + timeout;

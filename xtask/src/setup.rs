@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: installs what the other commands need.
 //!
-//! 1. Debian packages: QEMU (system and user mode) and the aarch64 cross
-//!    compiler, C library and binutils.
+//! 1. Debian packages: QEMU (system mode for arm64 and x86-64, user mode)
+//!    and the aarch64 cross compiler, C library and binutils.
 //! 2. An aarch64 `core`/`std`. A precompiled rustup target is used when it is
 //!    installed. Otherwise the standard library is built from source with
 //!    `-Zbuild-std`, which needs the library sources of exactly the running
@@ -26,6 +26,8 @@ pub const BARE: &str = "aarch64-unknown-none";
 pub const LINUX: &str = "aarch64-unknown-linux-gnu";
 /// riscv64 Linux (the generic backend's tests under qemu-riscv64).
 pub const RISCV_LINUX: &str = "riscv64gc-unknown-linux-gnu";
+/// Bare-metal x86-64 (the x86-64 test kernel).
+pub const X86_BARE: &str = "x86_64-unknown-none";
 /// Bare-metal riscv64 (the library builds and is lint-clean).
 pub const RISCV_BARE: &str = "riscv64gc-unknown-none-elf";
 
@@ -33,6 +35,7 @@ pub const RISCV_BARE: &str = "riscv64gc-unknown-none-elf";
 /// package that provides it.
 const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-aarch64", "qemu-system-arm"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-aarch64", "qemu-user"),
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
     ("/usr/aarch64-linux-gnu/lib/crt1.o", "libc6-dev-arm64-cross"),

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::qemu::{self, MACHINE_EL1};
-use crate::setup::{BARE, LINUX, RISCV_BARE, RISCV_LINUX, Toolchain};
+use crate::setup::{BARE, LINUX, RISCV_BARE, RISCV_LINUX, Toolchain, X86_BARE};
 use crate::{Result, cmd};
 
 /// One suite's result, as a row of the summary table.
@@ -47,9 +47,19 @@ impl Counts {
     }
 }
 
-/// A virt-board suite: one kernel build booted on one machine.
+/// Which test kernel a suite boots.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Board {
+    /// `tests/virt-kernel` on QEMU's arm64 virt board (`machine`).
+    Virt,
+    /// `tests/x86-kernel` on QEMU's x86-64 PC.
+    Pc,
+}
+
+/// A test-kernel suite: one kernel build booted on one machine.
 struct VirtSuite {
     name: &'static str,
+    board: Board,
     /// QEMU's `-M` option.
     machine: &'static str,
     features: &'static [&'static str],
@@ -62,12 +72,14 @@ struct VirtSuite {
 const VIRT_SUITES: &[VirtSuite] = &[
     VirtSuite {
         name: "virt-el1",
+        board: Board::Virt,
         machine: MACHINE_EL1,
         features: &[],
         expect_failure: false,
     },
     VirtSuite {
         name: "virt-el2",
+        board: Board::Virt,
         machine: "virt,virtualization=on",
         features: &[],
         expect_failure: false,
@@ -75,7 +87,22 @@ const VIRT_SUITES: &[VirtSuite] = &[
     // Last, so the two runs above share one kernel build.
     VirtSuite {
         name: "virt-negative",
+        board: Board::Virt,
         machine: MACHINE_EL1,
+        features: &["deliberate-failure"],
+        expect_failure: true,
+    },
+    VirtSuite {
+        name: "x86-kernel",
+        board: Board::Pc,
+        machine: "pc",
+        features: &[],
+        expect_failure: false,
+    },
+    VirtSuite {
+        name: "x86-negative",
+        board: Board::Pc,
+        machine: "pc",
         features: &["deliberate-failure"],
         expect_failure: true,
     },
@@ -121,7 +148,11 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
         });
     }
     for suite in VIRT_SUITES.iter().filter(|s| wanted(s.name)) {
-        outcomes.push(timed(suite.name, BARE, || virt(root, suite)));
+        let target = match suite.board {
+            Board::Virt => BARE,
+            Board::Pc => X86_BARE,
+        };
+        outcomes.push(timed(suite.name, target, || virt(root, tc, suite)));
     }
     outcomes
 }
@@ -279,11 +310,13 @@ fn host_lint(root: &Path) -> Counts {
             .env("RUSTDOCFLAGS", "-D warnings"),
     ));
     // The kernel is its own workspace, so `--all` above does not reach it.
-    counts.check(cmd::run(
-        cmd::cargo()
-            .current_dir(root.join(qemu::kernel::DIR))
-            .args(["fmt", "--all", "--", "--check"]),
-    ));
+    for kernel in [qemu::kernel::DIR, crate::pc::DIR] {
+        counts.check(cmd::run(
+            cmd::cargo()
+                .current_dir(root.join(kernel))
+                .args(["fmt", "--all", "--", "--check"]),
+        ));
+    }
     counts.check(cmd::run(cmd::cargo().current_dir(root).args([
         "clippy",
         "--workspace",
@@ -483,9 +516,13 @@ fn parse_libtest(stdout: &str) -> Counts {
     counts
 }
 
-fn virt(root: &Path, suite: &VirtSuite) -> Counts {
+fn virt(root: &Path, tc: &Toolchain, suite: &VirtSuite) -> Counts {
     let mut counts = Counts::default();
-    let elf = match qemu::build_kernel(root, "tests", suite.features) {
+    let built = match suite.board {
+        Board::Virt => qemu::build_kernel(root, "tests", suite.features),
+        Board::Pc => crate::pc::build_kernel(root, tc, suite.features),
+    };
+    let elf = match built {
         Ok(elf) => elf,
         Err(e) => {
             counts.failed = 1;
@@ -493,7 +530,11 @@ fn virt(root: &Path, suite: &VirtSuite) -> Counts {
             return counts;
         }
     };
-    let boot = match qemu::boot(&elf, suite.machine, false, qemu::TIMEOUT) {
+    let booted = match suite.board {
+        Board::Virt => qemu::boot(&elf, suite.machine, false, qemu::TIMEOUT),
+        Board::Pc => crate::pc::boot(&elf, qemu::TIMEOUT),
+    };
+    let boot = match booted {
         Ok(boot) => boot,
         Err(e) => {
             counts.failed = 1;
@@ -516,7 +557,7 @@ fn virt(root: &Path, suite: &VirtSuite) -> Counts {
         let mut problems = report.problems_for_failure(&boot);
         // And the verdict the passing suites apply must reject this run.
         if report.problems_for_pass(&boot).is_empty() {
-            problems.push("the virt-el1 checks would have accepted this run".to_string());
+            problems.push("the checks of a passing suite would have accepted this run".to_string());
         }
         counts.check(if problems.is_empty() {
             println!(
@@ -532,6 +573,14 @@ fn virt(root: &Path, suite: &VirtSuite) -> Counts {
         counts.passed = report.passed.len() as u32;
         counts.failed = report.failed.len() as u32;
         counts.problems = report.problems_for_pass(&boot);
+    }
+    if suite.board == Board::Pc && !suite.expect_failure {
+        // The kernel is lint-clean too (its own workspace and target).
+        counts.check(
+            crate::pc::kernel_cargo(root, tc, "clippy").and_then(|mut cargo| {
+                cmd::run(cargo.args(["--all-targets", "--", "-D", "warnings"]))
+            }),
+        );
     }
     counts
 }

@@ -250,8 +250,15 @@ pub fn null_stub_addr() -> u64 {
 /// storing it at `frame.rsp - 8` (the interrupted stack) and lowering
 /// `frame.rsp`, and sets `frame.rip` to the key's target. The kernel's #BP
 /// entry must therefore not keep its own exception frame just below the
-/// interrupted RSP: run it on an IST stack, or leave a gap as Linux's
-/// `int3` entry does. Kernel shadow stacks are not supported for sites.
+/// interrupted RSP: take #BP on the interrupted stack and leave a gap, as
+/// Linux's `int3` entry does (copy the CPU's frame at least 8 bytes lower
+/// and return through the copy); otherwise the store overwrites the saved
+/// SS of the live frame. Do not use an IST stack for #BP if anything that
+/// can interrupt the #BP handler (an NMI, a machine check, #DB) may call a
+/// key: every #BP on an IST stack starts at the same top, so one taken
+/// while a #BP handler runs writes its frame over the live one (Linux
+/// stopped using IST for #BP for this reason). `tests/x86-kernel` shows
+/// both failures. Kernel shadow stacks are not supported for sites.
 ///
 /// # The rule it guarantees
 ///

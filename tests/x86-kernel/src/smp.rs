@@ -1,0 +1,140 @@
+//! Starting the other CPUs (INIT, then STARTUP IPIs, one CPU at a time) and
+//! handing them work.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use spin::mutex::SpinMutex;
+
+use crate::boot::{AP_BOOT_PAGE, AP_CR3, BOOT_CPU, BOOT_RSP, ap_boot_begin, ap_boot_end};
+use crate::interrupts::WAKE_VECTOR;
+use crate::{MAX_CPUS, apic, cpu, println};
+
+const STACK_SIZE: usize = 64 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; STACK_SIZE]);
+
+static mut STACKS: [Stack; MAX_CPUS - 1] = [const { Stack([0; STACK_SIZE]) }; MAX_CPUS - 1];
+
+/// CPUs that have come online (the boot CPU included).
+pub static ONLINE: AtomicUsize = AtomicUsize::new(1);
+
+/// Per CPU: the `fn(cpu)` it is to run, or 0 when idle.
+static WORK: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+
+/// Starts CPUs `1..cpus`, each on its own stack, on the page tables `cr3`.
+/// Returns how many came online.
+pub fn start_secondaries(cpus: usize, cr3: u64) -> usize {
+    // SAFETY: the start code is position-independent and fits in a page;
+    // AP_BOOT_PAGE is conventional memory below 1 MiB that nothing else
+    // uses, mapped writable.
+    unsafe {
+        let begin = &raw const ap_boot_begin;
+        let len = (&raw const ap_boot_end).offset_from(begin) as usize;
+        assert!(len <= 4096);
+        core::ptr::copy_nonoverlapping(begin, AP_BOOT_PAGE as *mut u8, len);
+    }
+    AP_CR3.store(cr3 as u32, Ordering::SeqCst);
+    for cpu in 1..cpus.min(MAX_CPUS) {
+        // SAFETY: only the address of this CPU's stack is taken.
+        let top = unsafe { (&raw const STACKS[cpu - 1]) as u64 } + STACK_SIZE as u64;
+        BOOT_RSP.store(top, Ordering::SeqCst);
+        BOOT_CPU.store(cpu as u32, Ordering::SeqCst);
+        let before = ONLINE.load(Ordering::SeqCst);
+        apic::send_init(cpu);
+        cpu::spin_until(10, || false);
+        for _ in 0..2 {
+            apic::send_startup(cpu, AP_BOOT_PAGE);
+            if cpu::spin_until(1000, || ONLINE.load(Ordering::SeqCst) > before) {
+                break;
+            }
+        }
+        if ONLINE.load(Ordering::SeqCst) == before {
+            println!("smp: cpu{cpu} did not start");
+        }
+    }
+    ONLINE.load(Ordering::SeqCst)
+}
+
+/// A started CPU's loop: sleep until given work, run it, repeat.
+pub fn secondary_loop(cpu: usize) -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        let work = WORK[cpu].load(Ordering::Acquire);
+        if work == 0 {
+            // STI's one-instruction shadow: a wake IPI cannot slip in
+            // between the check and HLT.
+            x86_64::instructions::interrupts::enable_and_hlt();
+            continue;
+        }
+        x86_64::instructions::interrupts::enable();
+        // SAFETY: only `post` stores here, from a `fn(usize)`.
+        let f = unsafe { core::mem::transmute::<usize, fn(usize)>(work) };
+        f(cpu);
+        WORK[cpu].store(0, Ordering::Release);
+    }
+}
+
+/// Gives idle CPU `cpu` the function `f` to run; `false` if it is busy.
+pub fn post(cpu: usize, f: fn(usize)) -> bool {
+    assert!((1..MAX_CPUS).contains(&cpu), "no secondary cpu{cpu}");
+    let posted = WORK[cpu]
+        .compare_exchange(0, f as usize, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    if posted {
+        apic::send_fixed(cpu, WAKE_VECTOR);
+    }
+    posted
+}
+
+/// Whether `cpu` has finished its work.
+pub fn idle(cpu: usize) -> bool {
+    WORK[cpu].load(Ordering::Acquire) == 0
+}
+
+struct Job {
+    call: unsafe fn(*mut ()),
+    data: *mut (),
+}
+
+// SAFETY: the data is only touched by the CPU running the job while the
+// poster waits for it (`run_on`).
+unsafe impl Send for Job {}
+
+static JOBS: [SpinMutex<Option<Job>>; MAX_CPUS] = [const { SpinMutex::new(None) }; MAX_CPUS];
+
+fn run_job(cpu: usize) {
+    let job = JOBS[cpu].lock().take();
+    if let Some(job) = job {
+        // SAFETY: `run_on` put a matching call and data here and waits.
+        unsafe { (job.call)(job.data) };
+    }
+}
+
+/// Runs `f` on `cpu` and returns its result; `None` if the CPU is busy.
+/// Panics if it takes longer than `timeout_ms`.
+pub fn run_on<R: Send, F: FnOnce() -> R + Send>(cpu: usize, timeout_ms: u64, f: F) -> Option<R> {
+    /// # Safety
+    ///
+    /// `data` points to the `(Option<F>, Option<R>)` of a waiting `run_on`.
+    unsafe fn call<R, F: FnOnce() -> R>(data: *mut ()) {
+        // SAFETY: the caller's promise.
+        let slot = unsafe { &mut *data.cast::<(Option<F>, Option<R>)>() };
+        if let Some(f) = slot.0.take() {
+            slot.1 = Some(f());
+        }
+    }
+    let mut slot: (Option<F>, Option<R>) = (Some(f), None);
+    *JOBS[cpu].lock() = Some(Job {
+        call: call::<R, F>,
+        data: (&raw mut slot).cast(),
+    });
+    if !post(cpu, run_job) {
+        JOBS[cpu].lock().take();
+        return None;
+    }
+    if !cpu::spin_until(timeout_ms, || idle(cpu)) {
+        panic!("cpu{cpu} did not finish the work run_on gave it within {timeout_ms} ms");
+    }
+    slot.1.take()
+}
