@@ -386,7 +386,23 @@ fn a_key_with_1000_sites_takes_every_transition_with_a_bounded_number_of_syncs()
             );
         }
     };
-    check(Target::Add1, "as assembled");
+    // Another test in this file may have updated the key first (tests run
+    // in any order); then each site calls its current target, or the
+    // trampoline where an undo put that back.
+    let current = WIDE.query().map_or(0, |f| f as usize);
+    if current == add1 as extern "C" fn(u64) -> u64 as usize
+        && sites.iter().all(|&s| decode(s) == Site::Call(tramp))
+    {
+        check(Target::Add1, "as assembled");
+    } else {
+        for &s in &sites {
+            let site = decode(s);
+            assert!(
+                site == Site::Call(tramp) || site == expected(s, tramp, current),
+                "after an earlier update: site {s:#x} is {site:?}"
+            );
+        }
+    }
     for (name, writer, max_syncs) in writers() {
         let mut now = Target::Add1;
         for next in [
