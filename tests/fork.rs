@@ -35,7 +35,7 @@ static_call::static_call! {
 
 #[inline(never)]
 fn hot_site(x: u64) -> u64 {
-    HOT.call(x)
+    HOT.call_inline(x)
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);

@@ -58,7 +58,7 @@ fn call_all(x: u64) -> u64 {
     let hot_ptr = HOT.trampoline();
     let op_ptr = std::hint::black_box(OP.trampoline());
     let results = [
-        HOT.call(x),
+        HOT.call_inline(x),
         hot_ptr(x),
         OP.call(x),
         op_ptr(x),
@@ -75,7 +75,7 @@ fn call_all(x: u64) -> u64 {
 /// A second inline site of `HOT`.
 #[inline(never)]
 fn inline_site_elsewhere(x: u64) -> u64 {
-    HOT.call(x)
+    HOT.call_inline(x)
 }
 
 /// Async-signal-safe: atomics and calls of keys only.
