@@ -112,6 +112,14 @@ pub enum Error {
         /// Address that read back wrong.
         addr: usize,
     },
+    /// The patch lock cannot be taken because the MMU is off (arm64 bare
+    /// metal), where its atomics are not reliable: see
+    /// [`writer::allow_updates_with_mmu_off`](crate::writer::allow_updates_with_mmu_off).
+    /// Nothing was written.
+    MmuOff {
+        /// Why, and what to do.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -160,6 +168,7 @@ impl fmt::Display for Error {
                 f,
                 "an update failed and restoring the text at {addr:#x} failed too: {state}"
             ),
+            Error::MmuOff { what } => write!(f, "the MMU is off: {what}"),
         }
     }
 }
@@ -225,6 +234,7 @@ impl fmt::Debug for Error {
                 .field("addr", &hex(addr))
                 .field("state", &state)
                 .finish(),
+            Error::MmuOff { what } => f.debug_struct("MmuOff").field("what", &what).finish(),
         }
     }
 }

@@ -10,12 +10,14 @@ mod bare;
 mod bti;
 #[cfg(target_os = "linux")]
 pub mod linux;
+mod mmu_off;
 
 pub use bare::{Alias, Direct};
+pub use mmu_off::allow_updates_with_mmu_off;
 
 use crate::Error;
 use core::marker::PhantomData;
-use spin::mutex::{SpinMutex, SpinMutexGuard};
+use spin::mutex::SpinMutex;
 
 /// Writes to executable memory on behalf of a backend, and optionally makes
 /// every CPU see the result.
@@ -218,18 +220,38 @@ impl Drop for SignalsHeld {
 /// Whether [`default_writer`] has a platform writer to fall back to.
 pub(crate) const PLATFORM_DEFAULT_AVAILABLE: bool = cfg!(target_os = "linux");
 
-/// Installs the writer that [`crate::StaticCall::update`] uses.
+/// Installs the writer that [`crate::StaticCall::update`] uses, replacing
+/// the one installed before (if any).
 ///
-/// Kernels call this once at boot with a writer that knows their mappings.
+/// The writer is replaced under the patch lock, so an update that is
+/// running finishes with the writer it started with, and every update that
+/// takes the lock afterwards uses the new one. A kernel typically calls it
+/// twice: at boot with [`Direct`] while the MMU is off, then with an
+/// [`Alias`] once its text is mapped read-only:
 ///
-/// ```
-/// use static_call::writer::Direct;
-/// // SAFETY: this kernel's text is writable where it runs (MMU off).
-/// static WRITER: Direct = unsafe { Direct::new() };
+/// ```no_run
+/// use static_call::writer::{self, Alias, Direct};
+/// // SAFETY: text is writable where it runs until the MMU is on.
+/// static BOOT: Direct = unsafe { Direct::new() };
+/// // SAFETY (of this sketch): once the MMU is on, the 2 MiB of text at
+/// // 0x4008_0000 is also mapped read-write at 0x8008_0000, for good.
+/// static MAPPED: Alias = unsafe { Alias::new(0x4008_0000, 0x8008_0000, 0x20_0000) };
+/// # fn enable_mmu() {}
 /// # fn boot() {
-/// static_call::set_default_writer(&WRITER);
+/// // SAFETY: the boot CPU alone runs until the MMU is on.
+/// unsafe { writer::allow_updates_with_mmu_off() };
+/// static_call::set_default_writer(&BOOT);
+/// // ... updates with the MMU off ...
+/// enable_mmu(); // text read-only from here on
+/// static_call::set_default_writer(&MAPPED);
 /// # }
 /// ```
+///
+/// # Panics
+///
+/// On arm64 bare metal with the MMU off, unless
+/// [`allow_updates_with_mmu_off`] was called (see there), as
+/// [`patch_lock`] does.
 pub fn set_default_writer(writer: &'static dyn TextWriter) {
     let mut lock = patch_lock();
     *lock._guard = Some(writer);
@@ -255,19 +277,31 @@ pub fn set_default_writer(writer: &'static dyn TextWriter) {
 /// would restore the taking thread's signal mask on the wrong thread.
 pub struct PatchLock {
     // Fields drop in order: the lock is released before signals return.
-    _guard: SpinMutexGuard<'static, Option<&'static dyn TextWriter>, Relax>,
+    _guard: mmu_off::Guard<'static, Option<&'static dyn TextWriter>, Relax>,
     _signals: SignalsHeld,
     _not_send: PhantomData<*mut ()>,
 }
 
 /// Takes the patch lock (waiting while an update holds it).
+///
+/// # Panics
+///
+/// On arm64 bare metal with the MMU off, unless
+/// [`allow_updates_with_mmu_off`] was called, and then if the lock is
+/// already held (see there): the spin lock's exclusives are not reliable
+/// on Device memory.
 pub fn patch_lock() -> PatchLock {
+    try_patch_lock().unwrap_or_else(|e| panic!("static-call: {e}"))
+}
+
+/// The patch lock, or why it cannot be taken ([`Error::MmuOff`]).
+fn try_patch_lock() -> Result<PatchLock, Error> {
     let signals = SignalsHeld::hold();
-    PatchLock {
-        _guard: PATCH.lock(),
+    Ok(PatchLock {
+        _guard: mmu_off::lock(&PATCH)?,
         _signals: signals,
         _not_send: PhantomData,
-    }
+    })
 }
 
 /// Runs `f` with the patch lock held and the writer to use: `explicit` if
@@ -276,7 +310,7 @@ pub(crate) fn with_patch_lock<T>(
     explicit: Option<&dyn TextWriter>,
     f: impl FnOnce(&dyn TextWriter) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let lock = patch_lock();
+    let lock = try_patch_lock()?;
     let writer: &dyn TextWriter = match (explicit, *lock._guard) {
         (Some(w), _) => w,
         (None, Some(w)) => w,
