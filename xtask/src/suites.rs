@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::qemu::{self, MACHINE_EL1};
-use crate::setup::{BARE, LINUX, RISCV_BARE, RISCV_LINUX, Toolchain};
+use crate::qemu::{self, MACHINE_EL1, MACHINE_EL2};
+use crate::setup::{BARE, BARE_SOFTFLOAT, LINUX, RISCV_BARE, RISCV_LINUX, Toolchain};
 use crate::{Result, cmd};
 
 /// One suite's result, as a row of the summary table.
@@ -68,7 +68,7 @@ const VIRT_SUITES: &[VirtSuite] = &[
     },
     VirtSuite {
         name: "virt-el2",
-        machine: "virt,virtualization=on",
+        machine: MACHINE_EL2,
         features: &[],
         expect_failure: false,
     },
@@ -78,6 +78,40 @@ const VIRT_SUITES: &[VirtSuite] = &[
         machine: MACHINE_EL1,
         features: &["deliberate-failure"],
         expect_failure: true,
+    },
+];
+
+/// An example-kernel suite: the minimal kernel built for one target and
+/// booted at one exception level.
+struct ExampleSuite {
+    name: &'static str,
+    target: &'static str,
+    /// QEMU's `-M` option.
+    machine: &'static str,
+}
+
+/// The example kernel in all four combinations users meet: EL1 and EL2,
+/// hard- and soft-float. Each target is built once.
+const EXAMPLE_SUITES: &[ExampleSuite] = &[
+    ExampleSuite {
+        name: "example-el1",
+        target: BARE,
+        machine: MACHINE_EL1,
+    },
+    ExampleSuite {
+        name: "example-el2",
+        target: BARE,
+        machine: MACHINE_EL2,
+    },
+    ExampleSuite {
+        name: "example-el1-softfloat",
+        target: BARE_SOFTFLOAT,
+        machine: MACHINE_EL1,
+    },
+    ExampleSuite {
+        name: "example-el2-softfloat",
+        target: BARE_SOFTFLOAT,
+        machine: MACHINE_EL2,
     },
 ];
 
@@ -97,7 +131,13 @@ const HOST_SUITES: &[&str] = &[
 /// Every suite's name, in the order they run.
 pub fn names() -> Vec<&'static str> {
     let virt = VIRT_SUITES.iter().map(|s| s.name);
-    HOST_SUITES.iter().copied().chain(virt).collect()
+    let example = EXAMPLE_SUITES.iter().map(|s| s.name);
+    HOST_SUITES
+        .iter()
+        .copied()
+        .chain(virt)
+        .chain(example)
+        .collect()
 }
 
 /// Runs the suites named in `only` (every suite when it is empty).
@@ -115,11 +155,16 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
             "riscv64-linux" => timed(name, RISCV_LINUX, || riscv_linux_tests(root, tc)),
             "riscv64-none" => timed(name, RISCV_BARE, || riscv_bare_checks(root, tc)),
-            _ => timed(name, BARE, || bare_checks(root, tc)),
+            _ => timed(name, "aarch64-unknown-none{,-softfloat}", || {
+                bare_checks(root, tc)
+            }),
         });
     }
     for suite in VIRT_SUITES.iter().filter(|s| wanted(s.name)) {
         outcomes.push(timed(suite.name, BARE, || virt(root, suite)));
+    }
+    for suite in EXAMPLE_SUITES.iter().filter(|s| wanted(s.name)) {
+        outcomes.push(timed(suite.name, suite.target, || example(root, tc, suite)));
     }
     outcomes
 }
@@ -276,12 +321,15 @@ fn host_lint(root: &Path) -> Counts {
             .args(["doc", "--no-deps", "--package", "static-call"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     ));
-    // The kernel is its own workspace, so `--all` above does not reach it.
-    counts.check(cmd::run(
-        cmd::cargo()
-            .current_dir(root.join(qemu::kernel::DIR))
-            .args(["fmt", "--all", "--", "--check"]),
-    ));
+    // The kernels are their own workspaces, so `--all` above does not
+    // reach them.
+    for dir in [qemu::kernel::DIR, qemu::example::DIR] {
+        counts.check(cmd::run(
+            cmd::cargo()
+                .current_dir(root.join(dir))
+                .args(["fmt", "--all", "--", "--check"]),
+        ));
+    }
     counts.check(cmd::run(cmd::cargo().current_dir(root).args([
         "clippy",
         "--workspace",
@@ -351,15 +399,24 @@ fn assemble_bti_library(root: &Path, out: &Path) -> Result<()> {
     )
 }
 
-/// The library builds and is clippy-clean for bare metal, and so is the
-/// test kernel.
+/// The library builds and is clippy-clean for bare metal, hard- and
+/// soft-float, and so are the test kernel and the example kernel.
 fn bare_checks(root: &Path, tc: &Toolchain) -> Counts {
     let mut counts = library_checks(root, tc, BARE);
+    let soft = library_checks(root, tc, BARE_SOFTFLOAT);
+    counts.passed += soft.passed;
+    counts.failed += soft.failed;
+    counts.problems.extend(soft.problems);
     // The test kernel, with its own flags (BTI), lint-clean too.
     counts.check(
         qemu::kernel_cargo(root, "clippy")
             .and_then(|mut cargo| cmd::run(cargo.args(["--all-targets", "--", "-D", "warnings"]))),
     );
+    for target in qemu::example::TARGETS {
+        counts.check(cmd::run(
+            qemu::example_cargo(root, tc, "clippy", target).args(["--", "-D", "warnings"]),
+        ));
+    }
     counts
 }
 
@@ -523,10 +580,33 @@ fn virt(root: &Path, suite: &VirtSuite) -> Counts {
     counts
 }
 
+/// The example kernel: built for the suite's target, booted on one CPU;
+/// each of its checks is a test, and it must end with status 0.
+fn example(root: &Path, tc: &Toolchain, suite: &ExampleSuite) -> Counts {
+    let mut counts = Counts::default();
+    let boot = qemu::build_example(root, tc, suite.target)
+        .and_then(|elf| qemu::boot_one_cpu(&elf, suite.machine, false, qemu::TIMEOUT));
+    let boot = match boot {
+        Ok(boot) => boot,
+        Err(e) => {
+            counts.problems.push(e);
+            return counts;
+        }
+    };
+    for line in boot.log.lines() {
+        println!("  uart| {line}");
+    }
+    let report = qemu::parse_uart(&boot.log);
+    counts.passed = report.passed.len() as u32;
+    counts.failed = report.failed.len() as u32;
+    counts.problems = report.problems_for_pass_on(&boot, 1);
+    counts
+}
+
 pub fn print_table(outcomes: &[Outcome]) {
     println!();
     println!(
-        "{:<15} {:<26} {:>7} {:>7} {:>8}  result",
+        "{:<22} {:<30} {:>7} {:>7} {:>8}  result",
         "suite", "target", "passed", "failed", "seconds"
     );
     for o in outcomes {
@@ -535,7 +615,7 @@ pub fn print_table(outcomes: &[Outcome]) {
             Verdict::Failed(why) => format!("FAILED: {why}"),
         };
         println!(
-            "{:<15} {:<26} {:>7} {:>7} {:>8.1}  {result}",
+            "{:<22} {:<30} {:>7} {:>7} {:>8.1}  {result}",
             o.suite, o.target, o.passed, o.failed, o.seconds
         );
     }
