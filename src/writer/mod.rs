@@ -262,7 +262,7 @@ pub fn set_default_writer(writer: &'static dyn TextWriter) {
 /// Kernels that patch other text of their own (or tests that write
 /// trampolines by hand) take it so their writes never interleave with a
 /// retarget, in particular with a page-copying writer such as
-/// [`linux::Remap`] working on the same page.
+/// `writer::linux::Remap` working on the same page.
 ///
 /// ```
 /// let guard = static_call::writer::patch_lock();
