@@ -29,7 +29,7 @@ commands:
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
           a summary table; suites: host, host-generic, host-asan,
-          host-lint, call-sites, aarch64-linux, aarch64-none,
+          host-lint, package, call-sites, aarch64-linux, aarch64-none,
           riscv64-linux, riscv64-none, virt-el1, virt-el2, virt-negative,
           example-el1, example-el2, example-el1-softfloat,
           example-el2-softfloat

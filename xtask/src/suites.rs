@@ -121,6 +121,7 @@ const HOST_SUITES: &[&str] = &[
     "host-generic",
     "host-asan",
     "host-lint",
+    "package",
     "call-sites",
     "aarch64-linux",
     "aarch64-none",
@@ -151,6 +152,7 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
             "host-generic" => timed(name, &host, || generic_tests(root)),
             "host-asan" => timed(name, &host, || asan_tests(root, &host)),
             "host-lint" => timed(name, &host, || host_lint(root)),
+            "package" => timed(name, "crates.io, docs.rs", || package(root, tc)),
             "call-sites" => timed(name, "6 configurations", || call_sites(root, tc)),
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
             "riscv64-linux" => timed(name, RISCV_LINUX, || riscv_linux_tests(root, tc)),
@@ -339,6 +341,70 @@ fn host_lint(root: &Path) -> Counts {
         "warnings",
     ])));
     counts
+}
+
+/// What publishing needs: `cargo publish --dry-run` (package, then build the
+/// packaged crate), and warning-free docs for every target docs.rs builds.
+fn package(root: &Path, tc: &Toolchain) -> Counts {
+    let mut counts = Counts::default();
+    // `--allow-dirty`: the suite runs on work in progress too; a clean
+    // clone (CI) is not dirty anyway. The dry run stops before uploading.
+    counts.check(cmd::run(cmd::cargo().current_dir(root).args([
+        "publish",
+        "--dry-run",
+        "--allow-dirty",
+        "--package",
+        "static-call",
+    ])));
+    let targets = std::fs::read_to_string(root.join("Cargo.toml"))
+        .map_err(|e| format!("Cargo.toml: {e}"))
+        .and_then(|manifest| docs_rs_targets(&manifest));
+    let targets = match targets {
+        Ok(targets) => targets,
+        Err(e) => {
+            counts.check(Err(e));
+            return counts;
+        }
+    };
+    for target in &targets {
+        let mut cargo = cmd::cargo();
+        cargo
+            .current_dir(root)
+            .args(["doc", "--no-deps", "--package", "static-call", "--target"])
+            .arg(target)
+            // As docs.rs builds: broken links or other warnings fail.
+            .env("RUSTDOCFLAGS", "-D warnings --cfg docsrs");
+        if tc.needs_build_std(target) {
+            cargo.arg("-Zbuild-std=core").env("RUSTC_BOOTSTRAP", "1");
+        }
+        counts.check(cmd::run(&mut cargo));
+    }
+    counts
+}
+
+/// The `targets` of `[package.metadata.docs.rs]` in a manifest.
+fn docs_rs_targets(manifest: &str) -> Result<Vec<String>> {
+    let section = manifest
+        .split("\n[")
+        .find(|s| s.starts_with("package.metadata.docs.rs]"))
+        .ok_or("Cargo.toml has no [package.metadata.docs.rs]")?;
+    let list = section
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("targets"))
+        .and_then(|rest| rest.trim().strip_prefix('='))
+        .and_then(|rest| rest.trim().strip_prefix('['))
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(list, _)| list)
+        .ok_or("[package.metadata.docs.rs] has no one-line `targets = [..]`")?;
+    let targets: Vec<String> = list
+        .split(',')
+        .map(|t| t.trim().trim_matches('"').to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if targets.is_empty() {
+        return Err("[package.metadata.docs.rs] lists no targets".to_string());
+    }
+    Ok(targets)
 }
 
 /// Each key's call site, disassembled in every configuration users build.
@@ -721,6 +787,27 @@ running 1 test
         assert!(tests.iter().any(|t| t == "properties"), "{tests:?}");
         for (name, _) in NOT_UNDER_ASAN {
             assert!(tests.iter().any(|t| t == name), "no tests/{name}.rs");
+        }
+    }
+
+    #[test]
+    fn docs_rs_targets_are_read_from_the_manifest() {
+        let manifest = "[package]\nname = \"x\"\n\n[package.metadata.docs.rs]\n\
+                        # why\ntargets = [\"a-b-c\", \"d-e-f\"]\n\n[dependencies]\n";
+        assert_eq!(docs_rs_targets(manifest).unwrap(), ["a-b-c", "d-e-f"]);
+        assert!(docs_rs_targets("[package]\n").is_err());
+        assert!(docs_rs_targets("[package.metadata.docs.rs]\ntargets = []\n").is_err());
+        let ours = std::fs::read_to_string(crate::repo_root().join("Cargo.toml")).unwrap();
+        let ours = docs_rs_targets(&ours).unwrap();
+        for target in [
+            "x86_64-unknown-linux-gnu",
+            "aarch64-unknown-none",
+            "x86_64-unknown-none",
+        ] {
+            assert!(
+                ours.iter().any(|t| t == target),
+                "{target} missing from {ours:?}"
+            );
         }
     }
 
