@@ -22,6 +22,7 @@ use aarch64_cpu::registers::{
     TTBR0_EL2, Writeable,
 };
 use core::arch::asm;
+use core::cell::UnsafeCell;
 
 /// Where the image may lie: the 2 MiB of RAM mapped page by page (memory.ld
 /// keeps the image inside).
@@ -44,8 +45,9 @@ const ACCESSED: u64 = 1 << 10;
 const PXN: u64 = 1 << 53; // not executable at EL1 (RES0 in EL2's tables)
 const XN: u64 = 1 << 54; // UXN at EL1 (EL0 never executes); XN at EL2
 
-/// MAIR: index 0 Device-nGnRnE, index 1 Normal write-back cacheable.
-const MAIR: u64 = 0x00 | (0xff << 8);
+/// MAIR: index 0 Device-nGnRnE (0x00), index 1 Normal write-back
+/// cacheable (0xff).
+const MAIR: u64 = 0xff << 8;
 
 #[repr(C, align(4096))]
 struct Table([u64; 512]);
@@ -58,11 +60,16 @@ struct Tables {
     l3: Table,
 }
 
-static mut TABLES: Tables = Tables {
+struct TablesCell(UnsafeCell<Tables>);
+
+// SAFETY: only `enable` touches the tables, once, with one CPU running.
+unsafe impl Sync for TablesCell {}
+
+static TABLES: TablesCell = TablesCell(UnsafeCell::new(Tables {
     l1: Table([0; 512]),
     l2: Table([0; 512]),
     l3: Table([0; 512]),
-};
+}));
 
 // Section bounds defined by aarch64-rt's image.ld.
 unsafe extern "C" {
@@ -98,7 +105,7 @@ pub unsafe fn enable(el: u64) {
 
     // SAFETY: the MMU is off and one CPU runs (the caller's promise), so
     // nothing else reads or writes the tables.
-    let t = unsafe { &mut *(&raw mut TABLES) };
+    let t = unsafe { &mut *TABLES.0.get() };
     let (text, rodata) = (text(), rodata());
     for (i, entry) in t.l3.0.iter_mut().enumerate() {
         let page = IMAGE_START + i * PAGE;
@@ -123,7 +130,7 @@ pub unsafe fn enable(el: u64) {
     // The tables were written with the MMU off, straight to memory: drop
     // any stale cached copy before the walker (which reads through the
     // cache) sees them. QEMU has no caches; real cores do.
-    let tables = (&raw const TABLES) as usize;
+    let tables = TABLES.0.get() as usize;
     for line in (tables..tables + size_of::<Tables>()).step_by(64) {
         // SAFETY: cleaning and invalidating a line of our own tables.
         unsafe { asm!("dc civac, {}", in(reg) line) };
