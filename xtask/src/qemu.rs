@@ -481,6 +481,16 @@ kernel: 2 passed, 0 failed\r
     }
 
     #[test]
+    fn a_one_cpu_run_needs_no_secondaries() {
+        let log = "boot: EL2\ntest a ... ok\nkernel: 1 passed, 0 failed\n";
+        let report = parse_uart(log);
+        let boot = boot_with(Some(0), false);
+        assert!(report.problems_for_pass_on(&boot, 1).is_empty());
+        // The test kernel's verdict still wants its secondaries.
+        assert_eq!(report.problems_for_pass(&boot).len(), (SMP - 1) as usize);
+    }
+
+    #[test]
     fn a_passing_run_is_not_a_proper_failure() {
         let report = parse_uart(PASSING);
         let problems = report.problems_for_failure(&boot_with(Some(0), false));

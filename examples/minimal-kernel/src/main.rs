@@ -74,8 +74,9 @@ extern "C" fn forty_two() -> u64 {
 static IDLE: AtomicU64 = AtomicU64::new(0);
 
 /// With the MMU off, text is writable where it executes.
-// SAFETY: used only while the MMU is off (then every address is writable),
-// and for the final check that it faults once text is read-only.
+// SAFETY: used while the MMU is off, when every address is writable. The
+// final check breaks that promise on purpose: its first store faults, and
+// the exception handler ends the run, so nothing runs after it.
 static BOOT_WRITER: Direct = unsafe { Direct::new() };
 
 /// Once the MMU is on: the image's 2 MiB, written through the alias.
