@@ -129,6 +129,14 @@ pub enum Error {
     /// wait forever for itself. Nothing was written. (Detected in Linux
     /// user space; on bare metal such an update waits forever.)
     LockHeldByThisThread,
+    /// The patch lock cannot be taken because the MMU is off (arm64 bare
+    /// metal), where its atomics are not reliable: see
+    /// [`writer::allow_updates_with_mmu_off`](crate::writer::allow_updates_with_mmu_off).
+    /// Nothing was written.
+    MmuOff {
+        /// Why, and what to do.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -186,6 +194,7 @@ impl fmt::Display for Error {
                 "this thread already holds the patch lock (an update from a text writer \
                  or from each_inline_site's closure would wait for itself)",
             ),
+            Error::MmuOff { what } => write!(f, "the MMU is off: {what}"),
         }
     }
 }
@@ -256,6 +265,7 @@ impl fmt::Debug for Error {
                 .field("tramp", &hex(tramp))
                 .finish(),
             Error::LockHeldByThisThread => f.write_str("LockHeldByThisThread"),
+            Error::MmuOff { what } => f.debug_struct("MmuOff").field("what", &what).finish(),
         }
     }
 }

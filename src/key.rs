@@ -13,6 +13,25 @@ use crate::{TextWriter, UpdateError, writer};
 /// each key dereferences to its `StaticCall`. Calls never take a lock;
 /// updates are serialized by the crate's patch lock.
 ///
+/// # Calling a key
+///
+/// `KEY.call(args..)` is not a method of `StaticCall`: each key is a type
+/// of its own, made by the macro, whose `call` takes exactly the key's
+/// argument types and returns its return type (so no tuple of arguments
+/// and no `Fn` trait is involved). What it compiles to depends on the
+/// key's ABI:
+///
+/// - a `fn(..)` key's `call` is an ordinary call of the key's trampoline,
+///   which branches to the current target;
+/// - an `extern "C" fn(..)` key's `call` is an *inline call site*: the
+///   crate emits the call instruction and records it, and every update
+///   rewrites it into a direct call of the new target (or a no-op for
+///   NULL). It is never a tail call.
+///
+/// Everything else (`update`, `query`, `trampoline`, ...) is on this type,
+/// reached through the key by `Deref`. [`trampoline`](Self::trampoline)
+/// gives a plain function pointer that also calls through the key.
+///
 /// ```
 /// static_call::static_call! {
 ///     pub static LOG: fn(&'static str) = quiet;

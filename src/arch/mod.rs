@@ -5,8 +5,13 @@
 //! code that reads or writes live text and does cache maintenance is limited
 //! to its own target. [`active`] names the backend keys use on this target.
 
+// Each architecture's module compiles everywhere (its pure functions are
+// tested on every host), but its documentation is for its own targets: it
+// names items that exist only there.
+#[cfg_attr(not(target_arch = "aarch64"), doc(hidden))]
 pub mod aarch64;
 pub mod generic;
+#[cfg_attr(not(target_arch = "x86_64"), doc(hidden))]
 pub mod x86_64;
 
 use crate::{Error, TextWriter};

@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 /// Building one is `unsafe`: it stores wherever a backend asks, so the
 /// text must really be writable at its executable address. In a Linux
 /// process it is not (text is read-only), and a store through `Direct`
-/// would fault: use [`linux::Remap`](super::linux::Remap) there.
+/// would fault: use `writer::linux::Remap` there.
 ///
 /// ```no_run
 /// use static_call::writer::Direct;

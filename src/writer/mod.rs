@@ -14,13 +14,15 @@ mod fork;
 mod futex;
 #[cfg(target_os = "linux")]
 pub mod linux;
+mod mmu_off;
 
 pub use bare::{Alias, Direct};
+pub use mmu_off::allow_updates_with_mmu_off;
 
 use crate::Error;
 use core::marker::PhantomData;
 #[cfg(not(target_os = "linux"))]
-use spin::mutex::{SpinMutex, SpinMutexGuard};
+use spin::mutex::SpinMutex;
 
 /// Writes to executable memory on behalf of a backend, and optionally makes
 /// every CPU see the result.
@@ -224,7 +226,7 @@ static PATCH: SpinMutex<Option<&'static dyn TextWriter>, Relax> = SpinMutex::new
 #[cfg(target_os = "linux")]
 type Guard = futex::FutexGuard<'static, Option<&'static dyn TextWriter>>;
 #[cfg(not(target_os = "linux"))]
-type Guard = SpinMutexGuard<'static, Option<&'static dyn TextWriter>, Relax>;
+type Guard = mmu_off::Guard<'static, Option<&'static dyn TextWriter>, Relax>;
 
 /// How a thread waits for the patch lock on bare metal.
 #[cfg(not(target_os = "linux"))]
@@ -239,7 +241,8 @@ impl spin::relax::RelaxStrategy for Relax {
 
 /// Takes the patch lock, or refuses if this thread holds it already (in
 /// Linux user space; on bare metal there is no thread to tell apart, and
-/// taking it twice waits forever).
+/// taking it twice waits forever), or, on arm64 bare metal with the MMU
+/// off, takes it the way `mmu_off` allows or refuses.
 fn acquire() -> Result<Guard, Error> {
     #[cfg(target_os = "linux")]
     {
@@ -249,7 +252,7 @@ fn acquire() -> Result<Guard, Error> {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        Ok(PATCH.lock())
+        mmu_off::lock(&PATCH)
     }
 }
 
@@ -309,23 +312,39 @@ impl Drop for SignalsHeld {
 /// Whether [`default_writer`] has a platform writer to fall back to.
 pub(crate) const PLATFORM_DEFAULT_AVAILABLE: bool = cfg!(target_os = "linux");
 
-/// Installs the writer that [`crate::StaticCall::update`] uses.
+/// Installs the writer that [`crate::StaticCall::update`] uses, replacing
+/// the one installed before (if any).
 ///
-/// Kernels call this once at boot with a writer that knows their mappings.
+/// The writer is replaced under the patch lock, so an update that is
+/// running finishes with the writer it started with, and every update that
+/// takes the lock afterwards uses the new one. A kernel typically calls it
+/// twice: at boot with [`Direct`] while the MMU is off, then with an
+/// [`Alias`] once its text is mapped read-only:
 ///
-/// ```
-/// use static_call::writer::Direct;
-/// // SAFETY: this kernel's text is writable where it runs (MMU off).
-/// static WRITER: Direct = unsafe { Direct::new() };
+/// ```no_run
+/// use static_call::writer::{self, Alias, Direct};
+/// // SAFETY: text is writable where it runs until the MMU is on.
+/// static BOOT: Direct = unsafe { Direct::new() };
+/// // SAFETY (of this sketch): once the MMU is on, the 2 MiB of text at
+/// // 0x4008_0000 is also mapped read-write at 0x8008_0000, for good.
+/// static MAPPED: Alias = unsafe { Alias::new(0x4008_0000, 0x8008_0000, 0x20_0000) };
+/// # fn enable_mmu() {}
 /// # fn boot() {
-/// static_call::set_default_writer(&WRITER);
+/// // SAFETY: the boot CPU alone runs until the MMU is on.
+/// unsafe { writer::allow_updates_with_mmu_off() };
+/// static_call::set_default_writer(&BOOT);
+/// // ... updates with the MMU off ...
+/// enable_mmu(); // text read-only from here on
+/// static_call::set_default_writer(&MAPPED);
 /// # }
 /// ```
 ///
 /// # Panics
 ///
 /// In Linux user space, if this thread holds the patch lock (see
-/// [`patch_lock`]).
+/// [`patch_lock`]). On arm64 bare metal with the MMU off, unless
+/// [`allow_updates_with_mmu_off`] was called (see there), as
+/// [`patch_lock`] does.
 pub fn set_default_writer(writer: &'static dyn TextWriter) {
     let mut lock = patch_lock();
     *lock._guard = Some(writer);
@@ -336,7 +355,7 @@ pub fn set_default_writer(writer: &'static dyn TextWriter) {
 /// Kernels that patch other text of their own (or tests that write
 /// trampolines by hand) take it so their writes never interleave with a
 /// retarget, in particular with a page-copying writer such as
-/// [`linux::Remap`] working on the same page.
+/// `writer::linux::Remap` working on the same page.
 ///
 /// ```
 /// let guard = static_call::writer::patch_lock();
@@ -367,7 +386,10 @@ pub struct PatchLock {
 /// text writer, or [`each_inline_site`](crate::StaticCall::each_inline_site)'s
 /// closure): it would wait for itself. Updates made there return
 /// [`Error::LockHeldByThisThread`] instead. On bare metal taking it twice
-/// on one CPU waits forever.
+/// on one CPU waits forever, except on arm64 with the MMU off: there it
+/// panics unless [`allow_updates_with_mmu_off`] was called, and then if
+/// the lock is already held (see there), since the spin lock's exclusives
+/// are not reliable on Device memory.
 pub fn patch_lock() -> PatchLock {
     try_patch_lock().unwrap_or_else(|e| panic!("static_call::writer::patch_lock: {e}"))
 }

@@ -4,6 +4,7 @@
 //!   standard library).
 //! - `cargo xtask test`: setup, then every test suite, then a summary table.
 //! - `cargo xtask demo`: setup, then boot the arm64 demo kernel on QEMU.
+//! - `cargo xtask example`: setup, then boot the minimal example kernel.
 //! - `cargo xtask bench`: setup, then the benchmarks and their report.
 
 mod bench;
@@ -31,10 +32,15 @@ commands:
   test [SUITE...]
           setup, then run every test suite (or only those named) and print
           a summary table; suites: host, host-generic, host-asan,
-          host-lint, call-sites, unwind, aarch64-linux, aarch64-none,
+          host-lint, package, call-sites, unwind, aarch64-linux, aarch64-none,
           riscv64-linux, riscv64-none, virt-el1, virt-el2, virt-negative,
-          x86-kernel, x86-negative
+          x86-kernel, x86-negative, example-el1, example-el2,
+          example-el1-softfloat, example-el2-softfloat
   demo    setup, then boot the arm64 demo kernel on the QEMU virt board
+  example [--el2] [--softfloat]
+          setup, then build and boot examples/minimal-kernel, the small
+          kernel to copy, at EL1 (--el2: EL2) for aarch64-unknown-none
+          (--softfloat: aarch64-unknown-none-softfloat)
   bench   setup, then time calls and updates against the alternatives and
           write target/bench/results.json, benches/BENCHMARKS.md and
           benches/chart.svg
@@ -54,6 +60,15 @@ fn main() -> ExitCode {
         ["setup"] => report(setup::run().map(|_| ExitCode::SUCCESS)),
         ["test", only @ ..] => test(&root, only),
         ["demo"] => report(setup::run().and_then(|_| qemu::demo(&root))),
+        ["example", options @ ..] => match example_options(options) {
+            Some((target, machine)) => {
+                report(setup::run().and_then(|tc| qemu::example(&root, &tc, target, machine)))
+            }
+            None => {
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        },
         ["bench"] => report(
             setup::run()
                 .and_then(|_| bench::run(&root))
@@ -106,6 +121,25 @@ fn test(root: &std::path::Path, only: &[&str]) -> ExitCode {
     }
 }
 
+/// `cargo xtask example`'s options: the target and the QEMU machine, or
+/// `None` for an unknown or repeated option.
+fn example_options(options: &[&str]) -> Option<(&'static str, &'static str)> {
+    let (mut target, mut machine) = (setup::BARE, qemu::MACHINE_EL1);
+    let mut seen: Vec<&str> = Vec::new();
+    for &option in options {
+        if seen.contains(&option) {
+            return None;
+        }
+        seen.push(option);
+        match option {
+            "--el2" => machine = qemu::MACHINE_EL2,
+            "--softfloat" => target = setup::BARE_SOFTFLOAT,
+            _ => return None,
+        }
+    }
+    Some((target, machine))
+}
+
 fn report(result: Result<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|e| {
         eprintln!("xtask: {e}");
@@ -124,6 +158,19 @@ fn repo_root() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn example_options_choose_target_and_level() {
+        use super::example_options;
+        use crate::{qemu, setup};
+        assert_eq!(example_options(&[]), Some((setup::BARE, qemu::MACHINE_EL1)));
+        assert_eq!(
+            example_options(&["--softfloat", "--el2"]),
+            Some((setup::BARE_SOFTFLOAT, qemu::MACHINE_EL2))
+        );
+        assert_eq!(example_options(&["--el3"]), None);
+        assert_eq!(example_options(&["--el2", "--el2"]), None);
+    }
+
     #[test]
     fn usage_lists_every_suite() {
         for name in crate::suites::names() {

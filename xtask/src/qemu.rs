@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::setup::BARE;
+use crate::setup::{BARE, Toolchain};
 use crate::{Result, cmd};
 
 /// How the kernel is built, in one place.
@@ -43,8 +43,10 @@ pub mod kernel {
 pub const SMP: u32 = 4;
 /// A boot that has not finished by then is killed and reported as failed.
 pub const TIMEOUT: Duration = Duration::from_secs(600);
-/// The EL1 machine; `virt,virtualization=on` boots at EL2.
+/// The EL1 machine.
 pub const MACHINE_EL1: &str = "virt";
+/// The same board with EL2 (virtualization extensions): kernels start there.
+pub const MACHINE_EL2: &str = "virt,virtualization=on";
 
 /// A cargo command for the kernel crate: `subcommand` for the bare-metal
 /// target, run in the kernel's directory (so its `.cargo/config.toml`
@@ -94,12 +96,16 @@ pub fn build_kernel_for(
     target: &str,
 ) -> Result<PathBuf> {
     let mut cargo = kernel_cargo_for(root, "build", target)?;
-    cargo
-        .args(["--bin", bin])
-        .arg("--message-format=json-render-diagnostics");
+    cargo.args(["--bin", bin]);
     if !features.is_empty() {
         cargo.args(["--features", &features.join(",")]);
     }
+    build_executable(cargo, bin)
+}
+
+/// Runs a `cargo build` of `bin` and returns the ELF's path.
+fn build_executable(mut cargo: Command, bin: &str) -> Result<PathBuf> {
+    cargo.arg("--message-format=json-render-diagnostics");
     println!("$ {}", cmd::describe(&cargo));
     let out = cargo
         .stdin(Stdio::null())
@@ -107,7 +113,7 @@ pub fn build_kernel_for(
         .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !out.status.success() {
-        return Err(format!("kernel build failed ({})", out.status));
+        return Err(format!("build of {bin} failed ({})", out.status));
     }
     let json = String::from_utf8_lossy(&out.stdout);
     json.lines()
@@ -116,6 +122,58 @@ pub fn build_kernel_for(
         .next_back()
         .map(PathBuf::from)
         .ok_or_else(|| format!("cargo reported no executable for --bin {bin}"))
+}
+
+/// The minimal example kernel (`examples/minimal-kernel`, its own cargo
+/// workspace): what a newcomer copies. It checks itself on one CPU and
+/// reports with the same UART protocol as the test kernel.
+pub mod example {
+    /// The crate, relative to the repository root.
+    pub const DIR: &str = "examples/minimal-kernel";
+    pub const BIN: &str = "minimal-kernel";
+    /// The targets it is built for: hard- and soft-float.
+    pub const TARGETS: &[&str] = &[super::BARE, crate::setup::BARE_SOFTFLOAT];
+}
+
+/// A cargo command for the example kernel: `subcommand` for `target`, in
+/// the example's directory (so its `.cargo/config.toml` applies), building
+/// `core` from source only when no precompiled target is installed (the
+/// example needs no special flags, unlike the test kernel).
+pub fn example_cargo(root: &Path, tc: &Toolchain, subcommand: &str, target: &str) -> Command {
+    let mut cargo = cmd::cargo();
+    cargo
+        .current_dir(root.join(example::DIR))
+        .args([subcommand, "--release", "--target", target]);
+    if tc.needs_build_std(target) {
+        cargo
+            .args([
+                "-Zbuild-std=core",
+                "-Zbuild-std-features=compiler-builtins-mem",
+            ])
+            .env("RUSTC_BOOTSTRAP", "1");
+    }
+    cargo
+}
+
+/// Builds the example kernel for `target` and returns the ELF's path.
+pub fn build_example(root: &Path, tc: &Toolchain, target: &str) -> Result<PathBuf> {
+    let mut cargo = example_cargo(root, tc, "build", target);
+    cargo.args(["--bin", example::BIN]);
+    build_executable(cargo, example::BIN)
+}
+
+/// `cargo xtask example`: builds the example kernel for `target`, boots it
+/// on one CPU of `machine` with the UART on our output, and exits with
+/// QEMU's status.
+pub fn example(root: &Path, tc: &Toolchain, target: &str, machine: &str) -> Result<ExitCode> {
+    let elf = build_example(root, tc, target)?;
+    let boot = boot_one_cpu(&elf, machine, true, TIMEOUT)?;
+    exit_code("example", &boot)
+}
+
+/// Boots `elf` on one CPU of `machine` (the example kernel).
+pub fn boot_one_cpu(elf: &Path, machine: &str, echo: bool, timeout: Duration) -> Result<Boot> {
+    boot_with(elf, machine, 1, &[], echo, timeout)
 }
 
 /// The `"executable"` path of one line of cargo's JSON messages, if any.
@@ -176,7 +234,7 @@ fn boot_with(
         "256M",
     ])
     .args(extra)
-    .args(["-nographic", "-semihosting", "-net", "none", "-kernel"])
+    .args(["-nographic", "-semihosting", "-nic", "none", "-kernel"])
     .arg(elf);
     run(qemu, echo, timeout)
 }
@@ -289,8 +347,15 @@ fn parse_summary(text: &str) -> Option<(u32, u32)> {
 }
 
 impl Report {
-    /// Why a run that should have passed did not; empty if it passed.
+    /// Why a run of the test kernel (on SMP CPUs) that should have passed
+    /// did not; empty if it passed.
     pub fn problems_for_pass(&self, boot: &Boot) -> Vec<String> {
+        self.problems_for_pass_on(boot, SMP)
+    }
+
+    /// Why a run on `cpus` CPUs that should have passed did not; empty if
+    /// it passed.
+    pub fn problems_for_pass_on(&self, boot: &Boot, cpus: u32) -> Vec<String> {
         let mut problems = Vec::new();
         if boot.timed_out {
             problems.push(format!("killed after {} s timeout", TIMEOUT.as_secs()));
@@ -309,7 +374,7 @@ impl Report {
         for (name, reason) in &self.failed {
             problems.push(format!("test {name} failed: {reason}"));
         }
-        for cpu in 1..SMP {
+        for cpu in 1..cpus {
             if !self.online.contains(&cpu) {
                 problems.push(format!("cpu{cpu} never reported `cpu{cpu}: online`"));
             }
@@ -343,13 +408,21 @@ impl Report {
 pub fn demo(root: &Path) -> Result<ExitCode> {
     let elf = build_kernel(root, "demo", &[])?;
     let boot = boot(&elf, MACHINE_EL1, true, TIMEOUT)?;
+    exit_code("demo", &boot)
+}
+
+/// Our exit status for a boot whose UART was shown: QEMU's.
+fn exit_code(what: &str, boot: &Boot) -> Result<ExitCode> {
     if boot.timed_out {
-        return Err(format!("demo killed after {} s timeout", TIMEOUT.as_secs()));
+        return Err(format!(
+            "{what} killed after {} s timeout",
+            TIMEOUT.as_secs()
+        ));
     }
     match boot.status {
         Some(0) => Ok(ExitCode::SUCCESS),
         Some(code) => {
-            eprintln!("xtask: demo exited with status {code}");
+            eprintln!("xtask: {what} exited with status {code}");
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1).max(1)))
         }
         None => Err("QEMU was killed by a signal".to_string()),
@@ -429,6 +502,16 @@ kernel: 2 passed, 0 failed\r
         assert!(problems[0].contains("timeout"));
         assert!(problems.iter().any(|p| p.contains("no `kernel:")));
         assert!(problems.iter().any(|p| p == "ran no tests"));
+    }
+
+    #[test]
+    fn a_one_cpu_run_needs_no_secondaries() {
+        let log = "boot: EL2\ntest a ... ok\nkernel: 1 passed, 0 failed\n";
+        let report = parse_uart(log);
+        let boot = boot_with(Some(0), false);
+        assert!(report.problems_for_pass_on(&boot, 1).is_empty());
+        // The test kernel's verdict still wants its secondaries.
+        assert_eq!(report.problems_for_pass(&boot).len(), (SMP - 1) as usize);
     }
 
     #[test]

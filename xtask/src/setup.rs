@@ -22,6 +22,9 @@ use crate::{Result, cmd};
 
 /// The bare-metal target (the library and the virt-board kernel).
 pub const BARE: &str = "aarch64-unknown-none";
+/// The soft-float bare-metal target (no FP/SIMD registers), which most arm64
+/// kernels and hypervisors build for: library checks and the example kernel.
+pub const BARE_SOFTFLOAT: &str = "aarch64-unknown-none-softfloat";
 /// The Linux user-space target (tests under qemu-aarch64).
 pub const LINUX: &str = "aarch64-unknown-linux-gnu";
 /// riscv64 Linux (the generic backend's tests under qemu-riscv64).

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::qemu::{self, MACHINE_EL1};
-use crate::setup::{BARE, LINUX, RISCV_BARE, RISCV_LINUX, Toolchain, X86_BARE};
+use crate::qemu::{self, MACHINE_EL1, MACHINE_EL2};
+use crate::setup::{BARE, BARE_SOFTFLOAT, LINUX, RISCV_BARE, RISCV_LINUX, Toolchain, X86_BARE};
 use crate::{Result, cmd};
 
 /// One suite's result, as a row of the summary table.
@@ -80,7 +80,7 @@ const VIRT_SUITES: &[VirtSuite] = &[
     VirtSuite {
         name: "virt-el2",
         board: Board::Virt,
-        machine: "virt,virtualization=on",
+        machine: MACHINE_EL2,
         features: &[],
         expect_failure: false,
     },
@@ -108,12 +108,47 @@ const VIRT_SUITES: &[VirtSuite] = &[
     },
 ];
 
+/// An example-kernel suite: the minimal kernel built for one target and
+/// booted at one exception level.
+struct ExampleSuite {
+    name: &'static str,
+    target: &'static str,
+    /// QEMU's `-M` option.
+    machine: &'static str,
+}
+
+/// The example kernel in all four combinations users meet: EL1 and EL2,
+/// hard- and soft-float. Each target is built once.
+const EXAMPLE_SUITES: &[ExampleSuite] = &[
+    ExampleSuite {
+        name: "example-el1",
+        target: BARE,
+        machine: MACHINE_EL1,
+    },
+    ExampleSuite {
+        name: "example-el2",
+        target: BARE,
+        machine: MACHINE_EL2,
+    },
+    ExampleSuite {
+        name: "example-el1-softfloat",
+        target: BARE_SOFTFLOAT,
+        machine: MACHINE_EL1,
+    },
+    ExampleSuite {
+        name: "example-el2-softfloat",
+        target: BARE_SOFTFLOAT,
+        machine: MACHINE_EL2,
+    },
+];
+
 /// The suites that are not virt-board runs, in the order they run.
 const HOST_SUITES: &[&str] = &[
     "host",
     "host-generic",
     "host-asan",
     "host-lint",
+    "package",
     "call-sites",
     "unwind",
     "aarch64-linux",
@@ -125,7 +160,13 @@ const HOST_SUITES: &[&str] = &[
 /// Every suite's name, in the order they run.
 pub fn names() -> Vec<&'static str> {
     let virt = VIRT_SUITES.iter().map(|s| s.name);
-    HOST_SUITES.iter().copied().chain(virt).collect()
+    let example = EXAMPLE_SUITES.iter().map(|s| s.name);
+    HOST_SUITES
+        .iter()
+        .copied()
+        .chain(virt)
+        .chain(example)
+        .collect()
 }
 
 /// Runs the suites named in `only` (every suite when it is empty).
@@ -139,12 +180,15 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
             "host-generic" => timed(name, &host, || generic_tests(root)),
             "host-asan" => timed(name, &host, || asan_tests(root, &host)),
             "host-lint" => timed(name, &host, || host_lint(root)),
+            "package" => timed(name, "crates.io, docs.rs", || package(root, tc)),
             "call-sites" => timed(name, "7 configurations", || call_sites(root, tc)),
             "unwind" => timed(name, &host, || unwind(root)),
             "aarch64-linux" => timed(name, LINUX, || linux_tests(root, tc)),
             "riscv64-linux" => timed(name, RISCV_LINUX, || riscv_linux_tests(root, tc)),
             "riscv64-none" => timed(name, RISCV_BARE, || riscv_bare_checks(root, tc)),
-            _ => timed(name, BARE, || bare_checks(root, tc)),
+            _ => timed(name, "aarch64-unknown-none{,-softfloat}", || {
+                bare_checks(root, tc)
+            }),
         });
     }
     for suite in VIRT_SUITES.iter().filter(|s| wanted(s.name)) {
@@ -153,6 +197,9 @@ pub fn run_all(root: &Path, tc: &Toolchain, only: &[String]) -> Vec<Outcome> {
             Board::Pc => X86_BARE,
         };
         outcomes.push(timed(suite.name, target, || virt(root, tc, suite)));
+    }
+    for suite in EXAMPLE_SUITES.iter().filter(|s| wanted(s.name)) {
+        outcomes.push(timed(suite.name, suite.target, || example(root, tc, suite)));
     }
     outcomes
 }
@@ -309,11 +356,12 @@ fn host_lint(root: &Path) -> Counts {
             .args(["doc", "--no-deps", "--package", "static-call"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     ));
-    // The kernel is its own workspace, so `--all` above does not reach it.
-    for kernel in [qemu::kernel::DIR, crate::pc::DIR] {
+    // The kernels are their own workspaces, so `--all` above does not
+    // reach them.
+    for dir in [qemu::kernel::DIR, crate::pc::DIR, qemu::example::DIR] {
         counts.check(cmd::run(
             cmd::cargo()
-                .current_dir(root.join(kernel))
+                .current_dir(root.join(dir))
                 .args(["fmt", "--all", "--", "--check"]),
         ));
     }
@@ -326,6 +374,70 @@ fn host_lint(root: &Path) -> Counts {
         "warnings",
     ])));
     counts
+}
+
+/// What publishing needs: `cargo publish --dry-run` (package, then build the
+/// packaged crate), and warning-free docs for every target docs.rs builds.
+fn package(root: &Path, tc: &Toolchain) -> Counts {
+    let mut counts = Counts::default();
+    // `--allow-dirty`: the suite runs on work in progress too; a clean
+    // clone (CI) is not dirty anyway. The dry run stops before uploading.
+    counts.check(cmd::run(cmd::cargo().current_dir(root).args([
+        "publish",
+        "--dry-run",
+        "--allow-dirty",
+        "--package",
+        "static-call",
+    ])));
+    let targets = std::fs::read_to_string(root.join("Cargo.toml"))
+        .map_err(|e| format!("Cargo.toml: {e}"))
+        .and_then(|manifest| docs_rs_targets(&manifest));
+    let targets = match targets {
+        Ok(targets) => targets,
+        Err(e) => {
+            counts.check(Err(e));
+            return counts;
+        }
+    };
+    for target in &targets {
+        let mut cargo = cmd::cargo();
+        cargo
+            .current_dir(root)
+            .args(["doc", "--no-deps", "--package", "static-call", "--target"])
+            .arg(target)
+            // As docs.rs builds: broken links or other warnings fail.
+            .env("RUSTDOCFLAGS", "-D warnings --cfg docsrs");
+        if tc.needs_build_std(target) {
+            cargo.arg("-Zbuild-std=core").env("RUSTC_BOOTSTRAP", "1");
+        }
+        counts.check(cmd::run(&mut cargo));
+    }
+    counts
+}
+
+/// The `targets` of `[package.metadata.docs.rs]` in a manifest.
+fn docs_rs_targets(manifest: &str) -> Result<Vec<String>> {
+    let section = manifest
+        .split("\n[")
+        .find(|s| s.starts_with("package.metadata.docs.rs]"))
+        .ok_or("Cargo.toml has no [package.metadata.docs.rs]")?;
+    let list = section
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("targets"))
+        .and_then(|rest| rest.trim().strip_prefix('='))
+        .and_then(|rest| rest.trim().strip_prefix('['))
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(list, _)| list)
+        .ok_or("[package.metadata.docs.rs] has no one-line `targets = [..]`")?;
+    let targets: Vec<String> = list
+        .split(',')
+        .map(|t| t.trim().trim_matches('"').to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if targets.is_empty() {
+        return Err("[package.metadata.docs.rs] lists no targets".to_string());
+    }
+    Ok(targets)
 }
 
 /// Each key's call site, disassembled in every configuration users build.
@@ -397,15 +509,24 @@ fn assemble_bti_library(root: &Path, out: &Path) -> Result<()> {
     )
 }
 
-/// The library builds and is clippy-clean for bare metal, and so is the
-/// test kernel.
+/// The library builds and is clippy-clean for bare metal, hard- and
+/// soft-float, and so are the test kernel and the example kernel.
 fn bare_checks(root: &Path, tc: &Toolchain) -> Counts {
     let mut counts = library_checks(root, tc, BARE);
+    let soft = library_checks(root, tc, BARE_SOFTFLOAT);
+    counts.passed += soft.passed;
+    counts.failed += soft.failed;
+    counts.problems.extend(soft.problems);
     // The test kernel, with its own flags (BTI), lint-clean too.
     counts.check(
         qemu::kernel_cargo(root, "clippy")
             .and_then(|mut cargo| cmd::run(cargo.args(["--all-targets", "--", "-D", "warnings"]))),
     );
+    for target in qemu::example::TARGETS {
+        counts.check(cmd::run(
+            qemu::example_cargo(root, tc, "clippy", target).args(["--", "-D", "warnings"]),
+        ));
+    }
     counts
 }
 
@@ -585,10 +706,33 @@ fn virt(root: &Path, tc: &Toolchain, suite: &VirtSuite) -> Counts {
     counts
 }
 
+/// The example kernel: built for the suite's target, booted on one CPU;
+/// each of its checks is a test, and it must end with status 0.
+fn example(root: &Path, tc: &Toolchain, suite: &ExampleSuite) -> Counts {
+    let mut counts = Counts::default();
+    let boot = qemu::build_example(root, tc, suite.target)
+        .and_then(|elf| qemu::boot_one_cpu(&elf, suite.machine, false, qemu::TIMEOUT));
+    let boot = match boot {
+        Ok(boot) => boot,
+        Err(e) => {
+            counts.problems.push(e);
+            return counts;
+        }
+    };
+    for line in boot.log.lines() {
+        println!("  uart| {line}");
+    }
+    let report = qemu::parse_uart(&boot.log);
+    counts.passed = report.passed.len() as u32;
+    counts.failed = report.failed.len() as u32;
+    counts.problems = report.problems_for_pass_on(&boot, 1);
+    counts
+}
+
 pub fn print_table(outcomes: &[Outcome]) {
     println!();
     println!(
-        "{:<15} {:<26} {:>7} {:>7} {:>8}  result",
+        "{:<22} {:<30} {:>7} {:>7} {:>8}  result",
         "suite", "target", "passed", "failed", "seconds"
     );
     for o in outcomes {
@@ -597,7 +741,7 @@ pub fn print_table(outcomes: &[Outcome]) {
             Verdict::Failed(why) => format!("FAILED: {why}"),
         };
         println!(
-            "{:<15} {:<26} {:>7} {:>7} {:>8.1}  {result}",
+            "{:<22} {:<30} {:>7} {:>7} {:>8.1}  {result}",
             o.suite, o.target, o.passed, o.failed, o.seconds
         );
     }
@@ -703,6 +847,27 @@ running 1 test
         assert!(tests.iter().any(|t| t == "properties"), "{tests:?}");
         for (name, _) in NOT_UNDER_ASAN {
             assert!(tests.iter().any(|t| t == name), "no tests/{name}.rs");
+        }
+    }
+
+    #[test]
+    fn docs_rs_targets_are_read_from_the_manifest() {
+        let manifest = "[package]\nname = \"x\"\n\n[package.metadata.docs.rs]\n\
+                        # why\ntargets = [\"a-b-c\", \"d-e-f\"]\n\n[dependencies]\n";
+        assert_eq!(docs_rs_targets(manifest).unwrap(), ["a-b-c", "d-e-f"]);
+        assert!(docs_rs_targets("[package]\n").is_err());
+        assert!(docs_rs_targets("[package.metadata.docs.rs]\ntargets = []\n").is_err());
+        let ours = std::fs::read_to_string(crate::repo_root().join("Cargo.toml")).unwrap();
+        let ours = docs_rs_targets(&ours).unwrap();
+        for target in [
+            "x86_64-unknown-linux-gnu",
+            "aarch64-unknown-none",
+            "x86_64-unknown-none",
+        ] {
+            assert!(
+                ours.iter().any(|t| t == target),
+                "{target} missing from {ours:?}"
+            );
         }
     }
 

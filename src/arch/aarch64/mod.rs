@@ -71,7 +71,7 @@ use crate::{Error, TextWriter};
 use core::sync::atomic::Ordering;
 use core::sync::atomic::{AtomicBool, AtomicPtr};
 
-/// The arm64 backend (implements [`Backend`](super::Backend) on arm64
+/// The arm64 backend (implements [`super::Backend`] on arm64
 /// targets; elsewhere only its pure functions are used).
 #[derive(Debug)]
 pub enum Aarch64 {}
