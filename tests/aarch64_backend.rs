@@ -7,6 +7,7 @@
     not(feature = "force-generic")
 ))]
 
+mod common;
 use static_call::Error;
 use static_call::arch::Backend;
 use static_call::arch::aarch64::{self as a64, Aarch64, Branch, Patch, Slot, insn};
@@ -59,28 +60,14 @@ struct FarCode {
 fn far_code() -> &'static FarCode {
     static FAR_CODE: OnceLock<FarCode> = OnceLock::new();
     FAR_CODE.get_or_init(|| {
-        let text = near_value as fn(u32) -> u64 as usize;
-        let hint = (text + (4 << 30)) & !0xffff;
-        // SAFETY: a fresh anonymous mapping at an address nothing uses.
-        let page = unsafe {
-            libc::mmap(
-                hint as *mut _,
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(page, libc::MAP_FAILED, "mapping far code");
-        let page = page as usize;
-        assert!(page.abs_diff(text) > 1 << 30, "far code is not far");
-        let words: [u32; 9] = [
+        let value: [u32; 4] = [
             // value(x) = x + FAR
             insn::BTI_C,
             insn::encode_movz_x(1, FAR as u16, 0),
             insn::encode_add_x_uxtw(0, 1, 0),
             insn::RET,
+        ];
+        let effect: [u32; 5] = [
             // effect(out, v): *out = v + FAR
             insn::BTI_C,
             insn::encode_movz_x(2, FAR as u16, 0),
@@ -88,20 +75,15 @@ fn far_code() -> &'static FarCode {
             insn::encode_str_x(2, 0),
             insn::RET,
         ];
-        // SAFETY: the page is ours and writable; then it becomes R+X.
-        unsafe {
-            core::ptr::copy_nonoverlapping(words.as_ptr(), page as *mut u32, words.len());
-            a64::flush_icache_range(page, words.len() * 4);
-            assert_eq!(
-                libc::mprotect(page as *mut _, 4096, libc::PROT_READ | libc::PROT_EXEC),
-                0
-            );
-        }
+        let bytes =
+            |words: &[u32]| -> Vec<u8> { words.iter().flat_map(|w| w.to_le_bytes()).collect() };
+        let text = near_value as fn(u32) -> u64 as usize;
+        let at = common::map_far_code(text, &[bytes(&value), bytes(&effect)]);
         // SAFETY: the words above implement exactly these signatures.
         unsafe {
             FarCode {
-                value: core::mem::transmute::<usize, fn(u32) -> u64>(page),
-                effect: core::mem::transmute::<usize, fn(*mut u64, u64)>(page + 16),
+                value: core::mem::transmute::<usize, fn(u32) -> u64>(at[0]),
+                effect: core::mem::transmute::<usize, fn(*mut u64, u64)>(at[1]),
             }
         }
     })

@@ -256,6 +256,30 @@ fn acquire() -> Result<Guard, Error> {
     }
 }
 
+/// Every signal but the synchronous fault ones (`SIGTRAP`, `SIGSEGV`,
+/// `SIGBUS`, `SIGILL`, `SIGFPE`): what can be held off on a thread. The
+/// fault signals cannot be deferred: the kernel kills a thread that faults
+/// with them blocked, and a call must still be able to trap on an `int3`.
+#[cfg(target_os = "linux")]
+pub(crate) fn asynchronous_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, filled in by sigfillset and edited
+    // with sigdelset, all on a local.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for sync in [
+            libc::SIGTRAP,
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+        ] {
+            libc::sigdelset(&mut set, sync);
+        }
+        set
+    }
+}
+
 /// Signals held off while this thread holds the patch lock, so that no
 /// signal handler can run on the thread that holds it: one that updated a
 /// key would otherwise wait forever for a lock its own thread holds. The
@@ -274,21 +298,10 @@ impl SignalsHeld {
     fn hold() -> Self {
         #[cfg(target_os = "linux")]
         {
-            // SAFETY: sigset_t is plain data, filled in by sigfillset and
-            // edited with sigdelset; pthread_sigmask only changes this
-            // thread's mask and writes the previous one into our local.
+            let held = asynchronous_signals();
+            // SAFETY: sigset_t is plain data; pthread_sigmask only changes
+            // this thread's mask and writes the previous one into our local.
             unsafe {
-                let mut held: libc::sigset_t = core::mem::zeroed();
-                libc::sigfillset(&mut held);
-                for sync in [
-                    libc::SIGTRAP,
-                    libc::SIGSEGV,
-                    libc::SIGBUS,
-                    libc::SIGILL,
-                    libc::SIGFPE,
-                ] {
-                    libc::sigdelset(&mut held, sync);
-                }
                 let mut previous: libc::sigset_t = core::mem::zeroed();
                 libc::pthread_sigmask(libc::SIG_BLOCK, &held, &mut previous);
                 SignalsHeld { previous }

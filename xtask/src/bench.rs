@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::setup::BARE;
+use crate::setup::{BARE, BARE_SOFTFLOAT};
 use crate::{Result, cmd, qemu};
 
 /// One way users build the host benchmark.
@@ -291,8 +291,7 @@ struct Report {
 
 /// The arm64 targets the benchmark kernel is built for, and the suffix of
 /// their rows: with FP/SIMD registers in the ABI, and without.
-const ARM64_TARGETS: &[(&str, &str)] =
-    &[(BARE, ""), ("aarch64-unknown-none-softfloat", "_softfloat")];
+const ARM64_TARGETS: &[(&str, &str)] = &[(BARE, ""), (BARE_SOFTFLOAT, "_softfloat")];
 
 /// Instructions per call on arm64: boots the benchmark kernel, built for
 /// each of [`ARM64_TARGETS`], on the virt board with `-icount shift=0` and

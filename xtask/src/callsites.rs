@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use crate::setup::{BARE, LINUX, Toolchain};
+use crate::setup::{BARE, BARE_SOFTFLOAT, LINUX, Toolchain, X86_BARE};
 use crate::{Result, cmd};
 
 /// What a call instruction is.
@@ -57,9 +57,6 @@ struct Config {
 }
 
 const X86_LINUX: &str = "x86_64-unknown-linux-gnu";
-const X86_BARE: &str = "x86_64-unknown-none";
-/// arm64 without FP/SIMD registers in the ABI (most arm64 kernels).
-const SOFT: &str = "aarch64-unknown-none-softfloat";
 
 const CONFIGS: &[Config] = &[
     Config {
@@ -112,7 +109,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "aarch64-unknown-none-softfloat",
-        target: SOFT,
+        target: BARE_SOFTFLOAT,
         rustflags: "",
         rust_abi: Call::Direct,
         c_default: Call::Site,
@@ -341,7 +338,7 @@ fn build_and_disassemble(
     }
     let build_std = match config.target {
         X86_BARE => Some("-Zbuild-std=core"),
-        BARE | SOFT if tc.needs_build_std(config.target) => Some("-Zbuild-std=core"),
+        BARE | BARE_SOFTFLOAT if tc.needs_build_std(config.target) => Some("-Zbuild-std=core"),
         LINUX if tc.needs_build_std(LINUX) => Some("-Zbuild-std=std,panic_abort"),
         _ => None,
     };

@@ -8,12 +8,12 @@
 //! into the kernel's status, so 0 means every test passed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use crate::Result;
 use crate::qemu::{self, Boot};
 use crate::setup::{Toolchain, X86_BARE};
-use crate::{Result, cmd};
 
 /// The kernel crate, relative to the repository root. Cargo runs there so
 /// that the kernel's own `.cargo/config.toml` (linker script, static
@@ -25,17 +25,7 @@ const EXIT_SUCCESS: i32 = 33;
 /// A cargo command for the kernel crate, building `core` and `alloc` from
 /// source when no precompiled `x86_64-unknown-none` is installed.
 pub fn kernel_cargo(root: &Path, tc: &Toolchain, subcommand: &str) -> Result<Command> {
-    let dir = root.join(DIR);
-    if !dir.join("Cargo.toml").is_file() {
-        return Err(format!(
-            "kernel crate missing: {} has no Cargo.toml",
-            dir.display()
-        ));
-    }
-    let mut cargo = cmd::cargo();
-    cargo
-        .current_dir(&dir)
-        .args([subcommand, "--release", "--target", X86_BARE]);
+    let mut cargo = qemu::release_cargo_in(&root.join(DIR), subcommand, X86_BARE)?;
     if tc.needs_build_std(X86_BARE) {
         cargo
             .args([
@@ -50,28 +40,11 @@ pub fn kernel_cargo(root: &Path, tc: &Toolchain, subcommand: &str) -> Result<Com
 /// Builds the kernel's `tests` binary and returns the ELF's path.
 pub fn build_kernel(root: &Path, tc: &Toolchain, features: &[&str]) -> Result<PathBuf> {
     let mut cargo = kernel_cargo(root, tc, "build")?;
-    cargo
-        .args(["--bin", "tests"])
-        .arg("--message-format=json-render-diagnostics");
+    cargo.args(["--bin", "tests"]);
     if !features.is_empty() {
         cargo.args(["--features", &features.join(",")]);
     }
-    println!("$ {}", cmd::describe(&cargo));
-    let out = cargo
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("x86 kernel build failed ({})", out.status));
-    }
-    let json = String::from_utf8_lossy(&out.stdout);
-    json.lines()
-        .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
-        .filter_map(qemu::executable_of)
-        .next_back()
-        .map(PathBuf::from)
-        .ok_or_else(|| "cargo reported no executable for --bin tests".to_string())
+    qemu::build_executable(cargo, "tests")
 }
 
 /// Boots `elf` on QEMU's PC (TCG, `-smp 4`, no `-icount`), the kernel's

@@ -57,10 +57,10 @@ pub fn kernel_cargo(root: &Path, subcommand: &str) -> Result<Command> {
     kernel_cargo_for(root, subcommand, BARE)
 }
 
-/// As [`kernel_cargo`], for another bare-metal arm64 `target` (the
-/// benchmark kernel is also built for `aarch64-unknown-none-softfloat`).
-pub fn kernel_cargo_for(root: &Path, subcommand: &str, target: &str) -> Result<Command> {
-    let dir = root.join(kernel::DIR);
+/// `cargo <subcommand> --release --target <target>` run in the kernel crate
+/// at `dir`, so that the kernel's own `.cargo/config.toml` applies; an
+/// error when `dir` holds no crate.
+pub fn release_cargo_in(dir: &Path, subcommand: &str, target: &str) -> Result<Command> {
     if !dir.join("Cargo.toml").is_file() {
         return Err(format!(
             "kernel crate missing: {} has no Cargo.toml",
@@ -69,10 +69,16 @@ pub fn kernel_cargo_for(root: &Path, subcommand: &str, target: &str) -> Result<C
     }
     let mut cargo = cmd::cargo();
     cargo
-        .current_dir(&dir)
-        .args([subcommand, "--release", "--target", target])
-        .args(kernel::BUILD_STD)
-        .env("RUSTC_BOOTSTRAP", "1");
+        .current_dir(dir)
+        .args([subcommand, "--release", "--target", target]);
+    Ok(cargo)
+}
+
+/// As [`kernel_cargo`], for another bare-metal arm64 `target` (the
+/// benchmark kernel is also built for `aarch64-unknown-none-softfloat`).
+pub fn kernel_cargo_for(root: &Path, subcommand: &str, target: &str) -> Result<Command> {
+    let mut cargo = release_cargo_in(&root.join(kernel::DIR), subcommand, target)?;
+    cargo.args(kernel::BUILD_STD).env("RUSTC_BOOTSTRAP", "1");
     if !kernel::RUSTFLAGS.is_empty() {
         let quoted: Vec<String> = kernel::RUSTFLAGS.iter().map(|f| format!("{f:?}")).collect();
         cargo
@@ -104,7 +110,7 @@ pub fn build_kernel_for(
 }
 
 /// Runs a `cargo build` of `bin` and returns the ELF's path.
-fn build_executable(mut cargo: Command, bin: &str) -> Result<PathBuf> {
+pub fn build_executable(mut cargo: Command, bin: &str) -> Result<PathBuf> {
     cargo.arg("--message-format=json-render-diagnostics");
     println!("$ {}", cmd::describe(&cargo));
     let out = cargo

@@ -363,21 +363,7 @@ mod sigtrap {
     /// The synchronous fault signals stay deliverable: the kernel kills a
     /// thread that faults with them blocked.
     fn handler_mask() -> libc::sigset_t {
-        // SAFETY: sigset_t operations on a local.
-        unsafe {
-            let mut mask: libc::sigset_t = core::mem::zeroed();
-            libc::sigfillset(&mut mask);
-            for sync in [
-                libc::SIGTRAP,
-                libc::SIGSEGV,
-                libc::SIGBUS,
-                libc::SIGILL,
-                libc::SIGFPE,
-            ] {
-                libc::sigdelset(&mut mask, sync);
-            }
-            mask
-        }
+        crate::writer::asynchronous_signals()
     }
 
     /// The SIGTRAP handler: steers traps at armed trampolines by editing

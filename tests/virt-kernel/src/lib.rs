@@ -17,10 +17,12 @@ pub mod console;
 pub mod cpu;
 pub mod exceptions;
 pub mod gic;
+#[path = "../../kernel-common/heap.rs"]
 pub mod heap;
 pub mod hooks;
 pub mod mmu;
 pub mod patching;
+#[path = "../../kernel-common/runner.rs"]
 pub mod runner;
 pub mod smp;
 pub mod stress;

@@ -17,10 +17,12 @@ pub mod apic;
 pub mod boot;
 pub mod console;
 pub mod cpu;
+#[path = "../../kernel-common/heap.rs"]
 pub mod heap;
 pub mod interrupts;
 pub mod paging;
 pub mod patching;
+#[path = "../../kernel-common/runner.rs"]
 pub mod runner;
 pub mod smp;
 

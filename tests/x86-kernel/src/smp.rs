@@ -3,8 +3,6 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use spin::mutex::SpinMutex;
-
 use crate::boot::{AP_BOOT_PAGE, AP_CR3, BOOT_CPU, BOOT_RSP, ap_boot_begin, ap_boot_end};
 use crate::interrupts::WAKE_VECTOR;
 use crate::{MAX_CPUS, apic, cpu, println};
@@ -92,49 +90,6 @@ pub fn idle(cpu: usize) -> bool {
     WORK[cpu].load(Ordering::Acquire) == 0
 }
 
-struct Job {
-    call: unsafe fn(*mut ()),
-    data: *mut (),
-}
-
-// SAFETY: the data is only touched by the CPU running the job while the
-// poster waits for it (`run_on`).
-unsafe impl Send for Job {}
-
-static JOBS: [SpinMutex<Option<Job>>; MAX_CPUS] = [const { SpinMutex::new(None) }; MAX_CPUS];
-
-fn run_job(cpu: usize) {
-    let job = JOBS[cpu].lock().take();
-    if let Some(job) = job {
-        // SAFETY: `run_on` put a matching call and data here and waits.
-        unsafe { (job.call)(job.data) };
-    }
-}
-
-/// Runs `f` on `cpu` and returns its result; `None` if the CPU is busy.
-/// Panics if it takes longer than `timeout_ms`.
-pub fn run_on<R: Send, F: FnOnce() -> R + Send>(cpu: usize, timeout_ms: u64, f: F) -> Option<R> {
-    /// # Safety
-    ///
-    /// `data` points to the `(Option<F>, Option<R>)` of a waiting `run_on`.
-    unsafe fn call<R, F: FnOnce() -> R>(data: *mut ()) {
-        // SAFETY: the caller's promise.
-        let slot = unsafe { &mut *data.cast::<(Option<F>, Option<R>)>() };
-        if let Some(f) = slot.0.take() {
-            slot.1 = Some(f());
-        }
-    }
-    let mut slot: (Option<F>, Option<R>) = (Some(f), None);
-    *JOBS[cpu].lock() = Some(Job {
-        call: call::<R, F>,
-        data: (&raw mut slot).cast(),
-    });
-    if !post(cpu, run_job) {
-        JOBS[cpu].lock().take();
-        return None;
-    }
-    if !cpu::spin_until(timeout_ms, || idle(cpu)) {
-        panic!("cpu{cpu} did not finish the work run_on gave it within {timeout_ms} ms");
-    }
-    slot.1.take()
-}
+#[path = "../../kernel-common/run_on.rs"]
+mod run_on;
+pub use run_on::run_on;

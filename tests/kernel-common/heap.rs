@@ -1,6 +1,9 @@
 //! A bump allocator for the few heap objects the kernel makes (failure
 //! messages, page tables). Nothing is ever freed: a test kernel runs once and
 //! allocates a bounded amount, so a real allocator would only add code.
+//!
+//! Shared by the test kernels, each of which includes this file with
+//! `#[path = ...] pub mod heap;`.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;

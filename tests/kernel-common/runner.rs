@@ -6,7 +6,10 @@
 //! kernel: N passed, M failed
 //! ```
 //!
-//! then a semihosting exit with status 0 when nothing failed, 1 otherwise.
+//! then the kernel's `exit` with status 0 when nothing failed, 1 otherwise.
+//!
+//! Shared by the test kernels, each of which includes this file with
+//! `#[path = ...] pub mod runner;` and provides `println!` and `exit`.
 
 use alloc::string::String;
 
