@@ -109,7 +109,7 @@ pub use strategy::{Strategy, WithStrategy, default_strategy, set_default_strateg
 pub use trap::{hooks as __test_hooks, traps_steered};
 
 use crate::Error;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 /// The x86-64 backend (implements [`Backend`](super::Backend) on x86-64
 /// targets; elsewhere only its pure functions are used).
@@ -142,6 +142,9 @@ pub struct Slot {
     tramp: AtomicUsize,
     /// The slot armed before this one.
     next: AtomicPtr<Slot>,
+    /// Some update of the key has succeeded: its sites no longer hold
+    /// the calls they were assembled with.
+    updated: AtomicBool,
     /// [`FINISHED`], or [`UNFINISHED`] after an update returned
     /// `RestoreFailed` (until one succeeds): the trampoline and sites may
     /// hold any state the protocols pass through (an `int3` included),
@@ -158,6 +161,7 @@ impl Slot {
             target: AtomicPtr::new(target),
             tramp: AtomicUsize::new(0),
             next: AtomicPtr::new(core::ptr::null_mut()),
+            updated: AtomicBool::new(false),
             unfinished: AtomicU8::new(FINISHED),
         }
     }
@@ -166,6 +170,13 @@ impl Slot {
     /// trampoline (its literal is 0), so where it leads is not recorded.
     pub const fn assembled_for(self, _entry: *mut ()) -> Self {
         self
+    }
+
+    /// No update of the key has succeeded: the defining crate's inline
+    /// sites may still hold the calls they were assembled with.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn never_updated(&self) -> bool {
+        !self.updated.load(Ordering::Relaxed)
     }
 }
 
@@ -544,6 +555,7 @@ mod live {
         match result {
             Ok(()) => {
                 slot.target.store(target as *mut (), Ordering::Release);
+                slot.updated.store(true, Ordering::Relaxed);
                 slot.unfinished.store(FINISHED, Ordering::Relaxed);
             }
             // SAFETY: forwarded.
@@ -595,7 +607,7 @@ mod live {
     #[derive(Debug, Clone, Copy)]
     struct SiteWords {
         at: usize,
-        /// The trampoline's call, as assembled.
+        /// The trampoline's call (a declaration's site as assembled).
         home: [u8; 8],
         /// The word for the key's target before the update.
         old: [u8; 8],
@@ -646,7 +658,8 @@ mod live {
                 if it.slot.is_unfinished() {
                     site::check_unfinished(at as u64, &now).map_err(|e| (i, e))?;
                 } else {
-                    site::check(at as u64, &now, tramp, old).map_err(|e| (i, e))?;
+                    site::check(at as u64, &now, tramp, old, it.slot.never_updated())
+                        .map_err(|e| (i, e))?;
                 }
                 site::plan(at as u64, tramp, it.target as u64).map_err(|e| (i, e))?;
             }
