@@ -129,6 +129,13 @@ pub enum Error {
     /// wait forever for itself. Nothing was written. (Detected in Linux
     /// user space; on bare metal such an update waits forever.)
     LockHeldByThisThread,
+    /// The update asked for a strategy that relies on its writer
+    /// publishing whole pages (x86-64's
+    /// [`Strategy::PageSwap`](crate::arch::x86_64::Strategy::PageSwap)),
+    /// and the writer stores in place
+    /// ([`TextWriter::publishes_pages`](crate::TextWriter::publishes_pages)
+    /// is `false`). Nothing was written.
+    NeedsPageWriter,
 }
 
 impl fmt::Display for Error {
@@ -185,6 +192,11 @@ impl fmt::Display for Error {
             Error::LockHeldByThisThread => f.write_str(
                 "this thread already holds the patch lock (an update from a text writer \
                  or from each_inline_site's closure would wait for itself)",
+            ),
+            Error::NeedsPageWriter => f.write_str(
+                "the page-swap strategy needs a writer that publishes whole pages (such as \
+                 Remap); this writer stores in place, where only the int3 protocol or single \
+                 stores apply",
             ),
         }
     }
@@ -256,6 +268,7 @@ impl fmt::Debug for Error {
                 .field("tramp", &hex(tramp))
                 .finish(),
             Error::LockHeldByThisThread => f.write_str("LockHeldByThisThread"),
+            Error::NeedsPageWriter => f.write_str("NeedsPageWriter"),
         }
     }
 }

@@ -523,6 +523,10 @@ unsafe impl TextWriter for Deferred<'_> {
     fn sync_cores(&self) -> Result<(), Error> {
         Ok(())
     }
+
+    fn publishes_pages(&self) -> bool {
+        self.inner.publishes_pages()
+    }
 }
 
 /// What a failed undo leaves, for [`Error::RestoreFailed`].

@@ -42,6 +42,10 @@ static_call::static_call! {
     static MIXED_1: extern "C" fn(u64) -> u64 = add1;
     /// The same, first updated with the second writer (x86-64).
     static MIXED_2: extern "C" fn(u64) -> u64 = add1;
+    /// The same, with the third (x86-64).
+    static MIXED_3: extern "C" fn(u64) -> u64 = add1;
+    /// The same, with the fourth (x86-64).
+    static MIXED_4: extern "C" fn(u64) -> u64 = add1;
     /// NULL from the start: its sites are the no-op.
     static NULL_FROM_START: extern "C" fn(u64) = NULL;
     /// RET0 from the start: its sites call the return-zero function.
@@ -56,6 +60,20 @@ mod declaring {
         pub unsafe static MIXED_1: extern "C" fn(u64) -> u64;
         // SAFETY: as above.
         pub unsafe static MIXED_2: extern "C" fn(u64) -> u64;
+        // SAFETY: as above.
+        pub unsafe static MIXED_3: extern "C" fn(u64) -> u64;
+        // SAFETY: as above.
+        pub unsafe static MIXED_4: extern "C" fn(u64) -> u64;
+    }
+
+    #[inline(never)]
+    pub extern "C" fn mixed_3(x: u64) -> u64 {
+        MIXED_3.call_inline(x)
+    }
+
+    #[inline(never)]
+    pub extern "C" fn mixed_4(x: u64) -> u64 {
+        MIXED_4.call_inline(x)
     }
 
     #[inline(never)]
@@ -77,6 +95,16 @@ extern "C" fn mixed_1_defined(x: u64) -> u64 {
 #[inline(never)]
 extern "C" fn mixed_2_defined(x: u64) -> u64 {
     MIXED_2.call_inline(x)
+}
+
+#[inline(never)]
+extern "C" fn mixed_3_defined(x: u64) -> u64 {
+    MIXED_3.call_inline(x)
+}
+
+#[inline(never)]
+extern "C" fn mixed_4_defined(x: u64) -> u64 {
+    MIXED_4.call_inline(x)
 }
 
 #[inline(never)]
@@ -271,6 +299,10 @@ unsafe impl TextWriter for Counting {
         unsafe { Remap.write_batch(&mut counted) }
     }
 
+    fn publishes_pages(&self) -> bool {
+        Remap.publishes_pages()
+    }
+
     fn sync_cores(&self) -> Result<(), Error> {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         Remap.sync_cores()
@@ -289,7 +321,14 @@ fn writers() -> Vec<(&'static str, &'static dyn UpdateWriter, usize)> {
         use static_call::arch::x86_64::{Strategy, WithStrategy};
         static INT3: WithStrategy<'static> = Strategy::Breakpoint.with(&COUNTING);
         static ONE_STORE: WithStrategy<'static> = Strategy::AtomicStore.with(&COUNTING);
-        vec![("int3", &INT3, 4), ("one-store", &ONE_STORE, 3)]
+        static PAGE_SWAP: WithStrategy<'static> = Strategy::PageSwap.with(&COUNTING);
+        vec![
+            ("int3", &INT3, 4),
+            ("one-store", &ONE_STORE, 3),
+            ("page-swap", &PAGE_SWAP, 1),
+            // The default: the strategy follows from the writer.
+            ("default", &COUNTING as &dyn UpdateWriter, 1),
+        ]
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -494,9 +533,11 @@ fn a_key_with_1000_sites_takes_every_transition_with_a_bounded_number_of_syncs()
 fn sites_call_the_initial_target_directly_until_the_first_update() {
     let _serial = serial();
     type F = extern "C" fn(u64) -> u64;
-    let keys: [(&static_call::StaticCall<F>, F, F); 2] = [
+    let keys: [(&static_call::StaticCall<F>, F, F); 4] = [
         (&MIXED_1, mixed_1_defined, declaring::mixed_1),
         (&MIXED_2, mixed_2_defined, declaring::mixed_2),
+        (&MIXED_3, mixed_3_defined, declaring::mixed_3),
+        (&MIXED_4, mixed_4_defined, declaring::mixed_4),
     ];
     let all = writers();
     for (i, (key, defined, declared)) in keys.into_iter().enumerate() {
@@ -647,6 +688,10 @@ unsafe impl TextWriter for FailsMidBatch {
         }
         Remap.sync_cores()
     }
+
+    fn publishes_pages(&self) -> bool {
+        Remap.publishes_pages()
+    }
 }
 
 #[test]
@@ -656,6 +701,7 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
     let strategies = [
         Some(static_call::arch::x86_64::Strategy::Breakpoint),
         Some(static_call::arch::x86_64::Strategy::AtomicStore),
+        Some(static_call::arch::x86_64::Strategy::PageSwap),
     ];
     #[cfg(target_arch = "aarch64")]
     let strategies: [Option<()>; 1] = [None];

@@ -497,6 +497,11 @@ unsafe impl TextWriter for Remap {
     fn sync_cores(&self) -> Result<(), Error> {
         membarrier_sync_core()
     }
+
+    /// Every page is patched in a private copy and swapped in whole.
+    fn publishes_pages(&self) -> bool {
+        true
+    }
 }
 
 /// Writer that makes the text page read-write-execute for the duration of

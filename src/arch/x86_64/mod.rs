@@ -1,5 +1,6 @@
-//! The x86-64 backend: Linux's static-call trampoline, retargeted with the
-//! int3 protocol or one atomic store, with a literal for far targets.
+//! The x86-64 backend: Linux's static-call trampoline, retargeted with a
+//! page swap, the int3 protocol or one atomic store, with a literal for far
+//! targets.
 //!
 //! ```text
 //!         .balign 16                    // in .static_call.text
@@ -26,24 +27,31 @@
 //!
 //! The backend's [`Options`](crate::arch::Backend::Options): chosen per
 //! update with [`WithStrategy`] or per program with [`set_default_strategy`]
-//! (no Cargo feature: a dependency must not choose for the program). The default is the atomic
-//! store in Linux user space (no update can make a thread trap, so a thread
-//! with SIGTRAP blocked, or a debugger, is never caught out) and int3 on
-//! bare metal (see [`Strategy`] for what each
-//! needs):
+//! (no Cargo feature: a dependency must not choose for the program). The
+//! default, [`Strategy::Auto`], follows from the writer (see [`Strategy`]
+//! for what each needs):
 //!
-//! - [`Strategy::Breakpoint`], Linux's `text_poke_bp`: publish the literal; sync all CPUs; `int3` over the
-//!   first byte; sync; the other seven bytes; sync; the new first byte;
-//!   sync. A CPU
+//! - [`Strategy::PageSwap`], for writers that publish whole pages (the
+//!   default Linux writer, `Remap`): every store of the update written into
+//!   private copies of the pages, each page swapped in once, one sync. No
+//!   CPU ever fetches bytes being written, so there is no cross-modifying
+//!   code (Intel SDM Vol. 3A §9.1.3, "Handling Self- and Cross-Modifying
+//!   Code") and no trap ([`page_swap`]).
+//! - [`Strategy::Breakpoint`], Linux's `text_poke_bp`, for writers that
+//!   store in place (`Mprotect`, `Alias`, `Direct`): publish the literal;
+//!   sync all CPUs; `int3` over the first byte; sync; the other seven
+//!   bytes; sync; the new first byte; sync. A CPU
 //!   that enters the trampoline meanwhile traps and is steered to the new
 //!   target (see the rule in [`handle_breakpoint`]). Linux user space: a
 //!   SIGTRAP handler, installed once, chaining to the one before it; sync is
 //!   the writer's `membarrier(SYNC_CORE)`. Bare metal: the kernel calls
 //!   [`handle_breakpoint`] from its #BP handler and supplies the sync.
-//! - [`Strategy::AtomicStore`], one store: publish the literal; sync; one
-//!   aligned 8-byte store of the entry word; sync. No trap,
-//!   but it relies on instruction fetch never seeing half of an aligned
-//!   8-byte store, which CPUs do in practice and the SDM does not promise.
+//! - [`Strategy::AtomicStore`], only where a program asks for it: publish
+//!   the literal; sync; one aligned 8-byte store of the entry word; sync.
+//!   No trap, but with an in-place writer it is unsynchronised
+//!   cross-modifying code that changes opcodes, which §9.1.3 does not
+//!   sanction and Linux never does; it relies on instruction fetch never
+//!   seeing half of an aligned 8-byte store.
 //!
 //! Far-to-far retargets change only the literal, which is data: no
 //! instruction is modified.
@@ -55,12 +63,14 @@
 //!   `membarrier(SYNC_CORE)`; a kernel supplies an IPI (for example through
 //!   [`Alias::with_sync`](crate::writer::Alias::with_sync)). A writer that
 //!   does not synchronize (`Direct`) is fine on one CPU only.
-//! - In Linux user space, with the int3 protocol chosen, a call that traps
+//! - In Linux user space, with the int3 protocol (the default with an
+//!   in-place writer such as `Mprotect`), a call that traps
 //!   with SIGTRAP blocked (a worker thread that blocks every signal, a
 //!   signal handler whose mask blocks everything) is killed by the kernel
-//!   instead of being steered, and a debugger stops on the trap. This is
-//!   why the atomic store is the default there; choose int3 only for a
-//!   program that rules both out.
+//!   instead of being steered, and a debugger stops on the trap. The
+//!   default writer, `Remap`, never traps (page swap); a program that
+//!   writes in place and cannot rule both out asks for
+//!   [`Strategy::AtomicStore`] explicitly.
 //! - A SIGTRAP handler installed after ours must chain to it (or call
 //!   [`handle_breakpoint`]); if ours is found replaced, int3 updates fail
 //!   with [`Error::WriterFailed`] before
@@ -77,7 +87,7 @@
 //! # fn main() {
 //! # #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "force-generic")))] {
 //! use static_call::arch::x86_64::{Form, decode, null_stub_addr};
-//! OP.update(dec).unwrap(); // the atomic store, unless configured otherwise
+//! OP.update(dec).unwrap(); // a page swap, unless configured otherwise
 //! let tramp = OP.trampoline_addr();
 //! // SAFETY: a live trampoline: 16 readable bytes, 8-byte aligned.
 //! let bytes = unsafe { core::ptr::read_volatile(tramp as *const [u8; 16]) };
@@ -94,6 +104,7 @@
 
 pub mod insn;
 mod layout;
+pub mod page_swap;
 pub mod protocol;
 pub mod site;
 mod strategy;
@@ -192,14 +203,14 @@ const TEXT_LOST: u8 = 2;
 impl Slot {
     /// Whether the key's last update returned `RestoreFailed`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn is_unfinished(&self) -> bool {
+    pub(super) fn is_unfinished(&self) -> bool {
         self.unfinished.load(Ordering::Relaxed) != FINISHED
     }
 
     /// Refuses, before anything is read, to update a key whose text the
     /// writer lost.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn check_text_kept(&self, tramp: usize) -> Result<(), Error> {
+    pub(super) fn check_text_kept(&self, tramp: usize) -> Result<(), Error> {
         if self.unfinished.load(Ordering::Relaxed) == TEXT_LOST {
             Err(Error::RestoreFailed {
                 addr: tramp,
@@ -363,7 +374,7 @@ mod live {
     use super::{
         FINISHED, Slot, TEXT_LOST, UNFINISHED, X86_64, insn::INT3, null_stub_addr, site, trap,
     };
-    use super::{Strategy, default_strategy};
+    use super::{Strategy, default_strategy, page_swap};
     use crate::arch::{Backend, BatchItem};
     use crate::writer::Watched;
     use crate::{Error, TextWriter};
@@ -375,7 +386,7 @@ mod live {
     /// # Safety
     ///
     /// `tramp` must be an 8-byte aligned, readable trampoline.
-    unsafe fn read_image(tramp: usize) -> Image {
+    pub(super) unsafe fn read_image(tramp: usize) -> Image {
         // SAFETY: aligned and readable per the caller; the text changes
         // behind the compiler's back, only through single aligned stores.
         unsafe {
@@ -497,7 +508,7 @@ mod live {
     /// not tell or put back what the text holds (a Linux writer whose page
     /// a failed `mremap` unmapped). It is returned as it is, and nothing
     /// more of that text is read (it may not be mapped).
-    fn lost(e: Error) -> Option<Error> {
+    pub(super) fn lost(e: Error) -> Option<Error> {
         matches!(e, Error::RestoreFailed { .. }).then_some(e)
     }
 
@@ -545,7 +556,7 @@ mod live {
     /// # Safety
     ///
     /// As for [`settle`].
-    unsafe fn conclude(
+    pub(super) unsafe fn conclude(
         tramp: usize,
         slot: &Slot,
         target: usize,
@@ -605,19 +616,19 @@ mod live {
 
     /// One inline site of an update, with the words it may hold.
     #[derive(Debug, Clone, Copy)]
-    struct SiteWords {
-        at: usize,
+    pub(super) struct SiteWords {
+        pub(super) at: usize,
         /// The trampoline's call (a declaration's site as assembled).
-        home: [u8; 8],
+        pub(super) home: [u8; 8],
         /// The word for the key's target before the update.
-        old: [u8; 8],
+        pub(super) old: [u8; 8],
         /// The word for its target after.
-        new: [u8; 8],
+        pub(super) new: [u8; 8],
     }
 
     impl SiteWords {
         /// What the site holds now: one aligned 8-byte load.
-        fn now(&self) -> [u8; 8] {
+        pub(super) fn now(&self) -> [u8; 8] {
             // SAFETY: a site of the table: an aligned 8-byte word of
             // mapped text (sites of freed text are forgotten first), only
             // ever written by single aligned stores.
@@ -626,13 +637,13 @@ mod live {
 
         /// Whether the site behaves as before the update: its old word or
         /// the trampoline's call (which follows the trampoline).
-        fn behaves_as_before(&self, now: &[u8; 8]) -> bool {
+        pub(super) fn behaves_as_before(&self, now: &[u8; 8]) -> bool {
             *now == self.old || *now == self.home
         }
     }
 
     /// The inline sites of the keys of an update, in address order.
-    struct BatchSites<'a, 'b> {
+    pub(super) struct BatchSites<'a, 'b> {
         n: usize,
         item: &'a dyn Fn(usize) -> BatchItem<'b, Slot>,
         table: crate::site::table::Records<'static>,
@@ -642,7 +653,7 @@ mod live {
         /// The sites of keys `0..n`, each checked before anything is
         /// written: it holds its trampoline's call or its key's current
         /// word, and can take the new target.
-        fn of(
+        pub(super) fn of(
             n: usize,
             item: &'a dyn Fn(usize) -> BatchItem<'b, Slot>,
         ) -> Result<Self, (usize, Error)> {
@@ -667,7 +678,7 @@ mod live {
         }
 
         /// `(key index, site)` for every site of the batch's keys.
-        fn keyed(&self) -> impl Iterator<Item = (usize, usize)> + Clone + '_ {
+        pub(super) fn keyed(&self) -> impl Iterator<Item = (usize, usize)> + Clone + '_ {
             self.table.all().filter_map(move |(at, tramp)| {
                 (0..self.n)
                     .find(|&i| (self.item)(i).tramp == tramp)
@@ -675,7 +686,7 @@ mod live {
             })
         }
 
-        fn words(&self, i: usize, at: usize) -> SiteWords {
+        pub(super) fn words(&self, i: usize, at: usize) -> SiteWords {
             let it = (self.item)(i);
             let (s, t) = (at as u64, it.tramp as u64);
             let old = it.slot.target.load(Ordering::Relaxed) as u64;
@@ -689,7 +700,7 @@ mod live {
             }
         }
 
-        fn all(&self) -> impl Iterator<Item = SiteWords> + Clone + '_ {
+        pub(super) fn all(&self) -> impl Iterator<Item = SiteWords> + Clone + '_ {
             self.keyed().map(|(i, at)| self.words(i, at))
         }
 
@@ -1117,11 +1128,20 @@ mod live {
             writer: &dyn TextWriter,
             strategy: Strategy,
         ) -> Option<Result<(), (usize, Error)>> {
-            if strategy != Strategy::Breakpoint || n > BATCH_MAX {
+            let strategy = match strategy.for_writer(writer) {
+                Ok(s) => s,
+                Err(e) => return Some(Err((0, e))),
+            };
+            if n > BATCH_MAX {
                 return None;
             }
-            // SAFETY: forwarded from the caller.
-            Some(unsafe { breakpoint_batch(n, item, writer) })
+            match strategy {
+                // SAFETY: forwarded from the caller.
+                Strategy::PageSwap => Some(unsafe { page_swap::batch(n, item, writer) }),
+                // SAFETY: forwarded from the caller.
+                Strategy::Breakpoint => Some(unsafe { breakpoint_batch(n, item, writer) }),
+                _ => None,
+            }
         }
 
         unsafe fn retarget(
@@ -1133,11 +1153,17 @@ mod live {
         ) -> Result<(), Error> {
             layout::check_alignment(tramp)?;
             slot.check_text_kept(tramp)?;
+            let strategy = strategy.for_writer(writer)?;
             let item = |_| BatchItem {
                 tramp,
                 slot,
                 target,
             };
+            if strategy == Strategy::PageSwap {
+                // The trampoline and every site in one swap of each page.
+                // SAFETY: forwarded from the caller.
+                return unsafe { page_swap::batch(1, &item, writer) }.map_err(|(_, e)| e);
+            }
             if strategy == Strategy::Breakpoint && BatchSites::of(1, &item).is_ok_and(|s| s.any()) {
                 // The trampoline and every site in one int3 protocol.
                 // SAFETY: forwarded from the caller.
@@ -1178,9 +1204,10 @@ mod live {
         let unfinished = slot.is_unfinished();
         layout::recognise(tramp as u64, &old, stub, unfinished)?;
         let new = layout::plan(tramp as u64, target as u64, stub);
+        // `retarget` resolved `Auto` and took `PageSwap` itself.
         let plan_from = |old: &Image| match strategy {
             Strategy::Breakpoint => protocol::breakpoint(old, &new),
-            Strategy::AtomicStore => protocol::atomic_store(old, &new),
+            _ => protocol::atomic_store(old, &new),
         };
         // A missing trap handler is refused before anything is written
         // (whether the plan arms does not depend on the literal).
