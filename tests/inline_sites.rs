@@ -1087,3 +1087,66 @@ mod int3 {
         );
     }
 }
+
+/// The line of `/proc/self/maps` that holds `addr`.
+fn maps_line(addr: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .find(|l| {
+            let range = l.split(' ').next().unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b) = (
+                usize::from_str_radix(a, 16).unwrap(),
+                usize::from_str_radix(b, 16).unwrap(),
+            );
+            (a..b).contains(&addr)
+        })
+        .unwrap_or_else(|| panic!("no mapping holds {addr:#x}"))
+        .to_string()
+}
+
+/// Issue 19: after updates with the default writer, every page an update
+/// wrote (the trampoline's and those of all 1000 sites) still maps the
+/// program's file at its offset, so profilers symbolise it and uprobes
+/// find it; and the code still runs as updated.
+#[test]
+fn patched_pages_keep_mapping_their_file() {
+    use static_call::writer::linux::{Backing, last_backing};
+    let _serial = serial();
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let exe = exe.to_str().unwrap();
+    let page = |a: usize| a & !4095;
+    let mut pages: Vec<usize> = sites_of(&WIDE).into_iter().map(page).collect();
+    pages.push(page(WIDE.trampoline_addr()));
+    pages.sort_unstable();
+    pages.dedup();
+    let before: Vec<String> = pages.iter().map(|&p| maps_line(p)).collect();
+    for (f, add) in [(add2 as extern "C" fn(u64) -> u64, 2), (add1, 1)] {
+        WIDE.update_with(f, &Remap).unwrap();
+        assert_eq!(last_backing(), Backing::File);
+        for (&p, was) in pages.iter().zip(&before) {
+            let now = maps_line(p);
+            assert!(
+                now.ends_with(exe),
+                "page {p:#x} lost its file:\n before: {was}\n after:  {now}"
+            );
+            // The same offset into the file as before the update.
+            let offset = |l: &str, start: usize| {
+                let mut f = l.split_whitespace();
+                let range = f.next().unwrap();
+                let off = u64::from_str_radix(f.nth(1).unwrap(), 16).unwrap();
+                let first = usize::from_str_radix(range.split('-').next().unwrap(), 16).unwrap();
+                off + (start - first) as u64
+            };
+            assert_eq!(offset(&now, p), offset(was, p), "{was}\n{now}");
+        }
+        for (i, g) in WIDE_FNS.iter().enumerate() {
+            assert_eq!(g(1), wide_sites::wide_result(i, 1 + add));
+        }
+    }
+    eprintln!(
+        "maps of the first patched page, before: {}\n                              after:  {}",
+        before[0],
+        maps_line(pages[0])
+    );
+}

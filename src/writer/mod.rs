@@ -14,6 +14,7 @@ mod fork;
 mod futex;
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod maps;
 
 pub use bare::{Alias, Direct};
 
