@@ -97,8 +97,10 @@ pub(super) use live::batch;
 
 #[cfg(target_arch = "x86_64")]
 mod live {
+    use super::super::batch_sites::{BatchSites, SiteWords};
+    use super::super::breakpoint::BATCH_MAX;
     use super::super::layout::{self, Image, LITERAL_OFFSET};
-    use super::super::live::{BATCH_MAX, BatchSites, conclude, lost, read_image};
+    use super::super::live::{conclude, lost, read_image};
     use super::super::{Slot, null_stub_addr};
     use super::{Merged, with_literal};
     use crate::arch::BatchItem;
@@ -231,7 +233,7 @@ mod live {
         item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
         images: &[Image; BATCH_MAX],
         sites: &BatchSites<'_, 'b>,
-        site_ok: impl Fn(&super::super::live::SiteWords) -> bool,
+        site_ok: impl Fn(&SiteWords) -> bool,
     ) -> Result<(), (usize, Error)> {
         for (i, want) in images.iter().enumerate().take(n) {
             let tramp = item(i).tramp;

@@ -30,7 +30,7 @@ use crate::{Error, TextWriter};
 ///
 /// | strategy | needs |
 /// | --- | --- |
-/// | `PageSwap` | a writer that publishes whole pages; refused ([`Error::NeedsPageWriter`](crate::Error::NeedsPageWriter)) with any other |
+/// | `PageSwap` | a writer that publishes whole pages; refused ([`Error::NeedsPageWriter`]) with any other |
 /// | `Breakpoint` | every `int3` reaching [`handle_breakpoint`](super::handle_breakpoint): in Linux user space no thread may call a key with SIGTRAP blocked or ignored, and no debugger may stop on SIGTRAP; a writer whose `sync_cores` reaches every CPU |
 /// | `AtomicStore` | with an in-place writer, instruction fetch seeing an aligned 8-byte store whole while it changes the opcode (8-byte NOP and `call`, `jmp` and `ret`): unsynchronised cross-modifying code, which §9.1.3 does not sanction and Linux never does (it always uses `text_poke_bp`); with a page-publishing writer, nothing (but three swaps and syncs where `PageSwap` needs one) |
 /// | `Auto` | whatever the strategy it picks needs |
