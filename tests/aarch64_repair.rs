@@ -281,8 +281,8 @@ fn through_trampoline_c(v: u64) -> u64 {
 #[inline(never)]
 fn at_sites_c(v: u64) -> [u64; 2] {
     let (mut a, mut b) = (UNTOUCHED, UNTOUCHED);
-    WITH_SITES.call(&mut a, v);
-    WITH_SITES.call(&mut b, v);
+    WITH_SITES.call_inline(&mut a, v);
+    WITH_SITES.call_inline(&mut b, v);
     [a, b]
 }
 

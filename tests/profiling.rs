@@ -162,6 +162,12 @@ fn perf_symbolises_a_hot_function_on_a_patched_page() {
         );
         return;
     }
+    // Under an emulator (qemu-user) perf samples the emulator's own code:
+    // none of this program's functions, the crate's included, appear.
+    if hot.is_empty() && !text.contains("static_call") {
+        eprintln!("skipped: perf sampled none of this program's code (run by an emulator?)");
+        return;
+    }
     assert!(
         !hot.is_empty(),
         "perf did not attribute samples to the hot function (on a page updated {updates} \

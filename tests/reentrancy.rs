@@ -49,11 +49,11 @@ mod declared {
 /// Two sites of `HOT`.
 #[inline(never)]
 fn hot_site_a(x: u64) -> u64 {
-    HOT.call(x)
+    HOT.call_inline(x)
 }
 #[inline(never)]
 fn hot_site_b(x: u64) -> u64 {
-    HOT.call(x)
+    HOT.call_inline(x)
 }
 
 /// Tests that update the keys take turns.
