@@ -54,8 +54,8 @@ fn main() {
 }
 
 /// The instruction lines of a call-site source (its comment header
-/// dropped: the text is spliced into every call's `asm!` block). Its only
-/// operand is `{tramp}`.
+/// dropped: the text is spliced into every call's `asm!` block). Its
+/// operands are `{tramp}`, `{target}` and `{null}`.
 fn call_site_lines(path: &str) -> String {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     let lines: Vec<&str> = text
@@ -63,9 +63,12 @@ fn call_site_lines(path: &str) -> String {
         .filter(|l| !(l.starts_with('#') || l.starts_with("//") || l.trim().is_empty()))
         .collect();
     let body = lines.join("\n");
+    let rest = ["{tramp}", "{target}", "{null}"]
+        .iter()
+        .fold(body.clone(), |b, op| b.replace(op, ""));
     assert!(
-        !body.replace("{tramp}", "").contains(['{', '}']),
-        "{path}: the only asm! operand a call site may name is {{tramp}}"
+        !rest.contains(['{', '}']),
+        "{path}: a call site may name only the asm! operands {{tramp}}, {{target}} and {{null}}"
     );
     body
 }

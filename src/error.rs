@@ -137,6 +137,13 @@ pub enum Error {
         /// Why, and what to do.
         what: &'static str,
     },
+    /// The update asked for a strategy that relies on its writer
+    /// publishing whole pages (x86-64's
+    /// [`Strategy::PageSwap`](crate::arch::x86_64::Strategy::PageSwap)),
+    /// and the writer stores in place
+    /// ([`TextWriter::publishes_pages`](crate::TextWriter::publishes_pages)
+    /// is `false`). Nothing was written.
+    NeedsPageWriter,
 }
 
 impl fmt::Display for Error {
@@ -195,6 +202,11 @@ impl fmt::Display for Error {
                  or from each_inline_site's closure would wait for itself)",
             ),
             Error::MmuOff { what } => write!(f, "the MMU is off: {what}"),
+            Error::NeedsPageWriter => f.write_str(
+                "the page-swap strategy needs a writer that publishes whole pages (such as \
+                 Remap); this writer stores in place, where only the int3 protocol or single \
+                 stores apply",
+            ),
         }
     }
 }
@@ -266,6 +278,7 @@ impl fmt::Debug for Error {
                 .finish(),
             Error::LockHeldByThisThread => f.write_str("LockHeldByThisThread"),
             Error::MmuOff { what } => f.debug_struct("MmuOff").field("what", &what).finish(),
+            Error::NeedsPageWriter => f.write_str("NeedsPageWriter"),
         }
     }
 }

@@ -857,7 +857,9 @@ macro_rules! __static_call_key {
             $crate::__static_call_key! { @$mode $abi $kind $name [$(($id: $t))*] [$($arg),*] [$($ret)?] $($init)? }
 
             impl $name {
-                $crate::__static_call_key! { @methods $abi $vis [$(($id: $t))*] [$($ret)?] }
+                $crate::__static_call_key! {
+                    @methods_for $mode $kind [$($init)?] $abi $vis [$(($id: $t))*] [$($ret)?]
+                }
             }
 
             impl $crate::__private::Deref for $name {
@@ -890,7 +892,24 @@ macro_rules! __static_call_key {
             "It dereferences to its `StaticCall` for `update` and `query`."
         )
     };
-    (@methods rust $vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+    // What an inline site calls as assembled, `[target, null]` (see
+    // `asm/<arch>/call_site.S`): where the definition is visible, the
+    // initial target (the return-zero function for RET0, the no-op for
+    // NULL), so a key that is never updated costs a direct call; through a
+    // declaration, the trampoline, the one target it can name.
+    (@methods_for define func [$init:path] $($rest:tt)*) => {
+        $crate::__static_call_key! { @methods $($rest)* [$init, 0] }
+    };
+    (@methods_for define ret0 [] $($rest:tt)*) => {
+        $crate::__static_call_key! { @methods $($rest)* [__ret0, 0] }
+    };
+    (@methods_for define null [] $($rest:tt)*) => {
+        $crate::__static_call_key! { @methods $($rest)* [__tramp, 1] }
+    };
+    (@methods_for declare $kind:ident [$($init:tt)?] $($rest:tt)*) => {
+        $crate::__static_call_key! { @methods $($rest)* [__tramp, 0] }
+    };
+    (@methods rust $vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?] $site:tt) => {
         /// Calls the key's current target (the compiler's call of the
         /// key's trampoline).
         #[inline(always)]
@@ -899,7 +918,7 @@ macro_rules! __static_call_key {
             __tramp($($id),*)
         }
     };
-    (@methods c $vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+    (@methods c $vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?] $site:tt) => {
         /// Calls the key's current target with the call that is cheaper
         /// on the target this crate is built for: an inline call site on
         /// x86-64 (up to six arguments) and soft-float arm64, the
@@ -910,11 +929,11 @@ macro_rules! __static_call_key {
         #[allow(dead_code, clippy::too_many_arguments)]
         $vis fn call(&self, $($id: $t),*) $(-> $ret)? {
             $crate::__static_call_c_default_call!(
-                __tramp, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*
+                __tramp, $site, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*
             )
         }
 
-        $crate::__static_call_inline_method! { $vis [$(($id: $t))*] [$($ret)?] }
+        $crate::__static_call_inline_method! { $vis [$(($id: $t))*] [$($ret)?] $site }
 
         /// Calls the key's current target through the compiler's own call
         /// of the key's trampoline (`bl`/`call`, or a tail call `b`/`jmp`),

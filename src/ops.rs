@@ -523,6 +523,10 @@ unsafe impl TextWriter for Deferred<'_> {
     fn sync_cores(&self) -> Result<(), Error> {
         Ok(())
     }
+
+    fn publishes_pages(&self) -> bool {
+        self.inner.publishes_pages()
+    }
 }
 
 /// What a failed undo leaves, for [`Error::RestoreFailed`].
@@ -543,6 +547,9 @@ const NOT_PUT_BACK: &str = "an install failed and putting this key back failed t
 /// strategy), the writer synchronises every CPU once for the whole batch,
 /// after the last key is written (each key's cache maintenance is still
 /// done as it is written), instead of once or more per key. With x86-64's
+/// page swap (the default with a writer that publishes whole pages), up
+/// to 32 keys and all their sites are written in one batch, each page
+/// swapped once, then one sync. With x86-64's
 /// int3 protocol, up to 32 keys go through one batched protocol: at most
 /// four syncs for all of them.
 pub fn retarget_all(keys: &[&dyn Retarget]) -> Result<(), UpdateError> {

@@ -36,6 +36,87 @@ static_call::static_call! {
     static FREED: extern "C" fn(u64) -> u64 = add1;
 }
 
+static_call::static_call! {
+    /// Called from a site here and from one compiled against a
+    /// declaration (`declaring`); first updated with the first writer.
+    static MIXED_1: extern "C" fn(u64) -> u64 = add1;
+    /// The same, first updated with the second writer (x86-64).
+    static MIXED_2: extern "C" fn(u64) -> u64 = add1;
+    /// The same, with the third (x86-64).
+    static MIXED_3: extern "C" fn(u64) -> u64 = add1;
+    /// The same, with the fourth (x86-64).
+    static MIXED_4: extern "C" fn(u64) -> u64 = add1;
+    /// NULL from the start: its sites are the no-op.
+    static NULL_FROM_START: extern "C" fn(u64) = NULL;
+    /// RET0 from the start: its sites call the return-zero function.
+    static RET0_FROM_START: extern "C" fn(u64) -> u64 = RET0;
+}
+
+/// Calls of `MIXED_*` compiled against a declaration, which cannot name
+/// the initial target: they call the trampoline until the first update.
+mod declaring {
+    static_call::declare_static_call! {
+        // SAFETY: defined above with exactly this signature and types.
+        pub unsafe static MIXED_1: extern "C" fn(u64) -> u64;
+        // SAFETY: as above.
+        pub unsafe static MIXED_2: extern "C" fn(u64) -> u64;
+        // SAFETY: as above.
+        pub unsafe static MIXED_3: extern "C" fn(u64) -> u64;
+        // SAFETY: as above.
+        pub unsafe static MIXED_4: extern "C" fn(u64) -> u64;
+    }
+
+    #[inline(never)]
+    pub extern "C" fn mixed_3(x: u64) -> u64 {
+        MIXED_3.call_inline(x)
+    }
+
+    #[inline(never)]
+    pub extern "C" fn mixed_4(x: u64) -> u64 {
+        MIXED_4.call_inline(x)
+    }
+
+    #[inline(never)]
+    pub extern "C" fn mixed_1(x: u64) -> u64 {
+        MIXED_1.call_inline(x)
+    }
+
+    #[inline(never)]
+    pub extern "C" fn mixed_2(x: u64) -> u64 {
+        MIXED_2.call_inline(x)
+    }
+}
+
+#[inline(never)]
+extern "C" fn mixed_1_defined(x: u64) -> u64 {
+    MIXED_1.call_inline(x)
+}
+
+#[inline(never)]
+extern "C" fn mixed_2_defined(x: u64) -> u64 {
+    MIXED_2.call_inline(x)
+}
+
+#[inline(never)]
+extern "C" fn mixed_3_defined(x: u64) -> u64 {
+    MIXED_3.call_inline(x)
+}
+
+#[inline(never)]
+extern "C" fn mixed_4_defined(x: u64) -> u64 {
+    MIXED_4.call_inline(x)
+}
+
+#[inline(never)]
+fn null_from_start(x: u64) {
+    NULL_FROM_START.call_inline(x)
+}
+
+#[inline(never)]
+fn ret0_from_start(x: u64) -> u64 {
+    RET0_FROM_START.call_inline(x)
+}
+
 #[inline(never)]
 fn freed_kept(x: u64) -> u64 {
     FREED.call_inline(x)
@@ -126,6 +207,28 @@ fn decode(site: usize) -> Site {
     }
 }
 
+/// Asserts that `site` holds what the defining crate assembled for a key
+/// whose initial target is `add1`: a direct call, not of the trampoline,
+/// of `add1` or (the compiler may give a small function one copy per
+/// codegen unit) of code that behaves as it.
+fn assert_calls_add1_directly(site: usize, tramp: usize) {
+    match decode(site) {
+        Site::Call(t) if t == add1 as extern "C" fn(u64) -> u64 as usize => {}
+        Site::Call(t) if t != tramp => {
+            // SAFETY: the site's own call leads there, with this key's
+            // `extern "C" fn(u64) -> u64` signature.
+            let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(t) };
+            assert_eq!(f(41), 42, "site {site:#x} calls {t:#x}, which is not add1");
+        }
+        other => panic!("site {site:#x}: {other:?}, not a direct call of add1"),
+    }
+}
+
+/// The site inside `f` among `sites` (each function holds exactly one).
+fn site_in(sites: &[usize], f: usize) -> usize {
+    *sites.iter().filter(|&&s| s >= f).min().unwrap()
+}
+
 /// What a site of a key with trampoline `tramp` must hold once the key
 /// targets `target` (0 for NULL): the call of the target where it is in
 /// reach, else the trampoline's, and nothing for NULL.
@@ -196,6 +299,10 @@ unsafe impl TextWriter for Counting {
         unsafe { Remap.write_batch(&mut counted) }
     }
 
+    fn publishes_pages(&self) -> bool {
+        Remap.publishes_pages()
+    }
+
     fn sync_cores(&self) -> Result<(), Error> {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         Remap.sync_cores()
@@ -214,7 +321,14 @@ fn writers() -> Vec<(&'static str, &'static dyn UpdateWriter, usize)> {
         use static_call::arch::x86_64::{Strategy, WithStrategy};
         static INT3: WithStrategy<'static> = Strategy::Breakpoint.with(&COUNTING);
         static ONE_STORE: WithStrategy<'static> = Strategy::AtomicStore.with(&COUNTING);
-        vec![("int3", &INT3, 4), ("one-store", &ONE_STORE, 3)]
+        static PAGE_SWAP: WithStrategy<'static> = Strategy::PageSwap.with(&COUNTING);
+        vec![
+            ("int3", &INT3, 4),
+            ("one-store", &ONE_STORE, 3),
+            ("page-swap", &PAGE_SWAP, 1),
+            // The default: the strategy follows from the writer.
+            ("default", &COUNTING as &dyn UpdateWriter, 1),
+        ]
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -309,21 +423,22 @@ fn every_call_of_an_extern_c_key_is_a_recorded_site() {
     assert_eq!(HOOK.inline_sites(), 2);
     assert_eq!(WIDE.inline_sites(), 1000);
     assert_eq!(sites_of(&WIDE).len(), 1000);
-    // Every site calls the trampoline, as assembled, until an update of
-    // the key (other tests here update it, in any order) rewrites all of
-    // them to call its current target directly.
+    // Every site starts as the defining crate assembled it, a direct call
+    // of the initial target, until an update of the key (other tests here
+    // update it, in any order) rewrites all of them to call its current
+    // target.
     let _serial = serial();
     let tramp = COUNTED.trampoline_addr();
     let current = COUNTED.query().map_or(0, |f| f as usize);
-    let updated = |s: usize| expected(s, tramp, current);
     let sites = sites_of(&COUNTED);
-    let as_assembled = sites.iter().all(|&s| decode(s) == Site::Call(tramp));
-    let as_updated = sites.iter().all(|&s| decode(s) == updated(s));
-    assert!(
-        as_assembled || as_updated,
-        "sites of COUNTED are neither all as assembled nor all updated: {:?}",
-        sites.iter().map(|&s| decode(s)).collect::<Vec<_>>()
-    );
+    if !sites
+        .iter()
+        .all(|&s| decode(s) == expected(s, tramp, current))
+    {
+        for &s in &sites {
+            assert_calls_add1_directly(s, tramp);
+        }
+    }
 }
 
 /// Freed text: once a range is forgotten, no update touches the sites in
@@ -350,11 +465,11 @@ fn forgotten_sites_are_never_written_again() {
     for (f, add) in [(add2 as extern "C" fn(u64) -> u64, 2), (add3, 3)] {
         FREED.update_with(f, &Remap).unwrap();
         assert_eq!(bytes(gone), before, "a forgotten site was written");
-        assert_eq!(decode(gone), Site::Call(tramp));
+        assert_calls_add1_directly(gone, tramp);
         assert_eq!(decode(kept), expected(kept, tramp, f as usize));
-        // The forgotten site still reaches the key's target through the
-        // trampoline, as it did when it was forgotten.
-        assert_eq!(freed_forgotten(1), 2 + add);
+        // The forgotten site keeps the target it had when it was
+        // forgotten: the initial one, which it calls directly.
+        assert_eq!(freed_forgotten(1), 2 + 1);
         assert_eq!(freed_kept(1), 1 + add);
     }
     // Forgetting again finds nothing.
@@ -368,14 +483,17 @@ fn a_key_with_1000_sites_takes_every_transition_with_a_bounded_number_of_syncs()
     let sites = sites_of(&WIDE);
     assert_eq!(sites.len(), 1000);
     let tramp = WIDE.trampoline_addr();
-    // As assembled (no update yet), every site calls the trampoline.
+    // As assembled (no update yet), every site calls the initial target.
     let check = |target: Target, label: &str| {
         for &s in &sites {
-            let want = match label {
-                "as assembled" => Site::Call(tramp),
-                _ => expected(s, tramp, target.addr(&WIDE)),
-            };
-            assert_eq!(decode(s), want, "{label}: site {s:#x}");
+            match label {
+                "as assembled" => assert_calls_add1_directly(s, tramp),
+                _ => assert_eq!(
+                    decode(s),
+                    expected(s, tramp, target.addr(&WIDE)),
+                    "{label}: site {s:#x}"
+                ),
+            }
         }
         for (i, f) in WIDE_FNS.iter().enumerate() {
             let x = 1000 + i as u64;
@@ -391,7 +509,7 @@ fn a_key_with_1000_sites_takes_every_transition_with_a_bounded_number_of_syncs()
     // trampoline where an undo put that back.
     let current = WIDE.query().map_or(0, |f| f as usize);
     if current == add1 as extern "C" fn(u64) -> u64 as usize
-        && sites.iter().all(|&s| decode(s) == Site::Call(tramp))
+        && sites.iter().all(|&s| decode(s) != Site::Call(tramp))
     {
         check(Target::Add1, "as assembled");
     } else {
@@ -431,6 +549,76 @@ fn a_key_with_1000_sites_takes_every_transition_with_a_bounded_number_of_syncs()
             now = next;
         }
     }
+}
+
+/// A key's sites before its first update: the defining crate's call the
+/// initial target directly, a declaration's call the trampoline; the first
+/// update (with each writer) recognises both and takes both to the new
+/// target, and later updates keep them there.
+#[test]
+fn sites_call_the_initial_target_directly_until_the_first_update() {
+    let _serial = serial();
+    type F = extern "C" fn(u64) -> u64;
+    let keys: [(&static_call::StaticCall<F>, F, F); 4] = [
+        (&MIXED_1, mixed_1_defined, declaring::mixed_1),
+        (&MIXED_2, mixed_2_defined, declaring::mixed_2),
+        (&MIXED_3, mixed_3_defined, declaring::mixed_3),
+        (&MIXED_4, mixed_4_defined, declaring::mixed_4),
+    ];
+    let all = writers();
+    for (i, (key, defined, declared)) in keys.into_iter().enumerate() {
+        let (name, writer, _) = all[i % all.len()];
+        let sites = sites_of(key);
+        assert_eq!(sites.len(), 2, "{name}");
+        let tramp = key.trampoline_addr();
+        let (at_defined, at_declared) = (
+            site_in(&sites, defined as usize),
+            site_in(&sites, declared as usize),
+        );
+        assert_ne!(at_defined, at_declared);
+        assert_calls_add1_directly(at_defined, tramp);
+        assert_eq!(decode(at_declared), Site::Call(tramp), "{name}");
+        assert_eq!((defined(1), declared(1)), (2, 2), "{name}");
+        for (f, add) in [(add2 as F, 2), (add3, 3), (add1, 1)] {
+            key.update_with(f, writer).unwrap();
+            for s in [at_defined, at_declared] {
+                assert_eq!(decode(s), expected(s, tramp, f as usize), "{name}");
+            }
+            assert_eq!((defined(1), declared(1)), (1 + add, 1 + add), "{name}");
+        }
+    }
+
+    // NULL from the start: the no-op, until an update gives it a target.
+    let mut sites = Vec::new();
+    NULL_FROM_START.each_inline_site(|s| sites.push(s));
+    assert_eq!(sites.len(), 1);
+    assert_eq!(decode(sites[0]), Site::Nop);
+    NOTED.store(0, Ordering::SeqCst);
+    null_from_start(5);
+    assert_eq!(NOTED.load(Ordering::SeqCst), 0);
+    let (_, writer, _) = all[0];
+    NULL_FROM_START.update_with(note, writer).unwrap();
+    assert_eq!(
+        decode(sites[0]),
+        Site::Call(note as extern "C" fn(u64) as usize)
+    );
+    null_from_start(5);
+    assert_eq!(NOTED.load(Ordering::SeqCst), 5);
+    NULL_FROM_START.update_null_with(writer).unwrap();
+    assert_eq!(decode(sites[0]), Site::Nop);
+
+    // RET0 from the start: a direct call of the key's return-zero
+    // function (one exported symbol, so exactly the address `query`
+    // reports).
+    let sites = sites_of(&RET0_FROM_START);
+    assert_eq!(sites.len(), 1);
+    let ret0 = RET0_FROM_START.query().unwrap() as usize;
+    assert_ne!(ret0, RET0_FROM_START.trampoline_addr());
+    assert_eq!(decode(sites[0]), Site::Call(ret0));
+    assert_eq!(ret0_from_start(5), 0);
+    RET0_FROM_START.update_with(add3, writer).unwrap();
+    assert_eq!(decode(sites[0]), Site::Call(add3 as F as usize));
+    assert_eq!(ret0_from_start(5), 8);
 }
 
 #[test]
@@ -526,6 +714,10 @@ unsafe impl TextWriter for FailsMidBatch {
         }
         Remap.sync_cores()
     }
+
+    fn publishes_pages(&self) -> bool {
+        Remap.publishes_pages()
+    }
 }
 
 #[test]
@@ -535,6 +727,7 @@ fn an_update_that_fails_midway_leaves_every_site_calling_the_old_target() {
     let strategies = [
         Some(static_call::arch::x86_64::Strategy::Breakpoint),
         Some(static_call::arch::x86_64::Strategy::AtomicStore),
+        Some(static_call::arch::x86_64::Strategy::PageSwap),
     ];
     #[cfg(target_arch = "aarch64")]
     let strategies: [Option<()>; 1] = [None];
@@ -919,4 +1112,67 @@ mod int3 {
             }
         );
     }
+}
+
+/// The line of `/proc/self/maps` that holds `addr`.
+fn maps_line(addr: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .find(|l| {
+            let range = l.split(' ').next().unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b) = (
+                usize::from_str_radix(a, 16).unwrap(),
+                usize::from_str_radix(b, 16).unwrap(),
+            );
+            (a..b).contains(&addr)
+        })
+        .unwrap_or_else(|| panic!("no mapping holds {addr:#x}"))
+        .to_string()
+}
+
+/// Issue 19: after updates with the default writer, every page an update
+/// wrote (the trampoline's and those of all 1000 sites) still maps the
+/// program's file at its offset, so profilers symbolise it and uprobes
+/// find it; and the code still runs as updated.
+#[test]
+fn patched_pages_keep_mapping_their_file() {
+    use static_call::writer::linux::{Backing, last_backing};
+    let _serial = serial();
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let exe = exe.to_str().unwrap();
+    let page = |a: usize| a & !4095;
+    let mut pages: Vec<usize> = sites_of(&WIDE).into_iter().map(page).collect();
+    pages.push(page(WIDE.trampoline_addr()));
+    pages.sort_unstable();
+    pages.dedup();
+    let before: Vec<String> = pages.iter().map(|&p| maps_line(p)).collect();
+    for (f, add) in [(add2 as extern "C" fn(u64) -> u64, 2), (add1, 1)] {
+        WIDE.update_with(f, &Remap).unwrap();
+        assert_eq!(last_backing(), Backing::File);
+        for (&p, was) in pages.iter().zip(&before) {
+            let now = maps_line(p);
+            assert!(
+                now.ends_with(exe),
+                "page {p:#x} lost its file:\n before: {was}\n after:  {now}"
+            );
+            // The same offset into the file as before the update.
+            let offset = |l: &str, start: usize| {
+                let mut f = l.split_whitespace();
+                let range = f.next().unwrap();
+                let off = u64::from_str_radix(f.nth(1).unwrap(), 16).unwrap();
+                let first = usize::from_str_radix(range.split('-').next().unwrap(), 16).unwrap();
+                off + (start - first) as u64
+            };
+            assert_eq!(offset(&now, p), offset(was, p), "{was}\n{now}");
+        }
+        for (i, g) in WIDE_FNS.iter().enumerate() {
+            assert_eq!(g(1), wide_sites::wide_result(i, 1 + add));
+        }
+    }
+    eprintln!(
+        "maps of the first patched page, before: {}\n                              after:  {}",
+        before[0],
+        maps_line(pages[0])
+    );
 }

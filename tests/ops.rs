@@ -241,6 +241,11 @@ unsafe impl TextWriter for FailingWriter {
         }
         Remap.sync_cores()
     }
+
+    /// Each write is `Remap`'s: a page swapped in whole.
+    fn publishes_pages(&self) -> bool {
+        Remap.publishes_pages()
+    }
 }
 
 #[test]
@@ -280,8 +285,9 @@ fn an_install_that_fails_anywhere_leaves_every_operation_as_it_was() {
 }
 
 /// Issue 11: an install writes every key, then synchronises every CPU
-/// once (the default strategies on arm64 and x86-64 need no
-/// synchronisation between their own stores). If that one sync fails, every
+/// once (the default strategies on arm64 and, with a writer that
+/// publishes whole pages, x86-64 need no synchronisation between their
+/// own stores). If that one sync fails, every
 /// key is put back and synchronised again; if that fails too, the error
 /// says the restore failed.
 #[test]
@@ -432,6 +438,9 @@ unsafe impl TextWriter for FirstSyncFails {
             });
         }
         Remap.sync_cores()
+    }
+    fn publishes_pages(&self) -> bool {
+        self.0.publishes_pages()
     }
 }
 

@@ -1,7 +1,13 @@
 # The x86-64 inline call site: what every call of an `extern "C"` key
 # assembles to. static_call! splices the lines below (not these comments)
-# into the call's asm! block, whose operand `tramp` is the key's
-# trampoline. AT&T syntax.
+# into the call's asm! block. Operands: `tramp`, the key's trampoline (the
+# record names it); `target`, what the site calls as assembled; `null`, 1
+# for a NULL key's site. Where the key's definition is visible (the
+# defining crate, and anything its methods are inlined into) `target` is
+# the initial target itself (the return-zero function for RET0) and a
+# NULL key's site is the no-op, so a key that is never updated costs a
+# direct call; through declare_static_call! `target` is the trampoline.
+# AT&T syntax.
 #
 # The call is one aligned 8-byte word: three cs prefixes (ignored in 64-bit
 # mode) then call rel32. So the rel32 is 4-byte aligned and never crosses
@@ -13,8 +19,13 @@
 # The record beside it says where the site is and whose it is (offsets from
 # the record's own fields; src/site/table.rs).
 	.balign	8
-9:	.byte	0x2e, 0x2e, 0x2e
-	call	{tramp}
+9:
+	.if	{null}
+	.byte	0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00
+	.else
+	.byte	0x2e, 0x2e, 0x2e
+	call	{target}
+	.endif
 	.pushsection static_call_sites, "awR"
 	.balign	4
 	.long	9b - .

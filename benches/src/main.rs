@@ -55,6 +55,9 @@ static_call::static_call! {
     static RUST_KEY: fn(u64) -> u64 = add_one;
     /// Called only at its inline site in `loop_inline`.
     static C_KEY: extern "C" fn(u64) -> u64 = add_one_c;
+    /// Called only at its inline site in `loop_inline_never_updated`, and
+    /// never updated: the site calls the initial target as linked.
+    static NEVER_UPDATED: extern "C" fn(u64) -> u64 = add_one_c;
     /// Never called inline: `loop_trampoline` calls its trampoline.
     static TRAMP_KEY: extern "C" fn(u64) -> u64 = add_one_c;
     /// Updated by the one-site update benchmark (its one inline site is
@@ -162,6 +165,15 @@ fn loop_inline(n: u64) -> u64 {
 }
 
 #[inline(never)]
+fn loop_inline_never_updated(n: u64) -> u64 {
+    let mut acc = black_box(0);
+    for _ in 0..n {
+        acc = NEVER_UPDATED.call(acc);
+    }
+    acc
+}
+
+#[inline(never)]
 fn loop_fn_pointer(n: u64, f: fn(u64) -> u64) -> u64 {
     let mut acc = black_box(0);
     for _ in 0..n {
@@ -264,6 +276,10 @@ fn rows() -> Vec<Row> {
             run: loop_inline,
         },
         Row {
+            name: "inline_never_updated",
+            run: loop_inline_never_updated,
+        },
+        Row {
             name: "trampoline",
             run: loop_trampoline,
         },
@@ -334,7 +350,9 @@ fn calls() -> Vec<(&'static str, f64)> {
         .collect()
 }
 
-/// Forwards to a writer and counts its syncs.
+/// Forwards to a writer (batches and whether it publishes whole pages
+/// included, so the writer does what it does for a user) and counts its
+/// syncs.
 struct Counting<'a> {
     inner: &'a dyn TextWriter,
     syncs: AtomicUsize,
@@ -347,33 +365,48 @@ unsafe impl TextWriter for Counting<'_> {
         // SAFETY: the caller's contract, passed on.
         unsafe { self.inner.write(addr, bytes) }
     }
+    unsafe fn write_batch(
+        &self,
+        patches: &mut dyn Iterator<Item = static_call::writer::TextPatch>,
+    ) -> Result<(), static_call::Error> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.write_batch(patches) }
+    }
     fn sync_cores(&self) -> Result<(), static_call::Error> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.inner.sync_cores()
     }
+    fn publishes_pages(&self) -> bool {
+        self.inner.publishes_pages()
+    }
 }
 
 /// Median microseconds and syncs per update of `key`, for one strategy
-/// and writer; `check` says whether every call site now reaches `x + 2`
-/// (`two`) or `x + 1`.
+/// (`None`: the default, which follows from the writer) and writer;
+/// `check` says whether every call site now reaches `x + 2` (`two`) or
+/// `x + 1`.
 fn update_cost(
     key: &static_call::StaticCall<extern "C" fn(u64) -> u64>,
     updates: usize,
     check: fn(bool) -> bool,
-    strategy: Strategy,
+    strategy: Option<Strategy>,
     writer: &dyn TextWriter,
 ) -> (f64, f64) {
     let counting = Counting {
         inner: writer,
         syncs: AtomicUsize::new(0),
     };
-    let w = strategy.with(&counting);
+    let with = strategy.map(|s| s.with(&counting));
+    let w: &dyn static_call::arch::UpdateWriter = match &with {
+        Some(w) => w,
+        None => &counting,
+    };
     let mut times = Vec::with_capacity(updates);
     for i in 0..updates {
         let two = i % 2 == 0;
         let f: extern "C" fn(u64) -> u64 = if two { add_two_c } else { add_one_c };
         let start = Instant::now();
-        key.update_with(f, &w).expect("update");
+        key.update_with(f, w).expect("update");
         times.push(start.elapsed().as_secs_f64() * 1e6);
         assert!(check(two), "{}: a call site missed update {i}", key.name());
     }
@@ -383,7 +416,12 @@ fn update_cost(
 
 /// What every one of `key`'s inline sites calls now, checked against
 /// `want`; prints the shape for the report.
-fn check_sites(row: &str, key: &static_call::StaticCall<extern "C" fn(u64) -> u64>, want: usize) {
+fn check_sites(
+    row: &str,
+    key: &static_call::StaticCall<extern "C" fn(u64) -> u64>,
+    want: usize,
+    when: &str,
+) {
     use static_call::arch::x86_64::site;
     let mut sites = Vec::new();
     key.each_inline_site(|s| sites.push(s));
@@ -400,23 +438,27 @@ fn check_sites(row: &str, key: &static_call::StaticCall<extern "C" fn(u64) -> u6
         );
     }
     println!(
-        "shape {row} {} site(s), each `cs cs cs call {want:#x}` (the target itself) after the update",
+        "shape {row} {} site(s), each `cs cs cs call {want:#x}` (the target itself) {when}",
         sites.len()
     );
 }
 
 fn main() {
     static_keys::global_init();
-    // Keys as a kernel has them after boot: updated once. (Until its first
-    // update a Rust-ABI key's trampoline leads through its init shim, and
-    // an inline site calls the trampoline.)
+    // Keys as a kernel has them after boot: updated once (until its first
+    // update a Rust-ABI key's trampoline leads through its init shim);
+    // `NEVER_UPDATED` keeps its initial target, which its site calls as
+    // linked.
     RUST_KEY.update(add_one).expect("update");
     C_KEY.update(add_one_c).expect("update");
     TRAMP_KEY.update(add_one_c).expect("update");
+    let add_one_c_addr = add_one_c as extern "C" fn(u64) -> u64 as usize;
+    check_sites("inline", &C_KEY, add_one_c_addr, "after the update");
     check_sites(
-        "inline",
-        &C_KEY,
-        add_one_c as extern "C" fn(u64) -> u64 as usize,
+        "inline_never_updated",
+        &NEVER_UPDATED,
+        add_one_c_addr,
+        "as linked, never updated",
     );
     let build = std::env::args().nth(1).unwrap_or_else(|| "default".into());
     let calls = calls();
@@ -438,13 +480,18 @@ fn main() {
         WIDE.each_inline_site(|_| wide_sites += 1);
         assert_eq!(wide_sites, 1000, "WIDE's inline sites");
         for (sname, strategy) in [
-            ("atomic_store", Strategy::AtomicStore),
-            ("breakpoint", Strategy::Breakpoint),
+            ("atomic_store", Some(Strategy::AtomicStore)),
+            ("breakpoint", Some(Strategy::Breakpoint)),
+            ("page_swap", Some(Strategy::PageSwap)),
+            ("default", None),
         ] {
             for (wname, writer) in [
                 ("remap", &Remap as &dyn TextWriter),
                 ("mprotect", &Mprotect),
             ] {
+                if strategy == Some(Strategy::PageSwap) && !writer.publishes_pages() {
+                    continue; // refused: Mprotect stores in place
+                }
                 let (us, syncs) = update_cost(&UPDATED, UPDATES, one_site, strategy, writer);
                 println!("result update_us {sname}_{wname} {us:.2} us");
                 println!("result update_syncs {sname}_{wname} {syncs:.2} syncs");

@@ -19,34 +19,39 @@
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_c_default_call {
-    ($tramp:path, $ret:ty; $($arg:ident),* $(,)?) => {{
+    ($tramp:path, $site:tt, $ret:ty; $($arg:ident),* $(,)?) => {{
         #[cfg(target_feature = "neon")]
         #[allow(clippy::let_unit_value)]
         let ret = $crate::__static_call_c_tramp_call!($tramp, $ret; $($arg),*);
         #[cfg(not(target_feature = "neon"))]
         #[allow(clippy::let_unit_value)]
-        let ret = $crate::__static_call_c_call!($tramp, $ret; $($arg),*);
+        let ret = $crate::__static_call_c_call!($tramp, $site, $ret; $($arg),*);
         ret
     }};
 }
 
-/// Calls the trampoline `$tramp` (a `sym` path) with the C ABI: the
+/// An inline site of the key whose trampoline is `$tramp` (a `sym` path),
+/// assembled to call `$target` (its initial target where the definition is
+/// visible, else the trampoline; `nop` where `$null` is 1, see
+/// `asm/aarch64/call_site.S`), with the C ABI: the
 /// arguments (each a [`RegisterArg`](crate::RegisterArg)) in `x0`..`x7`,
 /// the result read as `$ret` (a [`RegisterReturn`](crate::RegisterReturn))
 /// from `x0`. Used by `static_call!`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_c_call {
-    ($tramp:path, $ret:ty; $($arg:expr),* $(,)?) => {
+    ($tramp:path, $site:tt, $ret:ty; $($arg:expr),* $(,)?) => {
         $crate::__static_call_zip_registers!(
-            __static_call_c_call ($tramp, $ret) []
+            __static_call_c_call ($tramp, $site, $ret) []
             [$($arg),*] ["x0" "x1" "x2" "x3" "x4" "x5" "x6" "x7"]
         )
     };
-    (@emit $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] []) => {{
+    (@emit $tramp:path, [$target:path, $null:expr], $ret:ty; [$(($r:tt, $a:expr))*] []) => {{
         let ret: u64;
-        // SAFETY: the trampoline branches to a function of the key's
-        // `extern "C"` type (or returns, for NULL), which receives the
+        // SAFETY: the site calls the key's initial target, its
+        // trampoline (which branches to a function of the key's
+        // `extern "C"` type, or returns for NULL) or nothing (NULL), and
+        // every update leaves one of those; the callee receives the
         // arguments in the registers the C ABI assigns them; `bl` sets the
         // link register, which `clobber_abi("C")` declares clobbered along
         // with every register the callee may change.
@@ -54,6 +59,8 @@ macro_rules! __static_call_c_call {
             $crate::__private::core::arch::asm!(
                 $crate::__static_call_asm_call_site!(),
                 tramp = sym $tramp,
+                target = sym $target,
+                null = const $null,
                 $(in($r) $crate::__private::RegisterArg::into_register($a),)*
                 lateout("x0") ret,
                 clobber_abi("C"),

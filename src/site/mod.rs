@@ -61,7 +61,7 @@ macro_rules! __static_call_c_tramp_call {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_c_call {
-    ($tramp:path, $ret:ty; $($arg:ident),* $(,)?) => {
+    ($tramp:path, $site:tt, $ret:ty; $($arg:ident),* $(,)?) => {
         $crate::__static_call_c_tramp_call!($tramp, $ret; $($arg),*)
     };
 }
@@ -72,7 +72,7 @@ macro_rules! __static_call_c_call {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_c_default_call {
-    ($tramp:path, $ret:ty; $($arg:ident),* $(,)?) => {
+    ($tramp:path, $site:tt, $ret:ty; $($arg:ident),* $(,)?) => {
         $crate::__static_call_c_tramp_call!($tramp, $ret; $($arg),*)
     };
 }
@@ -92,7 +92,7 @@ macro_rules! __static_call_inline_method {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_inline_method_site {
-    ($vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?]) => {
+    ($vis:vis [$(($id:ident: $t:ty))*] [$($ret:ty)?] $site:tt) => {
         /// Calls the key's current target through an inline call site: a
         /// `call`/`bl` instruction the crate emits and records, which
         /// every update rewrites to call the target directly. See the
@@ -101,7 +101,7 @@ macro_rules! __static_call_inline_method_site {
         #[allow(dead_code, clippy::too_many_arguments)]
         $vis fn call_inline(&self, $($id: $t),*) $(-> $ret)? {
             $crate::__static_call_c_call!(
-                __tramp, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*
+                __tramp, $site, $crate::__static_call_key!(@ret_type $($ret)?); $($id),*
             )
         }
     };

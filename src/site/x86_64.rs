@@ -21,11 +21,11 @@
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_c_default_call {
-    ($tramp:path, $ret:ty; $a0:ident, $a1:ident, $a2:ident, $a3:ident, $a4:ident, $a5:ident, $a6:ident $(, $a7:ident)? $(,)?) => {
+    ($tramp:path, $site:tt, $ret:ty; $a0:ident, $a1:ident, $a2:ident, $a3:ident, $a4:ident, $a5:ident, $a6:ident $(, $a7:ident)? $(,)?) => {
         $crate::__static_call_c_tramp_call!($tramp, $ret; $a0, $a1, $a2, $a3, $a4, $a5, $a6 $(, $a7)?)
     };
-    ($tramp:path, $ret:ty; $($arg:ident),* $(,)?) => {
-        $crate::__static_call_c_call!($tramp, $ret; $($arg),*)
+    ($tramp:path, $site:tt, $ret:ty; $($arg:ident),* $(,)?) => {
+        $crate::__static_call_c_call!($tramp, $site, $ret; $($arg),*)
     };
 }
 
@@ -35,7 +35,7 @@ macro_rules! __static_call_c_default_call {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_inline_method {
-    ($vis:vis [($i0:ident: $t0:ty) ($i1:ident: $t1:ty) ($i2:ident: $t2:ty) ($i3:ident: $t3:ty) ($i4:ident: $t4:ty) ($i5:ident: $t5:ty) ($i6:ident: $t6:ty) $(($i7:ident: $t7:ty))?] [$($ret:ty)?]) => {
+    ($vis:vis [($i0:ident: $t0:ty) ($i1:ident: $t1:ty) ($i2:ident: $t2:ty) ($i3:ident: $t3:ty) ($i4:ident: $t4:ty) ($i5:ident: $t5:ty) ($i6:ident: $t6:ty) $(($i7:ident: $t7:ty))?] [$($ret:ty)?] $site:tt) => {
         /// Refused on x86-64 for keys with 7 or 8 arguments: their stack
         /// arguments cannot be pushed by an inline site without breaking
         /// unwinding. Use `call` or `call_trampoline`.
@@ -73,7 +73,10 @@ pub mod sealed {
     pub trait Never {}
 }
 
-/// Calls the trampoline `$tramp` (a `sym` path) with the C ABI: the
+/// An inline site of the key whose trampoline is `$tramp` (a `sym` path),
+/// assembled to call `$target` (its initial target where the definition is
+/// visible, else the trampoline; the no-op where `$null` is 1, see
+/// `asm/x86_64/call_site.S`), with the C ABI: the
 /// arguments (each a [`RegisterArg`](crate::RegisterArg)) in the integer
 /// argument registers, the result read as `$ret` (a
 /// [`RegisterReturn`](crate::RegisterReturn)) from `rax`. Up to six
@@ -82,15 +85,17 @@ pub mod sealed {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_c_call {
-    ($tramp:path, $ret:ty; $($arg:expr),* $(,)?) => {
+    ($tramp:path, $site:tt, $ret:ty; $($arg:expr),* $(,)?) => {
         $crate::__static_call_zip_registers!(
-            __static_call_c_call ($tramp, $ret) [] [$($arg),*] ["rdi" "rsi" "rdx" "rcx" "r8" "r9"]
+            __static_call_c_call ($tramp, $site, $ret) [] [$($arg),*] ["rdi" "rsi" "rdx" "rcx" "r8" "r9"]
         )
     };
-    (@emit $tramp:path, $ret:ty; [$(($r:tt, $a:expr))*] []) => {{
+    (@emit $tramp:path, [$target:path, $null:expr], $ret:ty; [$(($r:tt, $a:expr))*] []) => {{
         let ret: u64;
-        // SAFETY: the trampoline jumps to a function of the key's
-        // `extern "C"` type (or returns, for NULL), which receives the
+        // SAFETY: the site calls the key's initial target, its
+        // trampoline (which jumps to a function of the key's `extern "C"`
+        // type, or returns for NULL) or nothing (NULL), and every update
+        // leaves one of those; the callee receives the
         // arguments in the registers the C ABI assigns them; the compiler
         // is told every register the callee may clobber, and keeps the
         // stack aligned for the call (no `nostack`).
@@ -98,6 +103,8 @@ macro_rules! __static_call_c_call {
             $crate::__private::core::arch::asm!(
                 $crate::__static_call_asm_call_site!(),
                 tramp = sym $tramp,
+                target = sym $target,
+                null = const $null,
                 $(in($r) $crate::__private::RegisterArg::into_register($a),)*
                 lateout("rax") ret,
                 clobber_abi("C"),

@@ -216,16 +216,161 @@ unsafe fn move_over(from: usize, to: usize, len: usize) -> Result<(), i32> {
     }
 }
 
+/// What backs the copy [`Remap`] made of the last text page it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// No page has been written yet.
+    Nothing,
+    /// A private mapping of the file the page maps, at the same offset:
+    /// `/proc/self/maps` still names the file for the page, `perf`
+    /// symbolises it and uprobes find it through the file.
+    File,
+    /// Anonymous memory, and why the file could not be used.
+    Anonymous(&'static str),
+}
+
+/// [`Backing`] of the last page copy, encoded: 0 nothing, 1 file, 2 + the
+/// index of the reason in [`ANONYMOUS_REASONS`].
+static LAST_BACKING: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// Why a page copy is anonymous memory.
+const ANONYMOUS_REASONS: [&str; 5] = [
+    "the page maps no file that can be opened again (anonymous memory, a deleted file, \
+     or a /proc/self/maps line that could not be read)",
+    "opening the mapped file failed",
+    "the file at the mapped path is no longer the mapped one (device or inode differ)",
+    "mapping the file privately failed",
+    "the kernel refused to make a written private file mapping executable (SELinux \
+     execmod, say)",
+];
+
+fn note_backing(file: Result<(), usize>) {
+    let v = match file {
+        Ok(()) => 1,
+        Err(reason) => 2 + reason as u8,
+    };
+    LAST_BACKING.store(v, Ordering::Relaxed);
+}
+
+/// What backs the copy [`Remap`] made of the last text page it wrote: the
+/// page's own file where it can be (so profilers and probes keep working),
+/// else anonymous memory, with the reason.
+///
+/// ```
+/// use static_call::writer::linux::{Backing, Remap, last_backing};
+/// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
+/// fn inc(x: u32) -> u32 { x + 1 }
+/// fn dec(x: u32) -> u32 { x - 1 }
+/// # fn main() {
+/// use static_call::arch::{Backend, active::Active};
+/// OP.update_with(dec, &Remap).unwrap();
+/// if Active::WRITES_TEXT {
+///     // A program's own text maps its executable.
+///     assert_eq!(last_backing(), Backing::File);
+/// }
+/// # }
+/// ```
+pub fn last_backing() -> Backing {
+    match LAST_BACKING.load(Ordering::Relaxed) {
+        0 => Backing::Nothing,
+        1 => Backing::File,
+        v => Backing::Anonymous(ANONYMOUS_REASONS[usize::from(v - 2)]),
+    }
+}
+
+/// A fresh anonymous read-write mapping of `len` bytes.
+fn anonymous(len: usize) -> Result<usize, Error> {
+    // SAFETY: an anonymous private mapping with no address hint.
+    let at = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        Err(Error::WriterFailed {
+            what: "map a copy of the text page",
+            errno: errno(),
+        })
+    } else {
+        Ok(at as usize)
+    }
+}
+
+/// A private read-write mapping of the file that backs `start..start +
+/// len`, at the offset those pages map, checked to be the same file
+/// (device and inode); the index of the reason in [`ANONYMOUS_REASONS`]
+/// where there is none.
+fn file_copy(start: usize, len: usize) -> Result<usize, usize> {
+    super::maps::with_line_of(start, |line| {
+        let l = line
+            .filter(|l| l.is_file() && start + len <= l.end)
+            .ok_or(0usize)?;
+        let offset = l.offset + (start - l.start) as u64;
+        let mut path = [0u8; 1025];
+        let p = path.get_mut(..l.path.len()).ok_or(0usize)?;
+        p.copy_from_slice(l.path);
+        // SAFETY: `path` is NUL-terminated (zeroed beyond the copy, which
+        // is at most 1024 bytes); the descriptor is closed below.
+        let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(1);
+        }
+        // SAFETY: `st` is plain data that fstat fills in.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: our descriptor, our buffer.
+        let same = unsafe { libc::fstat(fd, &mut st) } == 0
+            && st.st_ino == l.inode
+            && st.st_dev == libc::makedev(l.dev.0, l.dev.1);
+        let mapped = if same {
+            // SAFETY: a private mapping of our descriptor, no address hint.
+            unsafe {
+                libc::mmap(
+                    core::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE,
+                    fd,
+                    offset as libc::off_t,
+                )
+            }
+        } else {
+            libc::MAP_FAILED
+        };
+        // SAFETY: our own descriptor (a mapping keeps the file open).
+        unsafe { libc::close(fd) };
+        match (same, mapped == libc::MAP_FAILED) {
+            (false, _) => Err(2),
+            (true, true) => Err(3),
+            (true, false) => Ok(mapped as usize),
+        }
+    })
+}
+
 /// A private read-write copy of text pages, patched and then moved over
 /// the originals in one `mremap` ([`Remap`]'s one step), with a second,
 /// pristine copy to map back should that `mremap` fail after the kernel
 /// unmapped the originals.
+///
+/// The patched copy is a private mapping of the file the pages map, at
+/// their offset, where that file can be opened again and is the same
+/// (device and inode): the mapping that lands is then file-backed with the
+/// right offset, as after an `mprotect` write, so `/proc/self/maps` keeps
+/// naming the file. Elsewhere it is anonymous memory ([`last_backing`]
+/// says which, and why).
 struct PageCopy {
     start: usize,
     len: usize,
-    /// The patched copy; the pristine one follows it, in one mapping of
-    /// `2 * len` bytes.
+    /// The patched copy.
     copy: usize,
+    /// The pristine copy (anonymous).
+    pristine: usize,
+    /// Whether `copy` maps the pages' file.
+    file_backed: bool,
     rx: libc::c_int,
 }
 
@@ -246,34 +391,34 @@ impl PageCopy {
             });
         }
         let rx = libc::PROT_READ | libc::PROT_EXEC | kept_protection(start);
-        // SAFETY: an anonymous private mapping with no address hint.
-        let copy = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                2 * len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+        let file = file_copy(start, len);
+        let copy = match file {
+            Ok(at) => at,
+            Err(_) => anonymous(len)?,
         };
-        if copy == libc::MAP_FAILED {
-            return Err(Error::WriterFailed {
-                what: "map a copy of the text page",
-                errno: errno(),
-            });
-        }
+        let pristine = match anonymous(len) {
+            Ok(at) => at,
+            Err(e) => {
+                // SAFETY: our own mapping.
+                unsafe { libc::munmap(copy as *mut _, len) };
+                return Err(e);
+            }
+        };
+        note_backing(file.map(|_| ()));
         // SAFETY: `start..start + len` is mapped text (checked above:
-        // readable), `copy` a fresh writable mapping of twice its size;
-        // they do not overlap.
+        // readable); `copy` and `pristine` fresh writable mappings of its
+        // size. The file copy is overwritten whole (its pages become
+        // private copies): the text may differ from the file already.
         unsafe {
-            core::ptr::copy_nonoverlapping(start as *const u8, copy.cast::<u8>(), len);
-            core::ptr::copy_nonoverlapping(start as *const u8, copy.cast::<u8>().add(len), len);
+            core::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len);
+            core::ptr::copy_nonoverlapping(start as *const u8, pristine as *mut u8, len);
         }
         Ok(PageCopy {
             start,
             len,
-            copy: copy as usize,
+            copy,
+            pristine,
+            file_backed: file.is_ok(),
             rx,
         })
     }
@@ -288,6 +433,37 @@ impl PageCopy {
         unsafe { store(self.copy + (addr - self.start), bytes) };
     }
 
+    /// Makes the patched copy read+execute. A written private file mapping
+    /// that the kernel refuses to make executable (SELinux's execmod) is
+    /// replaced by an anonymous one with the same bytes.
+    fn protect(&mut self) -> Result<(), i32> {
+        // SAFETY: changes the protection of our own mapping only.
+        if unsafe { libc::mprotect(self.copy as *mut _, self.len, self.rx) } == 0 {
+            return Ok(());
+        }
+        let refused = errno();
+        if !self.file_backed {
+            return Err(refused);
+        }
+        let Ok(anon) = anonymous(self.len) else {
+            return Err(refused);
+        };
+        // SAFETY: both are our own mappings of `len` bytes; the file copy
+        // is then dropped for the anonymous one.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.copy as *const u8, anon as *mut u8, self.len);
+            libc::munmap(self.copy as *mut _, self.len);
+        }
+        (self.copy, self.file_backed) = (anon, false);
+        note_backing(Err(4));
+        // SAFETY: as above.
+        if unsafe { libc::mprotect(self.copy as *mut _, self.len, self.rx) } == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
     /// Makes the copy read+execute and moves it over the text. On failure
     /// the text is as it was, or the error is [`Error::RestoreFailed`].
     ///
@@ -295,24 +471,23 @@ impl PageCopy {
     ///
     /// The copied pages must be text the caller may patch, with the patch
     /// lock held.
-    unsafe fn commit(self) -> Result<(), Error> {
-        let pristine = self.copy + self.len;
-        let unmap = |at: usize, len: usize| {
+    unsafe fn commit(mut self) -> Result<(), Error> {
+        let (len, pristine) = (self.len, self.pristine);
+        let unmap = |at: usize| {
             // SAFETY: `at..at + len` is (what is left of) our own mapping.
             unsafe { libc::munmap(at as *mut libc::c_void, len) };
         };
-        // SAFETY: changes the protection of our own mapping only.
-        if unsafe { libc::mprotect(self.copy as *mut _, self.len, self.rx) } != 0 {
-            let errno = errno();
-            unmap(self.copy, 2 * self.len);
+        if let Err(errno) = self.protect() {
+            unmap(self.copy);
+            unmap(pristine);
             return Err(Error::WriterFailed {
                 what: "make the patched copy read+execute",
                 errno,
             });
         }
         // SAFETY: moves our mapping over the caller's text pages.
-        let Err(errno) = (unsafe { move_over(self.copy, self.start, self.len) }) else {
-            unmap(pristine, self.len);
+        let Err(errno) = (unsafe { move_over(self.copy, self.start, len) }) else {
+            unmap(pristine);
             return Ok(());
         };
         // `mremap` to a fixed address unmaps the destination first and can
@@ -320,14 +495,16 @@ impl PageCopy {
         // tell which from the errno, so look. Still mapped: the kernel
         // refused before touching it, and the text is as it was.
         let what = "mremap the patched copy over the text page";
-        match mapped(self.start, self.len) {
+        match mapped(self.start, len) {
             Some(true) => {
-                unmap(self.copy, 2 * self.len);
+                unmap(self.copy);
+                unmap(pristine);
                 return Err(Error::WriterFailed { what, errno });
             }
             Some(false) => {}
             None => {
-                unmap(self.copy, 2 * self.len);
+                unmap(self.copy);
+                unmap(pristine);
                 return Err(Error::RestoreFailed {
                     addr: self.start,
                     state: UNMAPPED,
@@ -338,9 +515,9 @@ impl PageCopy {
         // it held (a thread that ran the page while it was missing has
         // faulted; nothing can undo that).
         // SAFETY: our own mapping, then moved over the caller's text.
-        let back = unsafe { libc::mprotect(pristine as *mut _, self.len, self.rx) } == 0
-            && unsafe { move_over(pristine, self.start, self.len) }.is_ok();
-        unmap(self.copy, self.len);
+        let back = unsafe { libc::mprotect(pristine as *mut _, len, self.rx) } == 0
+            && unsafe { move_over(pristine, self.start, len) }.is_ok();
+        unmap(self.copy);
         if back {
             Err(Error::WriterFailed {
                 what: "mremap the patched copy over the text page (the kernel unmapped the \
@@ -348,7 +525,7 @@ impl PageCopy {
                 errno,
             })
         } else {
-            unmap(pristine, self.len);
+            unmap(pristine);
             Err(Error::RestoreFailed {
                 addr: self.start,
                 state: UNMAPPED,
@@ -415,14 +592,18 @@ pub mod __test_hooks {
 /// original in one step. A thread running that page meanwhile sees the old
 /// page or the new one, and never needs it writable.
 ///
-/// The page becomes anonymous memory (it no longer shares the executable
-/// file's page cache), exactly as a copy-on-write text relocation would.
-/// The page may hold other code next to the trampolines (the end of
-/// `.text`, `.plt`, `.fini`): a change something else makes to it while an
-/// update runs without the [patch lock](super::patch_lock) (a debugger's
-/// breakpoint, a uprobe) can be lost, and a uprobe there no longer matches
-/// its file afterwards. Keep such tools off those functions while keys are
-/// updated, or give `.static_call.text` pages of its own (see the README).
+/// The copy is a private mapping of the file the page maps, at the same
+/// offset, where that file can be opened again and is the same one
+/// (checked by device and inode): the page that lands is then a
+/// copy-on-write page of a file-backed mapping, as after an `mprotect`
+/// write, so `/proc/self/maps` still names the file, `perf` symbolises
+/// the code and a uprobe registered through the file finds the page. Where
+/// the file cannot be used the copy is anonymous memory, which loses all
+/// of that ([`last_backing`] says which, and why). Either way the page no
+/// longer shares the file's page cache. The page may hold other code next
+/// to the trampolines and sites: a change something else makes to it while
+/// an update runs without the [patch lock](super::patch_lock) (a
+/// debugger's breakpoint, a uprobe being inserted) can be lost.
 ///
 /// If the `mremap` fails, the page is checked: still mapped, the kernel
 /// refused before touching it and the text is as it was. But `mremap` to a
@@ -496,6 +677,11 @@ unsafe impl TextWriter for Remap {
 
     fn sync_cores(&self) -> Result<(), Error> {
         membarrier_sync_core()
+    }
+
+    /// Every page is patched in a private copy and swapped in whole.
+    fn publishes_pages(&self) -> bool {
+        true
     }
 }
 

@@ -14,6 +14,7 @@ mod fork;
 mod futex;
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod maps;
 mod mmu_off;
 
 pub use bare::{Alias, Direct};
@@ -112,6 +113,24 @@ pub unsafe trait TextWriter: Sync {
     fn sync_cores(&self) -> Result<(), Error> {
         Ok(())
     }
+    /// Whether the writer publishes whole pages: every write (and every
+    /// page of a [`write_batch`](Self::write_batch)) goes into a private
+    /// copy of the page that then replaces the page in one atomic swap, so
+    /// no CPU ever fetches bytes while they are being written and the
+    /// text a CPU ran before the swap is never modified ([`linux::Remap`]).
+    /// Backends then write a whole update, trampolines and call sites, in
+    /// one batch followed by one [`sync_cores`](Self::sync_cores), with no
+    /// intermediate states to protect (x86-64's
+    /// [`Strategy::PageSwap`](crate::arch::x86_64::Strategy::PageSwap)).
+    ///
+    /// The default, `false`, is right for every writer that stores in
+    /// place; a writer that wraps another forwards its answer. Part of the
+    /// trait's safety contract: a writer that says `true` and stores in
+    /// place exposes other CPUs to cross-modifying code no protocol
+    /// guards.
+    fn publishes_pages(&self) -> bool {
+        false
+    }
 }
 
 /// The writer of one update, noting whether it ever returned
@@ -169,6 +188,9 @@ unsafe impl TextWriter for Watched<'_> {
 
     fn sync_cores(&self) -> Result<(), Error> {
         self.note(self.inner.sync_cores())
+    }
+    fn publishes_pages(&self) -> bool {
+        self.inner.publishes_pages()
     }
 }
 

@@ -197,20 +197,33 @@ fn function_lines<'a>(disassembly: &'a str, function: &str) -> impl Iterator<Ite
 }
 
 /// The call instructions in `function`'s disassembly (objdump -d output);
-/// a direct call at one of `sites` is an inline site.
+/// a direct call (or, for a NULL key, the no-op) at one of `sites` is an
+/// inline site, whatever it calls: the defining crate's sites call the
+/// key's initial target until the first update, a declaration's call the
+/// trampoline.
 pub fn calls_in(disassembly: &str, function: &str, key: &str, sites: &[u64]) -> Vec<Call> {
     function_lines(disassembly, function)
         .filter_map(|l| {
-            let call = classify(l, key)?;
             let addr = l.trim_start().split(':').next()?;
             let at = u64::from_str_radix(addr, 16).ok()?;
-            Some(if call == Call::Direct && sites.contains(&at) {
-                Call::Site
-            } else {
-                call
-            })
+            if sites.contains(&at) && is_site_instruction(l) {
+                return Some(Call::Site);
+            }
+            classify(l, key)
         })
         .collect()
+}
+
+/// Whether a disassembled line holds what an inline site may hold: a
+/// direct `call`/`bl` or a no-op.
+fn is_site_instruction(line: &str) -> bool {
+    let insn = line.split('\t').skip(2).collect::<Vec<_>>().join(" ");
+    let mut words = insn.split_whitespace().skip_while(|w| *w == "cs");
+    match words.next() {
+        Some("call" | "callq" | "bl") => !words.next().unwrap_or("*").starts_with('*'),
+        Some(m) => m.starts_with("nop"),
+        None => false,
+    }
 }
 
 /// The call a disassembled instruction line is, if it is one.
@@ -388,6 +401,10 @@ mod tests {
 
 0000000000014100 <site_rust_once>:
    14104:\te8 00 00 00 00       \tcall   14200 <__llvm_retpoline_r11>
+
+0000000000014300 <site_c_inline_once>:
+   14308:\t2e 2e 2e e8 f3 01 00 \tcs cs cs call 14500 <c_triple>
+   14310:\te8 00 00 00 00       \tcall   14600 <core::panicking::panic>
 ";
 
     const A64: &str = "\
@@ -417,6 +434,13 @@ mod tests {
             [Call::Site, Call::Indirect]
         );
         assert!(calls_in(X86, "site_missing", "C_KEY", &[]).is_empty());
+        // A recorded site calls the key's initial target until the first
+        // update; the same call, unrecorded, is no call of the key.
+        assert_eq!(
+            calls_in(X86, "site_c_inline_once", "C_KEY", &[0x14308]),
+            [Call::Site]
+        );
+        assert!(calls_in(X86, "site_c_inline_once", "C_KEY", &[]).is_empty());
     }
 
     #[test]

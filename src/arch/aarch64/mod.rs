@@ -250,6 +250,7 @@ unsafe fn retarget_window(
         let sites = Some(Sites {
             tramp: tramp as u64,
             old: slot.target.load(Ordering::Relaxed) as u64,
+            never_updated: !slot.updated.load(Ordering::Relaxed),
             new: target as u64,
             table: crate::site::table::live::locked()?,
         });
@@ -358,6 +359,9 @@ struct Sites {
     tramp: u64,
     /// The key's target before the update (0 for NULL).
     old: u64,
+    /// No update of the key has succeeded: the defining crate's sites may
+    /// still hold the calls they were assembled with.
+    never_updated: bool,
     /// Its target after.
     new: u64,
     table: crate::site::table::Records<'static>,
@@ -395,7 +399,13 @@ impl Sites {
             if unfinished {
                 site::check_unfinished(s as u64, Self::read(s))?;
             } else {
-                site::check(s as u64, Self::read(s), self.tramp, self.old)?;
+                site::check(
+                    s as u64,
+                    Self::read(s),
+                    self.tramp,
+                    self.old,
+                    self.never_updated,
+                )?;
             }
             site::plan(s as u64, self.tramp, self.new)?;
         }

@@ -57,8 +57,9 @@ pub fn plan(site: u64, tramp: u64, target: u64) -> Result<u32, Error> {
     }
 }
 
-/// The call of the trampoline, as the site was assembled: what it holds
-/// before any update, and what a failed update puts back (it behaves as a
+/// The call of the trampoline: what a site compiled against a declaration
+/// holds before the key's first update (one in the defining crate calls
+/// the initial target directly), and what a failed update puts back (it behaves as a
 /// call of the key's current target).
 pub fn home(site: u64, tramp: u64) -> Result<u32, Error> {
     encode_bl(site, tramp).ok_or(Error::UnreachableTarget {
@@ -92,10 +93,23 @@ pub fn check_unfinished(site: u64, word: u32) -> Result<(), Error> {
 
 /// Checks, before anything is written, that the site holds what it may
 /// hold for a key whose current target is `current` (0 for NULL): its
-/// trampoline's call or [`plan`]'s word for `current`. A site the linker
-/// routed through a veneer (more than 128 MiB from its trampoline) is
-/// refused: its `bl` leads to neither.
-pub fn check(site: u64, word: u32, tramp: u64, current: u64) -> Result<(), Error> {
+/// trampoline's call (a site compiled against a declaration) or
+/// [`plan`]'s word for `current`; or, while the key has never been
+/// updated (`never_updated`), any `bl`: the defining crate assembles its
+/// sites as direct calls of the initial target, which the compiler may
+/// have copied per codegen unit or the linker routed through a veneer,
+/// so the `bl` a site was linked with need not lead to the address the
+/// key reports. The `nop` is accepted only for a NULL key. A site the
+/// linker routed through a veneer to its trampoline (more than 128 MiB
+/// away) is refused once the key has been updated: its `bl` leads to
+/// neither.
+pub fn check(
+    site: u64,
+    word: u32,
+    tramp: u64,
+    current: u64,
+    never_updated: bool,
+) -> Result<(), Error> {
     let refused = Error::UnrecognisedCallSite {
         site: site as usize,
         found: u64::from(word),
@@ -103,7 +117,8 @@ pub fn check(site: u64, word: u32, tramp: u64, current: u64) -> Result<(), Error
     if !site.is_multiple_of(4) {
         return Err(refused);
     }
-    if [home(site, tramp), plan(site, tramp, current)].contains(&Ok(word)) {
+    let as_assembled = never_updated && decode_bl(site, word).is_some();
+    if as_assembled || [home(site, tramp), plan(site, tramp, current)].contains(&Ok(word)) {
         Ok(())
     } else {
         Err(refused)
@@ -134,10 +149,13 @@ mod tests {
         let (site, tramp) = (0x4000_1000u64, 0x4000_9000u64);
         let (f, g) = (0x4000_3000u64, 0x4000_4000u64);
         let home = home(site, tramp).unwrap();
-        assert_eq!(check(site, home, tramp, f), Ok(()));
-        assert_eq!(check(site, home, tramp, 0), Ok(()));
-        assert_eq!(check(site, plan(site, tramp, f).unwrap(), tramp, f), Ok(()));
-        assert_eq!(check(site, NOP, tramp, 0), Ok(()));
+        assert_eq!(check(site, home, tramp, f, false), Ok(()));
+        assert_eq!(check(site, home, tramp, 0, false), Ok(()));
+        assert_eq!(
+            check(site, plan(site, tramp, f).unwrap(), tramp, f, false),
+            Ok(())
+        );
+        assert_eq!(check(site, NOP, tramp, 0, false), Ok(()));
         for (s, w, cur) in [
             (site, plan(site, tramp, g).unwrap(), f),
             (site, NOP, f),
@@ -145,12 +163,25 @@ mod tests {
             (site + 2, home, f),
         ] {
             assert_eq!(
-                check(s, w, tramp, cur),
+                check(s, w, tramp, cur, false),
                 Err(Error::UnrecognisedCallSite {
                     site: s as usize,
                     found: u64::from(w)
                 })
             );
         }
+    }
+
+    #[test]
+    fn a_never_updated_site_may_call_the_initial_target_as_linked() {
+        let (site, tramp) = (0x4000_1000u64, 0x4000_9000u64);
+        let (f, copy) = (0x4000_3000u64, 0x4000_3800u64);
+        let linked = encode_bl(site, copy).unwrap();
+        assert_eq!(check(site, linked, tramp, f, true), Ok(()));
+        assert_eq!(check(site, NOP, tramp, 0, true), Ok(()));
+        assert!(check(site, linked, tramp, f, false).is_err());
+        assert!(check(site, NOP, tramp, f, true).is_err());
+        assert!(check(site, insn::encode_b(site, f).unwrap(), tramp, f, true).is_err());
+        assert!(check(site + 2, linked, tramp, f, true).is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! The x86-64 backend: Linux's static-call trampoline, retargeted with the
-//! int3 protocol or one atomic store, with a literal for far targets.
+//! The x86-64 backend: Linux's static-call trampoline, retargeted with a
+//! page swap, the int3 protocol or one atomic store, with a literal for far
+//! targets.
 //!
 //! ```text
 //!         .balign 16                    // in .static_call.text
@@ -26,24 +27,31 @@
 //!
 //! The backend's [`Options`](crate::arch::Backend::Options): chosen per
 //! update with [`WithStrategy`] or per program with [`set_default_strategy`]
-//! (no Cargo feature: a dependency must not choose for the program). The default is the atomic
-//! store in Linux user space (no update can make a thread trap, so a thread
-//! with SIGTRAP blocked, or a debugger, is never caught out) and int3 on
-//! bare metal (see [`Strategy`] for what each
-//! needs):
+//! (no Cargo feature: a dependency must not choose for the program). The
+//! default, [`Strategy::Auto`], follows from the writer (see [`Strategy`]
+//! for what each needs):
 //!
-//! - [`Strategy::Breakpoint`], Linux's `text_poke_bp`: publish the literal; sync all CPUs; `int3` over the
-//!   first byte; sync; the other seven bytes; sync; the new first byte;
-//!   sync. A CPU
+//! - [`Strategy::PageSwap`], for writers that publish whole pages (the
+//!   default Linux writer, `Remap`): every store of the update written into
+//!   private copies of the pages, each page swapped in once, one sync. No
+//!   CPU ever fetches bytes being written, so there is no cross-modifying
+//!   code (Intel SDM Vol. 3A §9.1.3, "Handling Self- and Cross-Modifying
+//!   Code") and no trap ([`page_swap`]).
+//! - [`Strategy::Breakpoint`], Linux's `text_poke_bp`, for writers that
+//!   store in place (`Mprotect`, `Alias`, `Direct`): publish the literal;
+//!   sync all CPUs; `int3` over the first byte; sync; the other seven
+//!   bytes; sync; the new first byte; sync. A CPU
 //!   that enters the trampoline meanwhile traps and is steered to the new
 //!   target (see the rule in [`handle_breakpoint`]). Linux user space: a
 //!   SIGTRAP handler, installed once, chaining to the one before it; sync is
 //!   the writer's `membarrier(SYNC_CORE)`. Bare metal: the kernel calls
 //!   [`handle_breakpoint`] from its #BP handler and supplies the sync.
-//! - [`Strategy::AtomicStore`], one store: publish the literal; sync; one
-//!   aligned 8-byte store of the entry word; sync. No trap,
-//!   but it relies on instruction fetch never seeing half of an aligned
-//!   8-byte store, which CPUs do in practice and the SDM does not promise.
+//! - [`Strategy::AtomicStore`], only where a program asks for it: publish
+//!   the literal; sync; one aligned 8-byte store of the entry word; sync.
+//!   No trap, but with an in-place writer it is unsynchronised
+//!   cross-modifying code that changes opcodes, which §9.1.3 does not
+//!   sanction and Linux never does; it relies on instruction fetch never
+//!   seeing half of an aligned 8-byte store.
 //!
 //! Far-to-far retargets change only the literal, which is data: no
 //! instruction is modified.
@@ -55,12 +63,14 @@
 //!   `membarrier(SYNC_CORE)`; a kernel supplies an IPI (for example through
 //!   [`Alias::with_sync`](crate::writer::Alias::with_sync)). A writer that
 //!   does not synchronize (`Direct`) is fine on one CPU only.
-//! - In Linux user space, with the int3 protocol chosen, a call that traps
+//! - In Linux user space, with the int3 protocol (the default with an
+//!   in-place writer such as `Mprotect`), a call that traps
 //!   with SIGTRAP blocked (a worker thread that blocks every signal, a
 //!   signal handler whose mask blocks everything) is killed by the kernel
-//!   instead of being steered, and a debugger stops on the trap. This is
-//!   why the atomic store is the default there; choose int3 only for a
-//!   program that rules both out.
+//!   instead of being steered, and a debugger stops on the trap. The
+//!   default writer, `Remap`, never traps (page swap); a program that
+//!   writes in place and cannot rule both out asks for
+//!   [`Strategy::AtomicStore`] explicitly.
 //! - A SIGTRAP handler installed after ours must chain to it (or call
 //!   [`handle_breakpoint`]); if ours is found replaced, int3 updates fail
 //!   with [`Error::WriterFailed`] before
@@ -77,7 +87,7 @@
 //! # fn main() {
 //! # #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "force-generic")))] {
 //! use static_call::arch::x86_64::{Form, decode, null_stub_addr};
-//! OP.update(dec).unwrap(); // the atomic store, unless configured otherwise
+//! OP.update(dec).unwrap(); // a page swap, unless configured otherwise
 //! let tramp = OP.trampoline_addr();
 //! // SAFETY: a live trampoline: 16 readable bytes, 8-byte aligned.
 //! let bytes = unsafe { core::ptr::read_volatile(tramp as *const [u8; 16]) };
@@ -96,8 +106,13 @@
 // name the trap handler that only x86-64 builds have.
 #![cfg_attr(not(target_arch = "x86_64"), allow(rustdoc::broken_intra_doc_links))]
 
+#[cfg(target_arch = "x86_64")]
+mod batch_sites;
+#[cfg(target_arch = "x86_64")]
+mod breakpoint;
 pub mod insn;
 mod layout;
+pub mod page_swap;
 pub mod protocol;
 pub mod site;
 mod strategy;
@@ -113,7 +128,7 @@ pub use strategy::{Strategy, WithStrategy, default_strategy, set_default_strateg
 pub use trap::{hooks as __test_hooks, traps_steered};
 
 use crate::Error;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 /// The x86-64 backend (implements [`Backend`](super::Backend) on x86-64
 /// targets; elsewhere only its pure functions are used).
@@ -146,6 +161,9 @@ pub struct Slot {
     tramp: AtomicUsize,
     /// The slot armed before this one.
     next: AtomicPtr<Slot>,
+    /// Some update of the key has succeeded: its sites no longer hold
+    /// the calls they were assembled with.
+    updated: AtomicBool,
     /// [`FINISHED`], or [`UNFINISHED`] after an update returned
     /// `RestoreFailed` (until one succeeds): the trampoline and sites may
     /// hold any state the protocols pass through (an `int3` included),
@@ -162,6 +180,7 @@ impl Slot {
             target: AtomicPtr::new(target),
             tramp: AtomicUsize::new(0),
             next: AtomicPtr::new(core::ptr::null_mut()),
+            updated: AtomicBool::new(false),
             unfinished: AtomicU8::new(FINISHED),
         }
     }
@@ -170,6 +189,13 @@ impl Slot {
     /// trampoline (its literal is 0), so where it leads is not recorded.
     pub const fn assembled_for(self, _entry: *mut ()) -> Self {
         self
+    }
+
+    /// No update of the key has succeeded: the defining crate's inline
+    /// sites may still hold the calls they were assembled with.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn never_updated(&self) -> bool {
+        !self.updated.load(Ordering::Relaxed)
     }
 }
 
@@ -185,14 +211,14 @@ const TEXT_LOST: u8 = 2;
 impl Slot {
     /// Whether the key's last update returned `RestoreFailed`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn is_unfinished(&self) -> bool {
+    pub(super) fn is_unfinished(&self) -> bool {
         self.unfinished.load(Ordering::Relaxed) != FINISHED
     }
 
     /// Refuses, before anything is read, to update a key whose text the
     /// writer lost.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn check_text_kept(&self, tramp: usize) -> Result<(), Error> {
+    pub(super) fn check_text_kept(&self, tramp: usize) -> Result<(), Error> {
         if self.unfinished.load(Ordering::Relaxed) == TEXT_LOST {
             Err(Error::RestoreFailed {
                 addr: tramp,
@@ -358,12 +384,12 @@ pub unsafe fn declare_breakpoint_hook() {
 
 #[cfg(target_arch = "x86_64")]
 mod live {
+    use super::batch_sites::BatchSites;
+    use super::breakpoint::{BATCH_MAX, breakpoint_batch};
     use super::layout::{self, Form, Image, LITERAL_OFFSET};
     use super::protocol::{self, Plan, Store};
-    use super::{
-        FINISHED, Slot, TEXT_LOST, UNFINISHED, X86_64, insn::INT3, null_stub_addr, site, trap,
-    };
-    use super::{Strategy, default_strategy};
+    use super::{FINISHED, Slot, TEXT_LOST, UNFINISHED, X86_64, insn::INT3, null_stub_addr, trap};
+    use super::{Strategy, default_strategy, page_swap};
     use crate::arch::{Backend, BatchItem};
     use crate::writer::Watched;
     use crate::{Error, TextWriter};
@@ -375,7 +401,7 @@ mod live {
     /// # Safety
     ///
     /// `tramp` must be an 8-byte aligned, readable trampoline.
-    unsafe fn read_image(tramp: usize) -> Image {
+    pub(super) unsafe fn read_image(tramp: usize) -> Image {
         // SAFETY: aligned and readable per the caller; the text changes
         // behind the compiler's back, only through single aligned stores.
         unsafe {
@@ -390,7 +416,11 @@ mod live {
     /// # Safety
     ///
     /// The trampoline at `tramp` is the caller's to patch, lock held.
-    unsafe fn store(tramp: usize, s: Store, writer: &dyn TextWriter) -> Result<(), Error> {
+    pub(super) unsafe fn store(
+        tramp: usize,
+        s: Store,
+        writer: &dyn TextWriter,
+    ) -> Result<(), Error> {
         let (bytes, len) = s.bytes();
         // SAFETY: per this function's contract; the store is 1 byte or an
         // aligned 8, so the writer makes it single-copy atomic.
@@ -412,7 +442,7 @@ mod live {
     ///
     /// The trampoline at `tramp` holds `old` and is the caller's to patch,
     /// with the patch lock held.
-    unsafe fn publish_literal(
+    pub(super) unsafe fn publish_literal(
         tramp: usize,
         old: Image,
         stub: u64,
@@ -497,12 +527,12 @@ mod live {
     /// not tell or put back what the text holds (a Linux writer whose page
     /// a failed `mremap` unmapped). It is returned as it is, and nothing
     /// more of that text is read (it may not be mapped).
-    fn lost(e: Error) -> Option<Error> {
+    pub(super) fn lost(e: Error) -> Option<Error> {
         matches!(e, Error::RestoreFailed { .. }).then_some(e)
     }
 
     /// What [`Error::RestoreFailed`] reports when an undo fails.
-    const PARTLY_RESTORED: &str = "the trampoline holds an intermediate state of its update \
+    pub(super) const PARTLY_RESTORED: &str = "the trampoline holds an intermediate state of its update \
         protocol (every CPU runs the old target or the new one, an int3 in place being \
         steered through the literal); query() reports where a call of the trampoline now \
         goes, and the key's next update, with a writer that works, completes it";
@@ -545,7 +575,7 @@ mod live {
     /// # Safety
     ///
     /// As for [`settle`].
-    unsafe fn conclude(
+    pub(super) unsafe fn conclude(
         tramp: usize,
         slot: &Slot,
         target: usize,
@@ -555,6 +585,7 @@ mod live {
         match result {
             Ok(()) => {
                 slot.target.store(target as *mut (), Ordering::Release);
+                slot.updated.store(true, Ordering::Relaxed);
                 slot.unfinished.store(FINISHED, Ordering::Relaxed);
             }
             // SAFETY: forwarded.
@@ -602,485 +633,6 @@ mod live {
         Ok(())
     }
 
-    /// One inline site of an update, with the words it may hold.
-    #[derive(Debug, Clone, Copy)]
-    struct SiteWords {
-        at: usize,
-        /// The trampoline's call, as assembled.
-        home: [u8; 8],
-        /// The word for the key's target before the update.
-        old: [u8; 8],
-        /// The word for its target after.
-        new: [u8; 8],
-    }
-
-    impl SiteWords {
-        /// What the site holds now: one aligned 8-byte load.
-        fn now(&self) -> [u8; 8] {
-            // SAFETY: a site of the table: an aligned 8-byte word of
-            // mapped text (sites of freed text are forgotten first), only
-            // ever written by single aligned stores.
-            unsafe { (*(self.at as *const AtomicU64)).load(Ordering::Acquire) }.to_le_bytes()
-        }
-
-        /// Whether the site behaves as before the update: its old word or
-        /// the trampoline's call (which follows the trampoline).
-        fn behaves_as_before(&self, now: &[u8; 8]) -> bool {
-            *now == self.old || *now == self.home
-        }
-    }
-
-    /// The inline sites of the keys of an update, in address order.
-    struct BatchSites<'a, 'b> {
-        n: usize,
-        item: &'a dyn Fn(usize) -> BatchItem<'b, Slot>,
-        table: crate::site::table::Records<'static>,
-    }
-
-    impl<'a, 'b> BatchSites<'a, 'b> {
-        /// The sites of keys `0..n`, each checked before anything is
-        /// written: it holds its trampoline's call or its key's current
-        /// word, and can take the new target.
-        fn of(
-            n: usize,
-            item: &'a dyn Fn(usize) -> BatchItem<'b, Slot>,
-        ) -> Result<Self, (usize, Error)> {
-            let table = crate::site::table::live::locked().map_err(|e| (0, e))?;
-            let sites = BatchSites { n, item, table };
-            for (i, at) in sites.keyed() {
-                let it = item(i);
-                let (tramp, old) = (
-                    it.tramp as u64,
-                    it.slot.target.load(Ordering::Relaxed) as u64,
-                );
-                let now = unsafe_free_read(at);
-                if it.slot.is_unfinished() {
-                    site::check_unfinished(at as u64, &now).map_err(|e| (i, e))?;
-                } else {
-                    site::check(at as u64, &now, tramp, old).map_err(|e| (i, e))?;
-                }
-                site::plan(at as u64, tramp, it.target as u64).map_err(|e| (i, e))?;
-            }
-            Ok(sites)
-        }
-
-        /// `(key index, site)` for every site of the batch's keys.
-        fn keyed(&self) -> impl Iterator<Item = (usize, usize)> + Clone + '_ {
-            self.table.all().filter_map(move |(at, tramp)| {
-                (0..self.n)
-                    .find(|&i| (self.item)(i).tramp == tramp)
-                    .map(|i| (i, at))
-            })
-        }
-
-        fn words(&self, i: usize, at: usize) -> SiteWords {
-            let it = (self.item)(i);
-            let (s, t) = (at as u64, it.tramp as u64);
-            let old = it.slot.target.load(Ordering::Relaxed) as u64;
-            // Checked in `of`: every site reaches its trampoline.
-            let word = |target| site::plan(s, t, target).unwrap_or(site::NOP8);
-            SiteWords {
-                at,
-                home: site::home(s, t).unwrap_or(site::NOP8),
-                old: word(old),
-                new: word(it.target as u64),
-            }
-        }
-
-        fn all(&self) -> impl Iterator<Item = SiteWords> + Clone + '_ {
-            self.keyed().map(|(i, at)| self.words(i, at))
-        }
-
-        /// Whether the batch's keys have any site.
-        fn any(&self) -> bool {
-            self.keyed().next().is_some()
-        }
-
-        fn of_key(&self, key: usize) -> impl Iterator<Item = SiteWords> + '_ {
-            self.keyed()
-                .filter(move |&(i, _)| i == key)
-                .map(|(i, at)| self.words(i, at))
-        }
-
-        /// One step over every site: the stores `step` asks for, handed to
-        /// the writer as one batch in address order, then every site read
-        /// back against `done`. Whether anything was stored.
-        fn sweep(
-            &self,
-            writer: &dyn TextWriter,
-            step: impl Fn(&SiteWords) -> Option<Store>,
-            done: impl Fn(&SiteWords) -> bool,
-        ) -> Result<bool, Error> {
-            let any = core::cell::Cell::new(false);
-            let mut patches = self.all().filter_map(|s| {
-                let store = step(&s)?;
-                any.set(true);
-                let (bytes, len) = store.bytes();
-                Some(crate::writer::TextPatch::new(s.at, &bytes[..len]))
-            });
-            // SAFETY: each patch is one site of a key being updated (its
-            // first byte, or its whole aligned word), with the patch lock
-            // held (the callers' contract).
-            unsafe { writer.write_batch(&mut patches) }?;
-            match self.all().find(|s| !done(s)) {
-                Some(s) => Err(Error::VerifyFailed { addr: s.at }),
-                None => Ok(any.get()),
-            }
-        }
-
-        /// Puts every site that does not behave as before back to its
-        /// trampoline's call (which does, once the trampoline is back),
-        /// with the int3 protocol's three steps, each followed by a sync.
-        ///
-        /// # Safety
-        ///
-        /// The patch lock is held; the sites' keys are armed.
-        unsafe fn revert(&self, writer: &dyn TextWriter) -> Result<(), Error> {
-            let failed = |at| Error::RestoreFailed {
-                addr: at,
-                state: "an inline site may hold its new call, an int3 (steered through the \
-                        key's literal) or the trampoline's call; the key's next update, with \
-                        a writer that works, completes it",
-            };
-            let unsynced = || failed(self.first_changed());
-            // The update may have failed between storing `int3`s and the
-            // sync after them: every CPU must see them before any tail
-            // changes, or one could pair a stale first byte with a new
-            // tail (as Linux syncs after every int3 write). Without an
-            // armed site there is nothing to make seen.
-            if self.all().any(|s| s.now()[0] == INT3) {
-                writer.sync_cores().map_err(|_| unsynced())?;
-            }
-            for phase in 1..=3 {
-                let stored = self
-                    .sweep(
-                        writer,
-                        |s| {
-                            let now = s.now();
-                            if phase == 1 && s.behaves_as_before(&now) {
-                                return None;
-                            }
-                            site::breakpoint_step(phase, &now, &s.home)
-                        },
-                        |s| {
-                            let now = s.now();
-                            s.behaves_as_before(&now) || site::breakpoint_done(phase, &now, &s.home)
-                        },
-                    )
-                    .map_err(|e| match e {
-                        Error::VerifyFailed { addr } => failed(addr),
-                        Error::RestoreFailed { .. } => e,
-                        _ => unsynced(),
-                    })?;
-                if stored {
-                    writer.sync_cores().map_err(|_| unsynced())?;
-                }
-            }
-            Ok(())
-        }
-
-        /// The first site that does not behave as before the update (or,
-        /// if all do, the first site): what a failed restore names.
-        fn first_changed(&self) -> usize {
-            self.all()
-                .find(|s| !s.behaves_as_before(&s.now()))
-                .or_else(|| self.all().next())
-                .map_or(0, |s| s.at)
-        }
-
-        /// The one-store strategy's sites: each changed site's whole word
-        /// in one aligned 8-byte store (the caller syncs once after). On
-        /// failure every site is put back the same way and synced.
-        ///
-        /// # Safety
-        ///
-        /// The patch lock is held.
-        unsafe fn store_all(&self, writer: &dyn TextWriter) -> Result<bool, Error> {
-            let swept = self.sweep(
-                writer,
-                |s| (s.now() != s.new).then_some(Store::Entry(s.new)),
-                |s| s.now() == s.new,
-            );
-            let Err(e) = swept else { return swept };
-            if let Some(e) = lost(e) {
-                return Err(e);
-            }
-            // SAFETY: the caller's contract.
-            unsafe { store_all_back(self, writer) }.map_err(|e| {
-                lost(e).unwrap_or_else(|| Error::RestoreFailed {
-                    addr: self.first_changed(),
-                    state: "an inline site may hold its new call or the trampoline's call; \
-                            the key's next update, with a writer that works, completes it",
-                })
-            })?;
-            Err(e)
-        }
-    }
-
-    /// A site's word before the batch's checks have run (same load as
-    /// [`SiteWords::now`]).
-    fn unsafe_free_read(at: usize) -> [u8; 8] {
-        SiteWords {
-            at,
-            home: [0; 8],
-            old: [0; 8],
-            new: [0; 8],
-        }
-        .now()
-    }
-
-    /// The most trampolines one batched int3 protocol takes (its state
-    /// lives on the stack); larger batches go one by one.
-    pub const BATCH_MAX: usize = 32;
-
-    /// The batched int3 protocol over `n` trampolines: the phases of
-    /// [`protocol::PHASES`], each followed by one sync of all CPUs, so at
-    /// most four syncs whatever `n`. Each trampoline goes through exactly
-    /// the states of its own [`protocol::breakpoint`] plan, in order, with
-    /// every CPU synchronised between two of them, so the single-trampoline
-    /// proof covers every state a CPU can see. On failure the phases done
-    /// are undone in reverse, each followed by a sync; a failed undo is
-    /// [`Error::RestoreFailed`].
-    ///
-    /// # Safety
-    ///
-    /// Every item is a key's live trampoline and slot, its target one of
-    /// the key's type (or 0 where NULL is allowed), and the caller holds
-    /// the patch lock.
-    unsafe fn breakpoint_batch<'b>(
-        n: usize,
-        item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
-        writer: &dyn TextWriter,
-    ) -> Result<(), (usize, Error)> {
-        let writer = Watched::new(writer);
-        // SAFETY: forwarded from the caller.
-        let result = unsafe { breakpoint_steps(n, item, &writer) };
-        let outcome = result.map_err(|(_, e)| e);
-        for i in 0..n {
-            let it = item(i);
-            // SAFETY: the caller's live trampolines; the lock is held.
-            unsafe { conclude(it.tramp, it.slot, it.target, &writer, &outcome) };
-        }
-        result
-    }
-
-    /// [`breakpoint_batch`]'s stores, syncs and undo, leaving the slots to
-    /// it.
-    ///
-    /// # Safety
-    ///
-    /// As for [`breakpoint_batch`].
-    unsafe fn breakpoint_steps<'b>(
-        n: usize,
-        item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
-        writer: &dyn TextWriter,
-    ) -> Result<(), (usize, Error)> {
-        for i in 0..n {
-            let it = item(i);
-            it.slot.check_text_kept(it.tramp).map_err(|e| (i, e))?;
-        }
-        let stub = null_stub_addr();
-        let sites = BatchSites::of(n, item)?;
-        let mut olds = [Image::from_words(0, 0); BATCH_MAX];
-        let mut plans = [protocol::breakpoint(&olds[0], &olds[0]); BATCH_MAX];
-        let mut arms = false;
-        for (i, old) in olds.iter_mut().enumerate().take(n) {
-            let it = item(i);
-            layout::check_alignment(it.tramp).map_err(|e| (i, e))?;
-            // SAFETY: the caller passes live, aligned trampolines.
-            *old = unsafe { read_image(it.tramp) };
-            let unfinished = it.slot.is_unfinished();
-            layout::recognise(it.tramp as u64, old, stub, unfinished).map_err(|e| (i, e))?;
-        }
-        let plan_of = |i: usize, old: &Image| {
-            let it = item(i);
-            protocol::breakpoint(old, &layout::plan(it.tramp as u64, it.target as u64, stub))
-        };
-        for (i, plan) in plans.iter_mut().enumerate().take(n) {
-            *plan = plan_of(i, &olds[i]);
-            arms |= plan.stores().contains(&Store::First(INT3));
-        }
-        let sites_arm = |i: usize| sites.of_key(i).any(|s| s.now() != s.new);
-        arms |= (0..n).any(sites_arm);
-        // A missing trap handler is refused before anything is written.
-        if arms {
-            trap::ensure_handler().map_err(|e| (0, e))?;
-            for (i, plan) in plans.iter().enumerate().take(n) {
-                if plan.stores().contains(&Store::First(INT3)) || sites_arm(i) {
-                    let it = item(i);
-                    // SAFETY: the key's static slot; the lock is held.
-                    unsafe { trap::arm(it.tramp, it.slot) };
-                }
-            }
-        }
-        // A key left unfinished may hold an int3 whose sync failed: every
-        // CPU sees it (and what else was left) before anything changes, as
-        // the protocol's own step would have made them.
-        if (0..n).any(|i| item(i).slot.is_unfinished()) {
-            writer.sync_cores().map_err(|e| (0, e))?;
-        }
-        // Every trampoline is recognised; now the literals of those never
-        // updated, and the plans from there (whether they arm does not
-        // depend on the literal). One that fails stops the batch; those
-        // published before it keep their literal, which behaves exactly as
-        // before.
-        for (i, old) in olds.iter_mut().enumerate().take(n) {
-            // SAFETY: recognised above; the caller's, with the lock held.
-            *old = unsafe { publish_literal(item(i).tramp, *old, stub, writer) }
-                .map_err(|e| (i, e))?;
-            plans[i] = plan_of(i, old);
-        }
-        // `images[i]`: trampoline i as written so far.
-        let mut images = olds;
-        for phase in 0..protocol::PHASES {
-            let mut stored = false;
-            for i in 0..n {
-                let Some(&s) = plans[i]
-                    .stores()
-                    .iter()
-                    .find(|s| protocol::phase(**s) == phase)
-                else {
-                    continue;
-                };
-                let tramp = item(i).tramp;
-                // SAFETY: the caller's trampoline; lock held.
-                let written = unsafe { store(tramp, s, writer) }.and_then(|()| {
-                    // SAFETY: aligned and readable.
-                    if unsafe { read_image(tramp) } == s.apply(images[i]) {
-                        Ok(())
-                    } else {
-                        Err(Error::VerifyFailed {
-                            addr: tramp + s.offset(),
-                        })
-                    }
-                });
-                if let Err(e) = written {
-                    // A store that read back wrong stands in `images` as
-                    // made, so the rollback writes it back too.
-                    if matches!(e, Error::VerifyFailed { .. }) {
-                        images[i] = s.apply(images[i]);
-                    }
-                    if let Some(e) = lost(e) {
-                        return Err((i, e));
-                    }
-                    // SAFETY: as for this function.
-                    return unsafe { sites.revert(writer) }
-                        .and_then(|()| unsafe {
-                            unwind(n, item, &olds, &plans, &images, phase, writer)
-                        })
-                        .map_err(|r| (i, r))
-                        .and(Err((i, e)));
-                }
-                images[i] = s.apply(images[i]);
-                stored = true;
-                trap::hooks::after_store(tramp, phase, s);
-            }
-            // Sites have no literal: they join from the int3 phase on.
-            let swept = if phase == 0 {
-                Ok(false)
-            } else {
-                sites.sweep(
-                    writer,
-                    |s| site::breakpoint_step(phase, &s.now(), &s.new),
-                    |s| site::breakpoint_done(phase, &s.now(), &s.new),
-                )
-            };
-            let sites_stored = matches!(swept, Ok(true));
-            match swept {
-                Ok(any) => stored |= any,
-                Err(e) => {
-                    if let Some(e) = lost(e) {
-                        return Err((0, e));
-                    }
-                    // SAFETY: as for this function.
-                    return unsafe { sites.revert(writer) }
-                        .and_then(|()| unsafe {
-                            unwind(n, item, &olds, &plans, &images, phase, writer)
-                        })
-                        .map_err(|r| (0, r))
-                        .and(Err((0, e)));
-                }
-            }
-            if stored && let Err(e) = writer.sync_cores() {
-                if let Some(e) = lost(e) {
-                    return Err((0, e));
-                }
-                // SAFETY: as for this function.
-                return unsafe { sites.revert(writer) }
-                    .and_then(|()| unsafe {
-                        unwind(n, item, &olds, &plans, &images, phase, writer)
-                    })
-                    .map_err(|r| (0, r))
-                    .and(Err((0, e)));
-            }
-            if sites_stored {
-                trap::hooks::after_site_phase(phase);
-            }
-        }
-        Ok(())
-    }
-
-    /// Undoes a batch from the phase `last` (possibly partly made) down to
-    /// the first: in each phase, every trampoline whose image holds that
-    /// phase's store gets back what it overwrote; then one sync. Any
-    /// failure stops it ([`execute`]'s rollback explains why).
-    ///
-    /// # Safety
-    ///
-    /// As for [`breakpoint_batch`].
-    unsafe fn unwind<'b>(
-        n: usize,
-        item: &dyn Fn(usize) -> BatchItem<'b, Slot>,
-        olds: &[Image; BATCH_MAX],
-        plans: &[Plan; BATCH_MAX],
-        images: &[Image; BATCH_MAX],
-        last: usize,
-        writer: &dyn TextWriter,
-    ) -> Result<(), Error> {
-        let mut now = *images;
-        for phase in (0..=last).rev() {
-            let mut undone = false;
-            for i in 0..n {
-                // The image before this trampoline's store of this phase.
-                let mut before = olds[i];
-                let mut this = None;
-                for &s in plans[i].stores() {
-                    if protocol::phase(s) == phase {
-                        this = Some(s);
-                        break;
-                    }
-                    before = s.apply(before);
-                }
-                let Some(s) = this else { continue };
-                if now[i] != s.apply(before) {
-                    continue; // not made (the batch stopped before it)
-                }
-                let tramp = item(i).tramp;
-                let failed = Error::RestoreFailed {
-                    addr: tramp + s.offset(),
-                    state: PARTLY_RESTORED,
-                };
-                // SAFETY: as for this function.
-                if let Err(e) = unsafe { store(tramp, s.undo(&before), writer) } {
-                    return Err(lost(e).unwrap_or(failed));
-                }
-                // SAFETY: aligned and readable.
-                if unsafe { read_image(tramp) } != before {
-                    return Err(failed);
-                }
-                now[i] = before;
-                undone = true;
-            }
-            if undone && writer.sync_cores().is_err() {
-                return Err(Error::RestoreFailed {
-                    addr: item(0).tramp,
-                    state: PARTLY_RESTORED,
-                });
-            }
-        }
-        Ok(())
-    }
-
     // SAFETY: `retarget` checks alignment and the exact shape before
     // writing, and only makes the stores of a `protocol` plan, every one of
     // whose intermediate states runs the old or the new target (int3 traps
@@ -1115,11 +667,20 @@ mod live {
             writer: &dyn TextWriter,
             strategy: Strategy,
         ) -> Option<Result<(), (usize, Error)>> {
-            if strategy != Strategy::Breakpoint || n > BATCH_MAX {
+            let strategy = match strategy.for_writer(writer) {
+                Ok(s) => s,
+                Err(e) => return Some(Err((0, e))),
+            };
+            if n > BATCH_MAX {
                 return None;
             }
-            // SAFETY: forwarded from the caller.
-            Some(unsafe { breakpoint_batch(n, item, writer) })
+            match strategy {
+                // SAFETY: forwarded from the caller.
+                Strategy::PageSwap => Some(unsafe { page_swap::batch(n, item, writer) }),
+                // SAFETY: forwarded from the caller.
+                Strategy::Breakpoint => Some(unsafe { breakpoint_batch(n, item, writer) }),
+                _ => None,
+            }
         }
 
         unsafe fn retarget(
@@ -1131,11 +692,17 @@ mod live {
         ) -> Result<(), Error> {
             layout::check_alignment(tramp)?;
             slot.check_text_kept(tramp)?;
+            let strategy = strategy.for_writer(writer)?;
             let item = |_| BatchItem {
                 tramp,
                 slot,
                 target,
             };
+            if strategy == Strategy::PageSwap {
+                // The trampoline and every site in one swap of each page.
+                // SAFETY: forwarded from the caller.
+                return unsafe { page_swap::batch(1, &item, writer) }.map_err(|(_, e)| e);
+            }
             if strategy == Strategy::Breakpoint && BatchSites::of(1, &item).is_ok_and(|s| s.any()) {
                 // The trampoline and every site in one int3 protocol.
                 // SAFETY: forwarded from the caller.
@@ -1176,9 +743,10 @@ mod live {
         let unfinished = slot.is_unfinished();
         layout::recognise(tramp as u64, &old, stub, unfinished)?;
         let new = layout::plan(tramp as u64, target as u64, stub);
+        // `retarget` resolved `Auto` and took `PageSwap` itself.
         let plan_from = |old: &Image| match strategy {
             Strategy::Breakpoint => protocol::breakpoint(old, &new),
-            Strategy::AtomicStore => protocol::atomic_store(old, &new),
+            _ => protocol::atomic_store(old, &new),
         };
         // A missing trap handler is refused before anything is written
         // (whether the plan arms does not depend on the literal).
@@ -1234,7 +802,7 @@ mod live {
     /// # Safety
     ///
     /// The patch lock is held.
-    unsafe fn store_all_back(
+    pub(super) unsafe fn store_all_back(
         sites: &BatchSites<'_, '_>,
         writer: &dyn TextWriter,
     ) -> Result<(), Error> {

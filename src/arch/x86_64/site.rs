@@ -91,8 +91,9 @@ pub fn plan(site: u64, tramp: u64, target: u64) -> Result<[u8; SITE_LEN], Error>
     }
 }
 
-/// The call of the trampoline, as the site was assembled: what it holds
-/// before any update, and what a failed update puts back (it behaves as
+/// The call of the trampoline: what a site compiled against a declaration
+/// holds before the key's first update (one in the defining crate calls
+/// the initial target directly), and what a failed update puts back (it behaves as
 /// any call of the key's current target).
 pub fn home(site: u64, tramp: u64) -> Result<[u8; SITE_LEN], Error> {
     encode_call(site, tramp).ok_or(Error::UnreachableTarget {
@@ -103,18 +104,36 @@ pub fn home(site: u64, tramp: u64) -> Result<[u8; SITE_LEN], Error> {
 
 /// Checks, before anything is written, that the site holds what it may
 /// hold for a key whose current target is `current` (0 for NULL): its
-/// trampoline's call, or [`plan`]'s word for `current`.
-pub fn check(site: u64, word: &[u8; SITE_LEN], tramp: u64, current: u64) -> Result<(), Error> {
-    if !site.is_multiple_of(SITE_LEN as u64) {
-        return Err(Error::UnrecognisedCallSite {
-            site: site as usize,
-            found: u64::from_le_bytes(*word),
-        });
-    }
-    let ok = [home(site, tramp), plan(site, tramp, current)]
-        .iter()
-        .any(|w| w.as_ref() == Ok(word));
-    if ok {
+/// trampoline's call (a site compiled against a declaration), or
+/// [`plan`]'s word for `current`; or, while the key has never been updated
+/// (`never_updated`), any call of the site's shape: the defining crate
+/// assembles its sites as direct calls of the initial target, and the
+/// compiler may give a small function one copy per codegen unit, so the
+/// call a site was linked with need not lead to the address the key
+/// reports. The no-op is accepted only for a NULL key.
+///
+/// ```
+/// use static_call::arch::x86_64::site::{NOP8, check, encode_call, home};
+/// let (site, tramp, f) = (0x1000, 0x9000, 0x3000);
+/// let linked = encode_call(site, 0x3800).unwrap(); // another copy of f
+/// assert_eq!(check(site, &linked, tramp, f, true), Ok(()));
+/// assert!(check(site, &linked, tramp, f, false).is_err());
+/// assert!(check(site, &NOP8, tramp, f, true).is_err());
+/// assert_eq!(check(site, &home(site, tramp).unwrap(), tramp, f, false), Ok(()));
+/// ```
+pub fn check(
+    site: u64,
+    word: &[u8; SITE_LEN],
+    tramp: u64,
+    current: u64,
+    never_updated: bool,
+) -> Result<(), Error> {
+    let as_assembled = never_updated && matches!(decode(site, word), Ok(Some(_)));
+    let ok = as_assembled
+        || [home(site, tramp), plan(site, tramp, current)]
+            .iter()
+            .any(|w| w.as_ref() == Ok(word));
+    if ok && site.is_multiple_of(SITE_LEN as u64) {
         Ok(())
     } else {
         Err(Error::UnrecognisedCallSite {
@@ -245,10 +264,10 @@ mod tests {
         let (site, tramp) = (0x5555_0000_1000u64, 0x5555_0000_9000u64);
         let (f, g) = (0x5555_0000_3000u64, 0x5555_0000_4000u64);
         let home = home(site, tramp).unwrap();
-        assert_eq!(check(site, &home, tramp, f), Ok(()));
-        assert_eq!(check(site, &home, tramp, 0), Ok(()));
+        assert_eq!(check(site, &home, tramp, f, false), Ok(()));
+        assert_eq!(check(site, &home, tramp, 0, false), Ok(()));
         let to_f = plan(site, tramp, f).unwrap();
-        assert_eq!(check(site, &to_f, tramp, f), Ok(()));
+        assert_eq!(check(site, &to_f, tramp, f, false), Ok(()));
         // A call of another target, a nop while the key is not NULL, an
         // armed site, a misaligned site: all refused, with what was found.
         for (s, w, cur) in [
@@ -258,14 +277,38 @@ mod tests {
             (site + 4, to_f, f),
         ] {
             assert_eq!(
-                check(s, &w, tramp, cur),
+                check(s, &w, tramp, cur, false),
                 Err(Error::UnrecognisedCallSite {
                     site: s as usize,
                     found: u64::from_le_bytes(w)
                 })
             );
         }
-        assert_eq!(check(site, &NOP8, tramp, 0), Ok(()));
+        assert_eq!(check(site, &NOP8, tramp, 0, false), Ok(()));
+    }
+
+    #[test]
+    fn a_never_updated_site_may_call_the_initial_target_as_linked() {
+        let (site, tramp) = (0x5555_0000_1000u64, 0x5555_0000_9000u64);
+        // `f` as the key reports it; `copy`, another codegen unit's copy
+        // of it, which a site of the defining crate may have been linked
+        // to call.
+        let (f, copy) = (0x5555_0000_3000u64, 0x5555_0000_3800u64);
+        let linked = plan(site, tramp, copy).unwrap();
+        assert_eq!(check(site, &linked, tramp, f, true), Ok(()));
+        assert_eq!(
+            check(site, &plan(site, tramp, f).unwrap(), tramp, f, true),
+            Ok(())
+        );
+        assert_eq!(check(site, &NOP8, tramp, 0, true), Ok(()));
+        // Once the key has been updated, only home and the current plan.
+        assert!(check(site, &linked, tramp, f, false).is_err());
+        // Never the no-op for a key that is not NULL, nor anything that
+        // is not a site's call, nor a misaligned site.
+        assert!(check(site, &NOP8, tramp, f, true).is_err());
+        assert!(check(site, &armed(&linked), tramp, f, true).is_err());
+        assert!(check(site, &[0x90; 8], tramp, f, true).is_err());
+        assert!(check(site + 4, &linked, tramp, f, true).is_err());
     }
 
     /// What a CPU does on running a site's bytes: calls `Some(target)`,

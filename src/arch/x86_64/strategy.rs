@@ -3,9 +3,9 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::TextWriter;
 #[cfg(doc)]
 use crate::arch::Backend;
+use crate::{Error, TextWriter};
 
 /// How the x86-64 backend retargets: its [`Backend::Options`].
 ///
@@ -15,19 +15,25 @@ use crate::arch::Backend;
 /// dependency graph, so any library could flip the final program's (or
 /// kernel's) choice; only the program itself decides, at run time.
 ///
-/// The initial default depends on where the program
-/// runs (see [`default_strategy`]): [`AtomicStore`](Strategy::AtomicStore)
-/// in Linux user space, where a trap arrives as a signal that a thread may
-/// block (and a blocked SIGTRAP kills the process, a debugger stops on it),
-/// and [`Breakpoint`](Strategy::Breakpoint) on bare metal, where a kernel's
-/// #BP handler cannot be masked.
+/// The initial default is [`Auto`](Strategy::Auto): the strategy follows
+/// from the writer. A writer that publishes whole pages
+/// ([`TextWriter::publishes_pages`], the default Linux writer
+/// [`Remap`](crate::writer::linux::Remap)) gets [`PageSwap`](Strategy::PageSwap):
+/// no CPU ever fetches bytes being written, so there is no cross-modifying
+/// code to guard. A writer that stores in place (`Mprotect`, `Alias`,
+/// `Direct`) gets [`Breakpoint`](Strategy::Breakpoint), the protocol the
+/// Intel SDM documents for code other CPUs may be running (Vol. 3A §9.1.3,
+/// "Handling Self- and Cross-Modifying Code"). [`AtomicStore`](Strategy::AtomicStore)
+/// is used only where a program asks for it.
 ///
 /// What each needs:
 ///
 /// | strategy | needs |
 /// | --- | --- |
+/// | `PageSwap` | a writer that publishes whole pages; refused ([`Error::NeedsPageWriter`]) with any other |
 /// | `Breakpoint` | every `int3` reaching [`handle_breakpoint`](super::handle_breakpoint): in Linux user space no thread may call a key with SIGTRAP blocked or ignored, and no debugger may stop on SIGTRAP; a writer whose `sync_cores` reaches every CPU |
-/// | `AtomicStore` | instruction fetch seeing an aligned 8-byte store whole (what CPUs do, the SDM does not promise); nothing else |
+/// | `AtomicStore` | with an in-place writer, instruction fetch seeing an aligned 8-byte store whole while it changes the opcode (8-byte NOP and `call`, `jmp` and `ret`): unsynchronised cross-modifying code, which §9.1.3 does not sanction and Linux never does (it always uses `text_poke_bp`); with a page-publishing writer, nothing (but three swaps and syncs where `PageSwap` needs one) |
+/// | `Auto` | whatever the strategy it picks needs |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// The breakpoint protocol (x86-64: Linux's `text_poke_bp`, `int3`
@@ -42,6 +48,20 @@ pub enum Strategy {
     /// seeing half of an aligned 8-byte store, which CPUs do in practice and
     /// the Intel SDM does not promise.
     AtomicStore,
+    /// The whole update in one step of a writer that publishes whole
+    /// pages: every trampoline's entry word and literal and every inline
+    /// site of every key in the update written into private copies of
+    /// their pages in one batch, each page swapped in once, then one sync.
+    /// The text a CPU may be running is never modified (it runs the old
+    /// page or the new one), so no `int3`, no trap handler and no
+    /// intermediate state are involved, and every call reaches the old
+    /// target or the new one: each trampoline and site is old or new, and a
+    /// site that calls its trampoline follows it.
+    PageSwap,
+    /// [`PageSwap`](Strategy::PageSwap) where the writer publishes whole
+    /// pages, else [`Breakpoint`](Strategy::Breakpoint): the initial
+    /// default.
+    Auto,
 }
 
 impl Strategy {
@@ -50,37 +70,53 @@ impl Strategy {
     pub const fn with<'a>(self, writer: &'a dyn TextWriter) -> WithStrategy<'a> {
         WithStrategy::new(self, writer)
     }
+
+    /// The strategy an update with `writer` uses: [`Auto`](Strategy::Auto)
+    /// resolved by the writer; [`PageSwap`](Strategy::PageSwap) refused
+    /// ([`Error::NeedsPageWriter`]) with a writer that stores in place.
+    ///
+    /// ```
+    /// use static_call::{Error, arch::x86_64::Strategy, writer::Direct};
+    /// // SAFETY: never asked to write.
+    /// let direct = unsafe { Direct::new() };
+    /// assert_eq!(Strategy::Auto.for_writer(&direct), Ok(Strategy::Breakpoint));
+    /// assert_eq!(Strategy::PageSwap.for_writer(&direct), Err(Error::NeedsPageWriter));
+    /// # #[cfg(target_os = "linux")]
+    /// assert_eq!(
+    ///     Strategy::Auto.for_writer(&static_call::writer::linux::Remap),
+    ///     Ok(Strategy::PageSwap)
+    /// );
+    /// ```
+    pub fn for_writer(self, writer: &dyn TextWriter) -> Result<Strategy, Error> {
+        match (self, writer.publishes_pages()) {
+            (Strategy::Auto, true) => Ok(Strategy::PageSwap),
+            (Strategy::Auto, false) => Ok(Strategy::Breakpoint),
+            (Strategy::PageSwap, false) => Err(Error::NeedsPageWriter),
+            (s, _) => Ok(s),
+        }
+    }
 }
 
 const BREAKPOINT: u8 = 0;
 const ATOMIC_STORE: u8 = 1;
+const PAGE_SWAP: u8 = 2;
+const AUTO: u8 = 3;
 
-/// The initial default: see [`Strategy`].
-const INITIAL_STRATEGY: u8 = if cfg!(target_os = "linux") {
-    ATOMIC_STORE
-} else {
-    BREAKPOINT
-};
-
-static DEFAULT_STRATEGY: AtomicU8 = AtomicU8::new(INITIAL_STRATEGY);
+static DEFAULT_STRATEGY: AtomicU8 = AtomicU8::new(AUTO);
 
 /// The strategy updates use when their writer does not ask for one:
-/// initially `AtomicStore` in Linux user space (an update can never make a
-/// thread trap there) and `Breakpoint` elsewhere, unless changed with
-/// [`set_default_strategy`].
+/// initially [`Auto`](Strategy::Auto) (the strategy follows from the
+/// writer), unless changed with [`set_default_strategy`].
 ///
 /// ```
 /// use static_call::arch::x86_64::{Strategy, default_strategy};
-/// let expected = if cfg!(target_os = "linux") {
-///     Strategy::AtomicStore
-/// } else {
-///     Strategy::Breakpoint
-/// };
-/// assert_eq!(default_strategy(), expected);
+/// assert_eq!(default_strategy(), Strategy::Auto);
 /// ```
 pub fn default_strategy() -> Strategy {
     match DEFAULT_STRATEGY.load(Ordering::Relaxed) {
         ATOMIC_STORE => Strategy::AtomicStore,
+        PAGE_SWAP => Strategy::PageSwap,
+        AUTO => Strategy::Auto,
         _ => Strategy::Breakpoint,
     }
 }
@@ -98,6 +134,8 @@ pub fn set_default_strategy(strategy: Strategy) {
     let v = match strategy {
         Strategy::Breakpoint => BREAKPOINT,
         Strategy::AtomicStore => ATOMIC_STORE,
+        Strategy::PageSwap => PAGE_SWAP,
+        Strategy::Auto => AUTO,
     };
     DEFAULT_STRATEGY.store(v, Ordering::Relaxed);
 }
@@ -183,7 +221,12 @@ mod tests {
     fn a_wrapper_asks_for_its_strategy_and_writes_through_its_writer() {
         // SAFETY: these writers are never asked to write.
         let direct = unsafe { Direct::new() };
-        for s in [Strategy::Breakpoint, Strategy::AtomicStore] {
+        for s in [
+            Strategy::Breakpoint,
+            Strategy::AtomicStore,
+            Strategy::PageSwap,
+            Strategy::Auto,
+        ] {
             let w = s.with(&direct);
             assert_eq!(w.strategy(), s);
             assert!(core::ptr::addr_eq(w.writer(), &direct as &dyn TextWriter));
@@ -193,13 +236,13 @@ mod tests {
     #[test]
     fn the_default_strategy_round_trips() {
         let initial = default_strategy();
-        let expected = if cfg!(target_os = "linux") {
-            Strategy::AtomicStore
-        } else {
-            Strategy::Breakpoint
-        };
-        assert_eq!(initial, expected);
-        for s in [Strategy::AtomicStore, Strategy::Breakpoint] {
+        assert_eq!(initial, Strategy::Auto);
+        for s in [
+            Strategy::AtomicStore,
+            Strategy::Breakpoint,
+            Strategy::PageSwap,
+            Strategy::Auto,
+        ] {
             set_default_strategy(s);
             assert_eq!(default_strategy(), s);
         }
