@@ -1,5 +1,5 @@
 //! Which file backs a text page, from `/proc/self/maps`: so that
-//! [`Remap`](super::linux::Remap) can make its private copy of the page a
+//! `linux::Remap` can make its private copy of the page a
 //! private mapping of that same file at the same offset. The page that
 //! lands then still maps its file (`/proc/self/maps` names it, `perf`
 //! symbolises it, a uprobe finds it through the file), as a page written

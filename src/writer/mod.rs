@@ -117,7 +117,7 @@ pub unsafe trait TextWriter: Sync {
     /// page of a [`write_batch`](Self::write_batch)) goes into a private
     /// copy of the page that then replaces the page in one atomic swap, so
     /// no CPU ever fetches bytes while they are being written and the
-    /// text a CPU ran before the swap is never modified ([`linux::Remap`]).
+    /// text a CPU ran before the swap is never modified (`linux::Remap`).
     /// Backends then write a whole update, trampolines and call sites, in
     /// one batch followed by one [`sync_cores`](Self::sync_cores), with no
     /// intermediate states to protect (x86-64's

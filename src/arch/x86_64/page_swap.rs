@@ -4,7 +4,7 @@
 //! Every store of the update (each trampoline's entry word and literal,
 //! each inline site of each key) goes to the writer in one address-ordered
 //! batch; the writer patches a private copy of each page and swaps it in
-//! once ([`Remap`](crate::writer::linux::Remap): `mremap`, whose TLB
+//! once (`writer::linux::Remap`: `mremap`, whose TLB
 //! shootdown reaches every CPU running the process); then one
 //! `sync_cores`. No byte a CPU may be fetching is ever modified: a CPU
 //! runs the old page or the new one. So nothing here is cross-modifying

@@ -18,7 +18,7 @@ use crate::{Error, TextWriter};
 /// The initial default is [`Auto`](Strategy::Auto): the strategy follows
 /// from the writer. A writer that publishes whole pages
 /// ([`TextWriter::publishes_pages`], the default Linux writer
-/// [`Remap`](crate::writer::linux::Remap)) gets [`PageSwap`](Strategy::PageSwap):
+/// `writer::linux::Remap`) gets [`PageSwap`](Strategy::PageSwap):
 /// no CPU ever fetches bytes being written, so there is no cross-modifying
 /// code to guard. A writer that stores in place (`Mprotect`, `Alias`,
 /// `Direct`) gets [`Breakpoint`](Strategy::Breakpoint), the protocol the
