@@ -566,9 +566,14 @@ pub(crate) fn inline_site_counts() -> TestResult {
                 "{}: site {s:#x} is not an instruction of the kernel's text",
                 key.name()
             );
+            // As the defining crate assembles it, a site calls the initial
+            // target directly (the compiler may give a small target a copy
+            // of its own, so the address is not checked here: the calls
+            // above reached the initial target).
+            let called = site::decode_bl(s as u64, word);
             check!(
-                site::decode_bl(s as u64, word) == Some(tramp as u64),
-                "{}: site {s:#x} holds {} before any update, not bl {tramp:#x}",
+                called.is_some_and(|t| t != tramp as u64),
+                "{}: site {s:#x} holds {} before any update, not a direct bl of the initial target",
                 key.name(),
                 show(s, word)
             );
@@ -889,9 +894,15 @@ pub(crate) fn inline_site_bad_input() -> TestResult {
     let sites = key.sites();
     check_eq!(sites.len(), 3);
     let words = |sites: &[usize]| sites.iter().map(|&s| word_at(s)).collect::<Vec<_>>();
+    // Until a key's first update its sites may hold any call of their shape
+    // (as assembled they call the initial target, or a per-unit copy of
+    // it); from then on an update accepts only the words it wrote. So the
+    // key is updated once, to the target it has, before the bad words.
+    key.set(F, patching::writer())
+        .map_err(|e| format!("first update to f: {e}"))?;
     let home: Vec<u32> = sites
         .iter()
-        .map(|&s| site::home(s as u64, tramp).unwrap_or(0))
+        .map(|&s| site::encode_bl(s as u64, key.target(F)).unwrap_or(0))
         .collect();
     check_eq!(words(&sites), home);
     let pristine = window_bytes(tramp);
@@ -971,7 +982,13 @@ pub(crate) fn inline_site_bad_input() -> TestResult {
         // The sites that took `bl g` hold the trampoline's `bl`, the others
         // `bl f` still.
         let expect: Vec<u32> = (0..3)
-            .map(|i| if i < fail_after { home[i] } else { at_f[i] })
+            .map(|i| {
+                if i < fail_after {
+                    site::home(sites[i] as u64, tramp).unwrap_or(0)
+                } else {
+                    at_f[i]
+                }
+            })
             .collect();
         check!(
             words(&sites) == expect,
