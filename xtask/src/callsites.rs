@@ -206,12 +206,24 @@ pub fn calls_in(disassembly: &str, function: &str, key: &str, sites: &[u64]) -> 
         .filter_map(|l| {
             let addr = l.trim_start().split(':').next()?;
             let at = u64::from_str_radix(addr, 16).ok()?;
-            if sites.contains(&at) && is_site_instruction(l) {
+            // The recorded site may follow padding prefixes that belong
+            // to the same instruction (x86-64), so the instruction holds
+            // the site rather than starts at it.
+            let len = instruction_len(l);
+            if sites.iter().any(|&s| (at..at + len).contains(&s)) && is_site_instruction(l) {
                 return Some(Call::Site);
             }
             classify(l, key)
         })
         .collect()
+}
+
+/// The length of a disassembled instruction from its bytes (the listing
+/// must have them all on its line: `--insn-width=16`); arm64 shows one
+/// 8-digit word.
+fn instruction_len(line: &str) -> u64 {
+    let bytes = line.split('\t').nth(1).unwrap_or("");
+    bytes.split_whitespace().map(|b| b.len() as u64 / 2).sum()
 }
 
 /// Whether a disassembled line holds what an inline site may hold: a
@@ -371,7 +383,14 @@ fn build_and_disassemble(
     } else {
         "objdump"
     };
-    let disassembly = cmd::output(objdump, &[std::ffi::OsStr::new("-d"), exe.as_os_str()])?;
+    let disassembly = cmd::output(
+        objdump,
+        &[
+            std::ffi::OsStr::new("-d"),
+            std::ffi::OsStr::new("--insn-width=16"),
+            exe.as_os_str(),
+        ],
+    )?;
     let table = cmd::output(
         objdump,
         &[
@@ -390,8 +409,7 @@ mod tests {
 
     const X86: &str = "\
 0000000000013f80 <site_c_loop>:
-   13f80:\t2e 2e 2e e8 57 f4 03 \tcs cs cs call 513e0 <__SCT__C_KEY>
-   13f87:\t00 
+   13f80:\t2e 2e 2e e8 57 f4 03 00 \tcs cs cs call 513e0 <__SCT__C_KEY>
    13f89:\tc3                   \tret
 
 0000000000014000 <site_rust_loop>:
@@ -403,8 +421,12 @@ mod tests {
    14104:\te8 00 00 00 00       \tcall   14200 <__llvm_retpoline_r11>
 
 0000000000014300 <site_c_inline_once>:
-   14308:\t2e 2e 2e e8 f3 01 00 \tcs cs cs call 14500 <c_triple>
+   14308:\t2e 2e 2e e8 f3 01 00 00 \tcs cs cs call 14500 <c_triple>
    14310:\te8 00 00 00 00       \tcall   14600 <core::panicking::panic>
+
+0000000000014400 <site_c_padded>:
+   14403:\t2e 2e 2e 2e 2e 2e 2e 2e e8 f3 01 00 00 \tcs cs cs cs cs cs cs cs call 14500 <c_triple>
+   14410:\t0f 1f 84 00 00 00 00 00 \tnopl   0x0(%rax,%rax,1)
 ";
 
     const A64: &str = "\
@@ -441,6 +463,18 @@ mod tests {
             [Call::Site]
         );
         assert!(calls_in(X86, "site_c_inline_once", "C_KEY", &[]).is_empty());
+        // Alignment padding is prefixes of the site's own instruction: the
+        // instruction at 0x14403 holds the site recorded at 0x14408; the
+        // no-op after it holds no recorded site.
+        assert_eq!(
+            calls_in(X86, "site_c_padded", "C_KEY", &[0x14408]),
+            [Call::Site]
+        );
+        assert_eq!(
+            calls_in(X86, "site_c_padded", "C_KEY", &[0x14410]),
+            [Call::Site]
+        );
+        assert!(calls_in(X86, "site_c_padded", "C_KEY", &[0x14418]).is_empty());
     }
 
     #[test]
