@@ -133,13 +133,22 @@ unsafe extern "C" {
     fn bench_jmp_in_section();
 }
 
+/// The loops' opaque starting value, returned in a register: a local
+/// whose address went to `black_box` would have to be kept in memory
+/// around every `asm!` block (which may read memory) but not around a
+/// call the compiler has proved reads none, which would bias the rows.
+#[inline(never)]
+fn start() -> u64 {
+    black_box(0)
+}
+
 // The measured loops, one per row: `CALLS` dependent calls each (every
 // call takes the previous result), never inlined so each is one function
 // the harness can disassemble.
 
 #[inline(never)]
 fn loop_direct(n: u64) -> u64 {
-    let mut acc = black_box(0);
+    let mut acc = start();
     for _ in 0..n {
         acc = add_one(acc);
     }
@@ -148,7 +157,7 @@ fn loop_direct(n: u64) -> u64 {
 
 #[inline(never)]
 fn loop_rust_key(n: u64) -> u64 {
-    let mut acc = black_box(0);
+    let mut acc = start();
     for _ in 0..n {
         acc = RUST_KEY.call(acc);
     }
@@ -157,7 +166,7 @@ fn loop_rust_key(n: u64) -> u64 {
 
 #[inline(never)]
 fn loop_inline(n: u64) -> u64 {
-    let mut acc = black_box(0);
+    let mut acc = start();
     for _ in 0..n {
         acc = C_KEY.call(acc);
     }
@@ -166,7 +175,7 @@ fn loop_inline(n: u64) -> u64 {
 
 #[inline(never)]
 fn loop_inline_never_updated(n: u64) -> u64 {
-    let mut acc = black_box(0);
+    let mut acc = start();
     for _ in 0..n {
         acc = NEVER_UPDATED.call(acc);
     }
@@ -175,7 +184,7 @@ fn loop_inline_never_updated(n: u64) -> u64 {
 
 #[inline(never)]
 fn loop_fn_pointer(n: u64, f: fn(u64) -> u64) -> u64 {
-    let mut acc = black_box(0);
+    let mut acc = start();
     for _ in 0..n {
         acc = f(acc);
     }
@@ -184,7 +193,7 @@ fn loop_fn_pointer(n: u64, f: fn(u64) -> u64) -> u64 {
 
 #[inline(never)]
 fn loop_dyn_trait(n: u64, op: &dyn Op) -> u64 {
-    let mut acc = black_box(0);
+    let mut acc = start();
     for _ in 0..n {
         acc = op.op(acc);
     }
@@ -193,7 +202,7 @@ fn loop_dyn_trait(n: u64, op: &dyn Op) -> u64 {
 
 #[inline(never)]
 fn loop_retpoline(n: u64) -> u64 {
-    let mut acc: u64 = black_box(0);
+    let mut acc: u64 = start();
     let target = black_box(add_one_c as extern "C" fn(u64) -> u64);
     for _ in 0..n {
         let out: u64;
@@ -219,7 +228,7 @@ macro_rules! stub_loop {
     ($name:ident, $stub:ident) => {
         #[inline(never)]
         fn $name(n: u64) -> u64 {
-            let mut acc: u64 = black_box(0);
+            let mut acc: u64 = start();
             for _ in 0..n {
                 let out: u64;
                 // SAFETY: the stub only jumps to `add_one_c` (a key's
@@ -248,7 +257,7 @@ stub_loop!(loop_jmp_in_section, bench_jmp_in_section);
 
 #[inline(never)]
 fn loop_static_key(n: u64) -> u64 {
-    let mut acc = black_box(0);
+    let mut acc = start();
     for _ in 0..n {
         acc = if static_branch_unlikely!(USE_TWO) {
             add_two(acc)
