@@ -301,60 +301,176 @@ fn anonymous(len: usize) -> Result<usize, Error> {
     }
 }
 
+/// What the page copies of one write or batch look up once:
+/// `/proc/self/maps` (opened at the first copy) and the file the last copy
+/// mapped, kept open for the next page of the same file. Both are closed
+/// when the batch ends: a library that kept descriptors open between
+/// updates would be surprised by a program that closes or reuses them.
+#[derive(Default)]
+struct Lookup {
+    maps: Option<Option<super::maps::Maps>>,
+    file: Option<OpenFile>,
+}
+
+/// A mapped file opened again, with its device and inode.
+struct OpenFile {
+    fd: libc::c_int,
+    dev: (u32, u32),
+    inode: u64,
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor (a mapping keeps the file open).
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+impl OpenFile {
+    /// Whether the descriptor holds the file `dev`/`inode`.
+    fn is(&self, dev: (u32, u32), inode: u64) -> bool {
+        super::maps::file_id(self.fd) == Some((libc::makedev(dev.0, dev.1), inode))
+    }
+}
+
+/// Opens `path` and checks it is the file `dev`/`inode`; the index of the
+/// reason in [`ANONYMOUS_REASONS`] if it cannot be opened or is another.
+fn open_same(path: &[u8], dev: (u32, u32), inode: u64) -> Result<OpenFile, usize> {
+    let mut buf = [0u8; 1025];
+    buf.get_mut(..path.len())
+        .ok_or(0usize)?
+        .copy_from_slice(path);
+    // SAFETY: `buf` is NUL-terminated (zeroed beyond the copy, which is at
+    // most 1024 bytes); the descriptor is closed when the result drops.
+    let fd = unsafe { libc::open(buf.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(1);
+    }
+    let file = OpenFile { fd, dev, inode };
+    if file.is(dev, inode) {
+        Ok(file)
+    } else {
+        Err(2)
+    }
+}
+
 /// A private read-write mapping of the file that backs `start..start +
 /// len`, at the offset those pages map, checked to be the same file
-/// (device and inode); the index of the reason in [`ANONYMOUS_REASONS`]
-/// where there is none.
-fn file_copy(start: usize, len: usize) -> Result<usize, usize> {
-    super::maps::with_line_of(start, |line| {
+/// (device and inode), `reserve` bytes long (at least `len`: a batch may
+/// extend the copy to following pages, [`PageCopy::extend`]); the index of
+/// the reason in [`ANONYMOUS_REASONS`] where there is none.
+fn file_copy(
+    start: usize,
+    len: usize,
+    reserve: usize,
+    lookup: &mut Lookup,
+) -> Result<(usize, Backed), usize> {
+    let Lookup { maps, file } = lookup;
+    let Some(maps) = maps.get_or_insert_with(super::maps::Maps::open) else {
+        return Err(0);
+    };
+    maps.with_line_of(start, |line| {
         let l = line
             .filter(|l| l.is_file() && start + len <= l.end)
             .ok_or(0usize)?;
         let offset = l.offset + (start - l.start) as u64;
-        let mut path = [0u8; 1025];
-        let p = path.get_mut(..l.path.len()).ok_or(0usize)?;
-        p.copy_from_slice(l.path);
-        // SAFETY: `path` is NUL-terminated (zeroed beyond the copy, which
-        // is at most 1024 bytes); the descriptor is closed below.
-        let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(1);
-        }
-        // SAFETY: `st` is plain data that fstat fills in.
-        let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        // SAFETY: our descriptor, our buffer.
-        let same = unsafe { libc::fstat(fd, &mut st) } == 0
-            && st.st_ino == l.inode
-            && st.st_dev == libc::makedev(l.dev.0, l.dev.1);
-        let mapped = if same {
-            // SAFETY: a private mapping of our descriptor, no address hint.
-            unsafe {
-                libc::mmap(
-                    core::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE,
-                    fd,
-                    offset as libc::off_t,
-                )
-            }
-        } else {
-            libc::MAP_FAILED
+        let fd = match file {
+            Some(f) if (f.dev, f.inode) == (l.dev, l.inode) => f.fd,
+            _ => file.insert(open_same(l.path, l.dev, l.inode)?).fd,
         };
-        // SAFETY: our own descriptor (a mapping keeps the file open).
-        unsafe { libc::close(fd) };
-        match (same, mapped == libc::MAP_FAILED) {
-            (false, _) => Err(2),
-            (true, true) => Err(3),
-            (true, false) => Ok(mapped as usize),
+        let len = len.max(reserve);
+        // SAFETY: a private mapping of our descriptor, no address hint.
+        let mapped = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(3);
         }
+        let backed = Backed {
+            len,
+            checked_end: l.end.min(start + len),
+            dev: l.dev,
+            inode: l.inode,
+            offset,
+            prot: l.prot,
+        };
+        Ok((mapped as usize, backed))
     })
 }
 
+/// What a file-backed copy maps.
+#[derive(Clone, Copy)]
+struct Backed {
+    /// The length of the copy's mapping.
+    len: usize,
+    /// Where the text known to map the file on from the copy's start, at
+    /// the copy's offsets and with its protection, ends.
+    checked_end: usize,
+    dev: (u32, u32),
+    inode: u64,
+    /// The file offset of the copy's start.
+    offset: u64,
+    /// The text's protection ([`super::maps::MapsLine::prot`]).
+    prot: u8,
+}
+
+impl Backed {
+    /// Extends `checked_end` to `end` if the text up to there maps the same
+    /// file at the copy's offsets with the same protection (mappings split
+    /// by earlier updates); whether it now reaches `end`.
+    fn check_up_to(&mut self, end: usize, start: usize, maps: &super::maps::Maps) -> bool {
+        while self.checked_end < end {
+            let at = self.checked_end;
+            let next = maps.with_line_of(at, |l| {
+                let l = l?;
+                let same = l.is_file()
+                    && (l.dev, l.inode, l.prot) == (self.dev, self.inode, self.prot)
+                    && l.offset + (at - l.start) as u64 == self.offset + (at - start) as u64;
+                same.then_some(l.end)
+            });
+            match next {
+                Some(e) => self.checked_end = e.min(start + self.len),
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// The most bytes, in pages, one copy of a batch spans: pages that are
+/// patched, or lie between such pages, in one mapping are copied, patched
+/// and moved over the text together, with one `mmap`, `mprotect` and
+/// `mremap` however many they are.
+const RUN_MAX: usize = 64;
+
+/// The most pages that need no patch a copy takes in to reach a later
+/// page that does: copying them costs less than a copy of its own.
+const GAP_MAX: usize = 2;
+
+/// Set once an update left a text page unmapped ([`UNMAPPED`]): from then
+/// on every copy first checks that its pages are mapped, since reading an
+/// unmapped one would fault.
+static LEFT_UNMAPPED: AtomicBool = AtomicBool::new(false);
+
+/// [`Error::RestoreFailed`] for pages left unmapped, noted in
+/// [`LEFT_UNMAPPED`].
+fn left_unmapped(addr: usize) -> Error {
+    LEFT_UNMAPPED.store(true, Ordering::Relaxed);
+    Error::RestoreFailed {
+        addr,
+        state: UNMAPPED,
+    }
+}
+
 /// A private read-write copy of text pages, patched and then moved over
-/// the originals in one `mremap` ([`Remap`]'s one step), with a second,
-/// pristine copy to map back should that `mremap` fail after the kernel
-/// unmapped the originals.
+/// the originals in one `mremap` ([`Remap`]'s one step).
 ///
 /// The patched copy is a private mapping of the file the pages map, at
 /// their offset, where that file can be opened again and is the same
@@ -362,60 +478,82 @@ fn file_copy(start: usize, len: usize) -> Result<usize, usize> {
 /// right offset, as after an `mprotect` write, so `/proc/self/maps` keeps
 /// naming the file. Elsewhere it is anonymous memory ([`last_backing`]
 /// says which, and why).
+///
+/// A single write also keeps a pristine copy, to map back should the
+/// `mremap` fail after the kernel unmapped the originals (so that its
+/// error means nothing was stored). A batch needs none: its error allows
+/// each patch to be stored or not, and the patched copy itself is moved in
+/// on a second try.
 struct PageCopy {
     start: usize,
+    /// The bytes copied, patched and to be moved over the text.
     len: usize,
+    /// The length of the copy's mapping: more than `len` where a batch may
+    /// extend the copy to following pages of the same file.
+    reserved: usize,
+    /// What the copy maps, if a file: how far it may be extended.
+    backed: Option<Backed>,
     /// The patched copy.
     copy: usize,
-    /// The pristine copy (anonymous).
-    pristine: usize,
+    /// The pristine copy (anonymous), for a single write.
+    pristine: Option<usize>,
     /// Whether `copy` maps the pages' file.
     file_backed: bool,
     rx: libc::c_int,
 }
 
 impl PageCopy {
-    /// Copies the text pages `start..start + len`, after checking they are
-    /// mapped (a failed move may have left them unmapped: reading them
-    /// would fault).
+    /// Copies the text pages `start..start + len` (after checking they are
+    /// mapped, if an earlier failure left a page unmapped: reading it would
+    /// fault), and a pristine copy too if `pristine`. The copy may be
+    /// extended up to `reserve` bytes ([`extend`](Self::extend)).
     ///
     /// # Safety
     ///
     /// `start..start + len` must be text pages the caller may patch.
-    unsafe fn new(start: usize, len: usize) -> Result<Self, Error> {
+    unsafe fn new(
+        start: usize,
+        len: usize,
+        reserve: usize,
+        lookup: &mut Lookup,
+        pristine: bool,
+    ) -> Result<Self, Error> {
         ensure_membarrier()?;
-        if mapped(start, len) != Some(true) {
-            return Err(Error::RestoreFailed {
-                addr: start,
-                state: UNMAPPED,
-            });
+        if LEFT_UNMAPPED.load(Ordering::Relaxed) && mapped(start, len) != Some(true) {
+            return Err(left_unmapped(start));
         }
         let rx = libc::PROT_READ | libc::PROT_EXEC | kept_protection(start);
-        let file = file_copy(start, len);
-        let copy = match file {
-            Ok(at) => at,
-            Err(_) => anonymous(len)?,
+        let file = file_copy(start, len, reserve, lookup);
+        let (copy, backed) = match file {
+            Ok((at, backed)) => (at, Some(backed)),
+            Err(_) => (anonymous(len)?, None),
         };
-        let pristine = match anonymous(len) {
+        let reserved = backed.map_or(len, |b| b.len);
+        let pristine = match pristine.then(|| anonymous(len)).transpose() {
             Ok(at) => at,
             Err(e) => {
                 // SAFETY: our own mapping.
-                unsafe { libc::munmap(copy as *mut _, len) };
+                unsafe { libc::munmap(copy as *mut _, reserved) };
                 return Err(e);
             }
         };
         note_backing(file.map(|_| ()));
-        // SAFETY: `start..start + len` is mapped text (checked above:
-        // readable); `copy` and `pristine` fresh writable mappings of its
-        // size. The file copy is overwritten whole (its pages become
-        // private copies): the text may differ from the file already.
+        // SAFETY: `start..start + len` is mapped text (readable: it was
+        // checked, or no update ever unmapped a page); `copy` and
+        // `pristine` fresh writable mappings of its size. The file copy is
+        // overwritten whole (its pages become private copies): the text
+        // may differ from the file already.
         unsafe {
             core::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len);
-            core::ptr::copy_nonoverlapping(start as *const u8, pristine as *mut u8, len);
+            if let Some(p) = pristine {
+                core::ptr::copy_nonoverlapping(start as *const u8, p as *mut u8, len);
+            }
         }
         Ok(PageCopy {
             start,
             len,
+            reserved,
+            backed,
             copy,
             pristine,
             file_backed: file.is_ok(),
@@ -433,10 +571,54 @@ impl PageCopy {
         unsafe { store(self.copy + (addr - self.start), bytes) };
     }
 
+    /// Extends the copy to the text up to `end` (a page boundary), copying
+    /// the pages between; `false` (nothing done) where the copy's mapping
+    /// does not reach that far, the text there is not the same file's at
+    /// the copy's offsets, or more than [`GAP_MAX`] pages that need no
+    /// patch would be copied.
+    ///
+    /// # Safety
+    ///
+    /// `end` must lie in or after a page the caller may patch (a patch's).
+    unsafe fn extend(&mut self, end: usize, lookup: &Lookup) -> bool {
+        let from = self.start + self.len;
+        if end <= from {
+            return true;
+        }
+        let (Some(backed), Some(Some(maps))) = (&mut self.backed, &lookup.maps) else {
+            return false;
+        };
+        if end > self.start + self.reserved
+            || end - from > (GAP_MAX + 1) * page_size()
+            || !backed.check_up_to(end, self.start, maps)
+            || LEFT_UNMAPPED.load(Ordering::Relaxed) && mapped(from, end - from) != Some(true)
+        {
+            return false;
+        }
+        // SAFETY: mapped text (as in `new`): pages of the same file as the
+        // copy's first ones, at the same offsets and protection, checked
+        // above, so text of the same object; copied into the copy's
+        // reserved, writable tail.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                from as *const u8,
+                (self.copy + self.len) as *mut u8,
+                end - from,
+            );
+        }
+        self.len = end - self.start;
+        true
+    }
+
     /// Makes the patched copy read+execute. A written private file mapping
     /// that the kernel refuses to make executable (SELinux's execmod) is
     /// replaced by an anonymous one with the same bytes.
     fn protect(&mut self) -> Result<(), i32> {
+        if self.reserved > self.len {
+            // SAFETY: the unused tail of our own mapping.
+            unsafe { libc::munmap((self.copy + self.len) as *mut _, self.reserved - self.len) };
+            self.reserved = self.len;
+        }
         // SAFETY: changes the protection of our own mapping only.
         if unsafe { libc::mprotect(self.copy as *mut _, self.len, self.rx) } == 0 {
             return Ok(());
@@ -478,8 +660,10 @@ impl PageCopy {
             unsafe { libc::munmap(at as *mut libc::c_void, len) };
         };
         if let Err(errno) = self.protect() {
-            unmap(self.copy);
-            unmap(pristine);
+            // SAFETY: the whole of our own mapping (if `protect` failed
+            // before it trimmed the tail).
+            unsafe { libc::munmap(self.copy as *mut _, self.reserved) };
+            pristine.map(unmap);
             return Err(Error::WriterFailed {
                 what: "make the patched copy read+execute",
                 errno,
@@ -487,7 +671,7 @@ impl PageCopy {
         }
         // SAFETY: moves our mapping over the caller's text pages.
         let Err(errno) = (unsafe { move_over(self.copy, self.start, len) }) else {
-            unmap(pristine);
+            pristine.map(unmap);
             return Ok(());
         };
         // `mremap` to a fixed address unmaps the destination first and can
@@ -498,38 +682,44 @@ impl PageCopy {
         match mapped(self.start, len) {
             Some(true) => {
                 unmap(self.copy);
-                unmap(pristine);
+                pristine.map(unmap);
                 return Err(Error::WriterFailed { what, errno });
             }
             Some(false) => {}
             None => {
                 unmap(self.copy);
-                unmap(pristine);
-                return Err(Error::RestoreFailed {
-                    addr: self.start,
-                    state: UNMAPPED,
-                });
+                pristine.map(unmap);
+                return Err(left_unmapped(self.start));
             }
         }
-        // Gone: the pristine copy takes its place, so the text holds what
-        // it held (a thread that ran the page while it was missing has
-        // faulted; nothing can undo that).
+        // Gone: the pristine copy (a single write) or the patched one (a
+        // batch) takes its place, so the text holds what it held, or that
+        // with this page's patches stored whole (a thread that ran the
+        // page while it was missing has faulted; nothing can undo that).
+        let (back_with, left, what) = match pristine {
+            Some(p) => (
+                p,
+                Some(self.copy),
+                "mremap the patched copy over the text page (the kernel unmapped the page \
+                 and failed; the original was mapped back)",
+            ),
+            None => (
+                self.copy,
+                None,
+                "mremap the patched copy over the text page (the kernel unmapped the page \
+                 and failed; a second move put the patched copy there: this page's patches \
+                 are stored, the batch's later ones are not)",
+            ),
+        };
         // SAFETY: our own mapping, then moved over the caller's text.
-        let back = unsafe { libc::mprotect(pristine as *mut _, len, self.rx) } == 0
-            && unsafe { move_over(pristine, self.start, len) }.is_ok();
-        unmap(self.copy);
+        let back = unsafe { libc::mprotect(back_with as *mut _, len, self.rx) } == 0
+            && unsafe { move_over(back_with, self.start, len) }.is_ok();
+        left.map(unmap);
         if back {
-            Err(Error::WriterFailed {
-                what: "mremap the patched copy over the text page (the kernel unmapped the \
-                       page and failed; the original was mapped back)",
-                errno,
-            })
+            Err(Error::WriterFailed { what, errno })
         } else {
-            unmap(pristine);
-            Err(Error::RestoreFailed {
-                addr: self.start,
-                state: UNMAPPED,
-            })
+            unmap(back_with);
+            Err(left_unmapped(self.start))
         }
     }
 }
@@ -608,12 +798,17 @@ pub mod __test_hooks {
 /// If the `mremap` fails, the page is checked: still mapped, the kernel
 /// refused before touching it and the text is as it was. But `mremap` to a
 /// fixed address unmaps the destination first and can fail after that
-/// (running out of memory for page tables, say); the page is then gone,
-/// and a pristine copy made beside the patched one is moved in its place,
-/// so the error still means nothing changed (a thread that ran the page
-/// in that moment has faulted, which nothing can undo). Only if that move
-/// fails too is the error [`Error::RestoreFailed`]: the page is unmapped,
-/// and no later write reads it.
+/// (running out of memory for page tables, say); the page is then gone.
+/// A single `write` has made a pristine copy beside the patched one and
+/// moves it in, so its error still means nothing changed; a batch moves
+/// its patched copy in on a second try, so its error means each patch is
+/// stored whole or not at all, as the contract allows (a thread that ran
+/// the page in that moment has faulted, which nothing can undo). Only if
+/// that move fails too is the error [`Error::RestoreFailed`]: the page is
+/// unmapped, and no later write reads it.
+///
+/// A batch reads the mappings once (`PROCMAP_QUERY`, Linux 6.11, or the
+/// text of `/proc/self/maps`) and opens each file once.
 ///
 /// ```
 /// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }
@@ -631,14 +826,15 @@ pub struct Remap;
 // `store` (atomic for aligned sizes up to 8), and the mremap swaps the whole
 // page at once, so a reader sees the old or the new value. A failed mremap
 // leaves the original in place (checked: still mapped) or puts the
-// pristine copy where the kernel unmapped it; only if that fails too is the
-// error `RestoreFailed`, and no later write reads an unmapped page.
+// pristine copy (a write) or the whole patched copy (a batch) where the
+// kernel unmapped it; only if that fails too is the error `RestoreFailed`,
+// and no later write reads an unmapped page.
 unsafe impl TextWriter for Remap {
     unsafe fn write(&self, addr: usize, bytes: &[u8]) -> Result<(), Error> {
         let (start, len) = page_span(addr, bytes.len());
         // SAFETY: the caller's contract: `addr..addr + bytes.len()` is
         // text it may patch, inside `start..start + len`.
-        let copy = unsafe { PageCopy::new(start, len) }?;
+        let copy = unsafe { PageCopy::new(start, len, len, &mut Lookup::default(), true) }?;
         // SAFETY: inside the copy.
         unsafe { copy.store(addr, bytes) };
         // SAFETY: the copy is of the caller's text pages.
@@ -652,27 +848,8 @@ unsafe impl TextWriter for Remap {
         &self,
         patches: &mut dyn Iterator<Item = super::TextPatch>,
     ) -> Result<(), Error> {
-        let mut open: Option<PageCopy> = None;
-        for p in patches {
-            let (start, len) = page_span(p.addr, p.bytes().len());
-            if let Some(copy) = open.take_if(|c| (c.start, c.len) != (start, len)) {
-                // SAFETY: the copy is of the caller's text pages.
-                unsafe { copy.commit() }?;
-            }
-            let copy = match open.take() {
-                Some(c) => c,
-                // SAFETY: the caller's contract, as for `write`.
-                None => unsafe { PageCopy::new(start, len) }?,
-            };
-            // SAFETY: inside the copy.
-            unsafe { copy.store(p.addr, p.bytes()) };
-            open = Some(copy);
-        }
-        match open {
-            // SAFETY: as above.
-            Some(copy) => unsafe { copy.commit() },
-            None => Ok(()),
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { write_pages(patches, &mut Lookup::default()) }
     }
 
     fn sync_cores(&self) -> Result<(), Error> {
@@ -682,6 +859,57 @@ unsafe impl TextWriter for Remap {
     /// Every page is patched in a private copy and swapped in whole.
     fn publishes_pages(&self) -> bool {
         true
+    }
+}
+
+/// [`Remap::write_batch`] with `lookup`.
+///
+/// # Safety
+///
+/// As for [`TextWriter::write_batch`].
+unsafe fn write_pages(
+    patches: &mut dyn Iterator<Item = super::TextPatch>,
+    lookup: &mut Lookup,
+) -> Result<(), Error> {
+    let mut open: Option<PageCopy> = None;
+    let mut patches = patches.peekable();
+    while let Some(p) = patches.next() {
+        let (start, len) = page_span(p.addr, p.bytes().len());
+        // The patches come in address order: one that lies in or shortly
+        // after the open copy extends it, others start a copy.
+        let extends = |c: &mut PageCopy| {
+            // SAFETY: `start + len` ends a page of a patch, which the
+            // caller may patch; `extend` checks that the pages between are
+            // the same file's text as the copy's.
+            start >= c.start && unsafe { c.extend(start + len, lookup) }
+        };
+        if let Some(copy) = open.take_if(|c| !extends(c)) {
+            // SAFETY: the copy is of the caller's text pages.
+            unsafe { copy.commit() }?;
+        }
+        let copy = match open.take() {
+            Some(c) => c,
+            None => {
+                // Room to extend the copy only if the next patch may use
+                // it (an unused reservation costs an `munmap`).
+                let near =
+                    |q: &super::TextPatch| q.addr < start + len + (GAP_MAX + 1) * page_size();
+                let reserve = match patches.peek() {
+                    Some(q) if near(q) => RUN_MAX * page_size(),
+                    _ => len,
+                };
+                // SAFETY: the caller's contract, as for `write`.
+                unsafe { PageCopy::new(start, len, reserve, lookup, false) }?
+            }
+        };
+        // SAFETY: inside the copy.
+        unsafe { copy.store(p.addr, p.bytes()) };
+        open = Some(copy);
+    }
+    match open {
+        // SAFETY: as above.
+        Some(copy) => unsafe { copy.commit() },
+        None => Ok(()),
     }
 }
 
