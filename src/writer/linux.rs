@@ -497,8 +497,6 @@ struct PageCopy {
     copy: usize,
     /// The pristine copy (anonymous), for a single write.
     pristine: Option<usize>,
-    /// Whether `copy` maps the pages' file.
-    file_backed: bool,
     rx: libc::c_int,
 }
 
@@ -556,7 +554,6 @@ impl PageCopy {
             backed,
             copy,
             pristine,
-            file_backed: file.is_ok(),
             rx,
         })
     }
@@ -624,7 +621,7 @@ impl PageCopy {
             return Ok(());
         }
         let refused = errno();
-        if !self.file_backed {
+        if self.backed.is_none() {
             return Err(refused);
         }
         let Ok(anon) = anonymous(self.len) else {
@@ -636,7 +633,7 @@ impl PageCopy {
             core::ptr::copy_nonoverlapping(self.copy as *const u8, anon as *mut u8, self.len);
             libc::munmap(self.copy as *mut _, self.len);
         }
-        (self.copy, self.file_backed) = (anon, false);
+        (self.copy, self.backed) = (anon, None);
         note_backing(Err(4));
         // SAFETY: as above.
         if unsafe { libc::mprotect(self.copy as *mut _, self.len, self.rx) } == 0 {

@@ -338,7 +338,7 @@ mod tests {
             &raw const local as usize,
             &raw const *heap as usize,
         ] {
-            let queried = maps.with_line_of(addr, |l| {
+            let owned = |l: Option<&MapsLine<'_>>| {
                 l.map(|l| {
                     (
                         l.start,
@@ -350,20 +350,9 @@ mod tests {
                         l.path.to_vec(),
                     )
                 })
-            });
-            let read = read_line_of(maps.fd, addr, |l| {
-                l.map(|l| {
-                    (
-                        l.start,
-                        l.end,
-                        l.offset,
-                        l.dev,
-                        l.inode,
-                        l.prot,
-                        l.path.to_vec(),
-                    )
-                })
-            });
+            };
+            let queried = maps.with_line_of(addr, owned);
+            let read = read_line_of(maps.fd, addr, owned);
             assert!(queried.is_some(), "{addr:#x}");
             assert_eq!(queried, read, "{addr:#x}");
         }

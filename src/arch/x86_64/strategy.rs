@@ -32,7 +32,7 @@ use crate::{Error, TextWriter};
 /// | --- | --- |
 /// | `PageSwap` | a writer that publishes whole pages; refused ([`Error::NeedsPageWriter`]) with any other |
 /// | `Breakpoint` | every `int3` reaching [`handle_breakpoint`](super::handle_breakpoint): in Linux user space no thread may call a key with SIGTRAP blocked or ignored, and no debugger may stop on SIGTRAP; a writer whose `sync_cores` reaches every CPU |
-/// | `AtomicStore` | with an in-place writer, instruction fetch seeing an aligned 8-byte store whole while it changes the opcode (8-byte NOP and `call`, `jmp` and `ret`): unsynchronised cross-modifying code, which §9.1.3 does not sanction and Linux never does (it always uses `text_poke_bp`); with a page-publishing writer, nothing (but three swaps and syncs where `PageSwap` needs one) |
+/// | `AtomicStore` | with an in-place writer, instruction fetch seeing an aligned 8-byte store whole while it changes the opcode (8-byte NOP and `call`, `jmp` and `ret`): unsynchronised cross-modifying code, which §9.1.3 does not sanction, Intel's specification updates list as the erratum "Unsynchronized Cross-Modifying Code Operations Can Cause Unexpected Instruction Execution Results" (for example W108 of the Celeron processor's, workaround: §9.1.3's algorithm), and Linux never does (it always uses `text_poke_bp`); with a page-publishing writer, nothing (but three swaps and syncs where `PageSwap` needs one) |
 /// | `Auto` | whatever the strategy it picks needs |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -44,9 +44,11 @@ pub enum Strategy {
     /// [`declare_breakpoint_hook`](super::declare_breakpoint_hook) for kernels.
     Breakpoint,
     /// One aligned single-copy-atomic store of the patched word. Simpler
-    /// and trap-free, but on x86-64 it relies on instruction fetch never
-    /// seeing half of an aligned 8-byte store, which CPUs do in practice and
-    /// the Intel SDM does not promise.
+    /// and trap-free, but with an in-place writer it relies on instruction
+    /// fetch never seeing half of an aligned 8-byte store, which the Intel
+    /// SDM does not promise (§9.1.3) and Intel's errata titled
+    /// "Unsynchronized Cross-Modifying Code Operations Can Cause
+    /// Unexpected Instruction Execution Results" say can fail.
     AtomicStore,
     /// The whole update in one step of a writer that publishes whole
     /// pages: every trampoline's entry word and literal and every inline
