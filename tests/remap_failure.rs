@@ -18,6 +18,9 @@ use static_call::writer::linux::{
 use static_call::writer::{TextPatch, TextWriter};
 use std::sync::{Mutex, MutexGuard};
 
+#[path = "common/mapped_file.rs"]
+mod mapped_file;
+
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -318,4 +321,41 @@ fn the_x86_64_rollback_never_reads_a_lost_page() {
         );
     }
     assert!(cases >= 8, "{cases} failed updates put back");
+}
+
+/// A batch's copy spans up to 64 pages of one file: a refused move of a
+/// long run leaves the text as it was (and is no `RestoreFailed`), and a
+/// move after which the kernel unmapped the run puts the whole patched run
+/// back on the second try.
+#[test]
+fn a_long_run_is_checked_and_put_back_whole() {
+    use mapped_file::{PAGE, byte, mapped_file};
+    let _serial = serial();
+    let pages = 9;
+    for fault in [MoveFault::Refused, MoveFault::Unmapped] {
+        let (path, at) = mapped_file("remap-long-run", pages);
+        let batch: Vec<TextPatch> = (0..pages)
+            .step_by(2)
+            .map(|p| TextPatch::new(at + p * PAGE + 8, &[0xee; 4]))
+            .collect();
+        // SAFETY: nothing runs this test's own mapping.
+        unsafe { fail_moves(fault, 0, 1) };
+        // SAFETY: as above.
+        let err = unsafe { Remap.write_batch(&mut batch.into_iter()) }.unwrap_err();
+        no_faults();
+        assert!(
+            matches!(err, Error::WriterFailed { .. }),
+            "{fault:?}: {err}"
+        );
+        for p in 0..pages {
+            assert!(is_mapped(at + p * PAGE), "{fault:?}: page {p} unmapped");
+            let want = match fault {
+                MoveFault::Unmapped if p % 2 == 0 => 0xee,
+                _ => (p + 1) as u8,
+            };
+            assert_eq!(byte(at + p * PAGE + 8), want, "{fault:?}: page {p}");
+            assert_eq!(byte(at + p * PAGE), (p + 1) as u8, "{fault:?}: page {p}");
+        }
+        std::fs::remove_file(path).unwrap();
+    }
 }

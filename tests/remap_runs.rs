@@ -4,36 +4,16 @@
 //! (anonymous memory, another part of the file) ends the run, and is never
 //! replaced.
 //!
-//! The "text" is a file this test writes and maps read+execute, so the
-//! mappings are exactly as the test arranges them, and nothing runs them.
+//! The "text" is a file this test writes and maps read+execute
+//! (tests/common/mapped_file.rs).
 #![cfg(target_os = "linux")]
 
 use static_call::writer::linux::{Backing, Remap, last_backing};
 use static_call::writer::{TextPatch, TextWriter};
 
-const PAGE: usize = 4096;
-
-/// A file of `pages` pages, page `i` filled with `i + 1`, and a private
-/// read+execute mapping of all of it.
-fn mapped_file(name: &str, pages: usize) -> (std::path::PathBuf, usize) {
-    let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    let data: Vec<u8> = (0..pages * PAGE).map(|i| (i / PAGE + 1) as u8).collect();
-    std::fs::write(&path, &data).unwrap();
-    let file = std::fs::File::open(&path).unwrap();
-    // SAFETY: a fresh private mapping of our own file, no address hint.
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            pages * PAGE,
-            libc::PROT_READ | libc::PROT_EXEC,
-            libc::MAP_PRIVATE,
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            0,
-        )
-    };
-    assert_ne!(at, libc::MAP_FAILED);
-    (path, at as usize)
-}
+#[path = "common/mapped_file.rs"]
+mod mapped_file;
+use mapped_file::{PAGE, byte, mapped_file};
 
 /// The mappings of `/proc/self/maps` that overlap `start..end`:
 /// (start, end, perms, offset, path).
@@ -54,11 +34,6 @@ fn lines(start: usize, end: usize) -> Vec<(usize, usize, String, u64, String)> {
             (a < end && b > start).then_some((a, b, perms, offset, path))
         })
         .collect()
-}
-
-fn byte(addr: usize) -> u8 {
-    // SAFETY: a mapped, readable byte of this test's mappings.
-    unsafe { (addr as *const u8).read_volatile() }
 }
 
 /// Patches on pages 0 and 2 of one file mapping: one copy spans pages

@@ -167,8 +167,9 @@ const UNMAPPED: &str = "the text page is not mapped: mremap to its address unmap
 /// Whether every page of `start..start + len` is mapped: `None` when the
 /// kernel cannot say.
 fn mapped(start: usize, len: usize) -> Option<bool> {
-    // One byte per page; a write spans at most two.
-    let mut residency = [0u8; 4];
+    // One byte per page: a write spans at most two, a batch's copy at most
+    // RUN_MAX.
+    let mut residency = [0u8; RUN_MAX + 2];
     if len / page_size() > residency.len() {
         return None;
     }
@@ -326,13 +327,6 @@ impl Drop for OpenFile {
     }
 }
 
-impl OpenFile {
-    /// Whether the descriptor holds the file `dev`/`inode`.
-    fn is(&self, dev: (u32, u32), inode: u64) -> bool {
-        super::maps::file_id(self.fd) == Some((libc::makedev(dev.0, dev.1), inode))
-    }
-}
-
 /// Opens `path` and checks it is the file `dev`/`inode`; the index of the
 /// reason in [`ANONYMOUS_REASONS`] if it cannot be opened or is another.
 fn open_same(path: &[u8], dev: (u32, u32), inode: u64) -> Result<OpenFile, usize> {
@@ -346,12 +340,14 @@ fn open_same(path: &[u8], dev: (u32, u32), inode: u64) -> Result<OpenFile, usize
     if fd < 0 {
         return Err(1);
     }
+    // SAFETY: `st` is plain data that fstat fills in.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: our descriptor, our buffer.
+    let same = unsafe { libc::fstat(fd, &mut st) } == 0
+        && st.st_ino == inode
+        && st.st_dev == libc::makedev(dev.0, dev.1);
     let file = OpenFile { fd, dev, inode };
-    if file.is(dev, inode) {
-        Ok(file)
-    } else {
-        Err(2)
-    }
+    if same { Ok(file) } else { Err(2) }
 }
 
 /// A private read-write mapping of the file that backs `start..start +
@@ -804,8 +800,16 @@ pub mod __test_hooks {
 /// that move fails too is the error [`Error::RestoreFailed`]: the page is
 /// unmapped, and no later write reads it.
 ///
-/// A batch reads the mappings once (`PROCMAP_QUERY`, Linux 6.11, or the
-/// text of `/proc/self/maps`) and opens each file once.
+/// A batch opens `/proc/self/maps` and each mapped file once. Its patches
+/// come in address order, and those within a few pages of each other in
+/// the same file (at the file's consecutive offsets, with the same
+/// protection) share one copy: one `mmap`, `mprotect` and `mremap` for the
+/// run, one mapping lookup for it (the `PROCMAP_QUERY` ioctl of Linux
+/// 6.11, else a read of the file's text) and one more for each mapping
+/// boundary inside it. Pages of a run that need no patch are replaced by
+/// identical copies; like the patched ones they lose what a new mapping
+/// does not inherit (`mlock` without `MCL_FUTURE`, `madvise` hints,
+/// protection keys).
 ///
 /// ```
 /// static_call::static_call! { static OP: fn(u32) -> u32 = inc; }

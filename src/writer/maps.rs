@@ -146,15 +146,6 @@ pub(crate) struct Maps {
     query: core::cell::Cell<bool>,
 }
 
-/// The device and inode of the file open at `fd`.
-#[cfg(target_os = "linux")]
-pub(crate) fn file_id(fd: libc::c_int) -> Option<(u64, u64)> {
-    // SAFETY: `st` is plain data that fstat fills in.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: fstat writes only `st`; a closed descriptor is an error.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
-}
-
 #[cfg(target_os = "linux")]
 impl Maps {
     /// Opens `/proc/self/maps`; `None` if it cannot be.
