@@ -766,51 +766,17 @@ fn bad_input_is_refused_and_changes_nothing() {
 // The seed-000 race: a call parked inside the trap handler while further
 // updates run.
 
-/// One call parked inside the trap handler while updates run. The tests
-/// that use it are serialized, so one instance serves them all.
-struct Parking {
-    /// The trampoline whose trapped call parks.
-    tramp: AtomicUsize,
-    /// Park after the handler read the literal (steering) or before it.
-    at_steering: AtomicBool,
-    /// The update has placed its int3 and waits for a call to trap on it.
-    armed: AtomicBool,
-    /// A call is parked in the handler.
-    in_handler: AtomicBool,
-    /// Lets the parked call go on.
-    release: AtomicBool,
-    /// Where the handler was sending the parked call.
-    dest: AtomicUsize,
-}
+#[path = "common/parking.rs"]
+mod parking;
+use parking::PARKING;
 
-static PARKING: Parking = Parking {
-    tramp: AtomicUsize::new(0),
-    at_steering: AtomicBool::new(false),
-    armed: AtomicBool::new(false),
-    in_handler: AtomicBool::new(false),
-    release: AtomicBool::new(false),
-    dest: AtomicUsize::new(0),
-};
-
-impl Parking {
-    /// Resets it for a call through `tramp` and installs both hooks: the
-    /// next int3 update of `tramp` holds after placing its int3 until a
-    /// call has trapped, and that call parks at `point`.
-    fn arm(&self, tramp: usize, point: hooks::TrapPoint) {
-        for f in [&self.armed, &self.in_handler, &self.release] {
-            f.store(false, Ordering::SeqCst);
-        }
-        self.dest.store(0, Ordering::SeqCst);
-        self.tramp.store(tramp, Ordering::SeqCst);
-        self.at_steering
-            .store(point == hooks::TrapPoint::Steering, Ordering::SeqCst);
-        // SAFETY: the hook does not unwind, and is
-        // async-signal-safe (atomics and spinning only).
-        unsafe { hooks::set_on_trap(Some(park_in_handler)) };
-        // SAFETY: the hook does not unwind: it runs outside signal context
-        // and only calls keys and touches statics.
-        unsafe { hooks::set_after_store(Some(hold_after_int3)) };
-    }
+/// Arms [`PARKING`] for a call through `tramp` parked at `point`, the next
+/// int3 update of `tramp` held until it has trapped.
+fn arm_parking(tramp: usize, point: hooks::TrapPoint) {
+    PARKING.reset(tramp, point);
+    // SAFETY: the hook does not unwind: it runs outside signal context
+    // and only touches statics and spins.
+    unsafe { hooks::set_after_store(Some(parking::hold_after_int3)) };
 }
 
 /// Spins until `flag` is set; async-signal-safe (atomics and sched_yield).
@@ -826,35 +792,6 @@ fn wait_for(flag: &AtomicBool) {
     }
 }
 
-fn park_in_handler(point: hooks::TrapPoint, tramp: usize, dest: usize) {
-    let p = &PARKING;
-    let want = if p.at_steering.load(Ordering::SeqCst) {
-        hooks::TrapPoint::Steering
-    } else {
-        hooks::TrapPoint::Recognised
-    };
-    if tramp != p.tramp.load(Ordering::SeqCst)
-        || point != want
-        || p.in_handler.load(Ordering::SeqCst)
-    {
-        return;
-    }
-    p.dest.store(dest, Ordering::SeqCst);
-    p.in_handler.store(true, Ordering::SeqCst);
-    wait_for(&p.release);
-}
-
-fn hold_after_int3(tramp: usize, _index: usize, store: x86::protocol::Store) {
-    let p = &PARKING;
-    if tramp == p.tramp.load(Ordering::SeqCst)
-        && store == x86::protocol::Store::First(insn::INT3)
-        && !p.armed.load(Ordering::SeqCst)
-    {
-        p.armed.store(true, Ordering::SeqCst);
-        wait_for(&p.in_handler);
-    }
-}
-
 /// Runs one parked-call scenario and returns (what the parked call
 /// returned, the destination the handler had read when it parked).
 fn parked_call(park_at: hooks::TrapPoint) -> (u64, usize) {
@@ -862,7 +799,7 @@ fn parked_call(park_at: hooks::TrapPoint) -> (u64, usize) {
     let bp = Strategy::Breakpoint.with(&Remap);
     PARK.update_with(park_a, &bp).unwrap();
     OTHER.update_with(park_a, &bp).unwrap();
-    PARKING.arm(PARK.trampoline_addr(), park_at);
+    arm_parking(PARK.trampoline_addr(), park_at);
 
     // The first update stops right after its int3 is in place (and synced)
     // until a call has trapped on it.
@@ -1460,7 +1397,7 @@ fn seed_001_a_call_parked_on_a_null_update_returns_through_the_static_stub() {
     let _serial = serial();
     let bp = Strategy::Breakpoint.with(&Remap);
     EFFECT.update_with(near_effect, &bp).unwrap();
-    PARKING.arm(EFFECT.trampoline_addr(), hooks::TrapPoint::Steering);
+    arm_parking(EFFECT.trampoline_addr(), hooks::TrapPoint::Steering);
     let first = std::thread::spawn(|| {
         EFFECT
             .update_null_with(&Strategy::Breakpoint.with(&Remap))

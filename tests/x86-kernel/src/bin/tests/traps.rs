@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use alloc::format;
 use alloc::string::String;
 use static_call::arch::x86_64::__test_hooks as hooks;
-use static_call::arch::x86_64::{Strategy, insn, protocol::Store, traps_steered};
+use static_call::arch::x86_64::{Strategy, traps_steered};
 use x86_kernel::interrupts::{self, BpEntry, COUNTS, NMIS_DONE};
 use x86_kernel::runner::TestResult;
 use x86_kernel::{apic, check, check_eq, cpu, patching, println, smp};
@@ -242,63 +242,13 @@ static_call::static_call! {
     static PARK_NULL: fn(*mut u64, u64) = park_effect;
 }
 
-/// The parking protocol between the updater (CPU 0) and the caller.
-struct Parking {
-    tramp: AtomicUsize,
-    at_steering: AtomicBool,
-    armed: AtomicBool,
-    in_handler: AtomicBool,
-    release: AtomicBool,
-    dest: AtomicUsize,
-    result: AtomicU64,
-}
-
-static PARKING: Parking = Parking {
-    tramp: AtomicUsize::new(0),
-    at_steering: AtomicBool::new(false),
-    armed: AtomicBool::new(false),
-    in_handler: AtomicBool::new(false),
-    release: AtomicBool::new(false),
-    dest: AtomicUsize::new(0),
-    result: AtomicU64::new(0),
-};
+#[path = "../../../../common/parking.rs"]
+mod parking;
+use parking::PARKING;
 
 fn wait_for(flag: &AtomicBool) {
     if !cpu::spin_until(10_000, || flag.load(Ordering::SeqCst)) {
         x86_kernel::fatal(format_args!("parking: a flag was never set"));
-    }
-}
-
-/// Trap hook on the caller's CPU: park at the chosen point.
-fn park_in_handler(point: hooks::TrapPoint, tramp: usize, dest: usize) {
-    let p = &PARKING;
-    let want = if p.at_steering.load(Ordering::SeqCst) {
-        hooks::TrapPoint::Steering
-    } else {
-        hooks::TrapPoint::Recognised
-    };
-    if tramp != p.tramp.load(Ordering::SeqCst)
-        || point != want
-        || p.in_handler.load(Ordering::SeqCst)
-    {
-        return;
-    }
-    p.dest.store(dest, Ordering::SeqCst);
-    p.in_handler.store(true, Ordering::SeqCst);
-    // Interrupts stay enabled (the #BP gate is a trap gate): the parked
-    // CPU answers every sync IPI of the updates below.
-    wait_for(&p.release);
-}
-
-/// Store hook on the updater: once the int3 is in place, wait until the
-/// caller has trapped on it.
-fn hold_after_int3(tramp: usize, _index: usize, store: Store) {
-    let p = &PARKING;
-    if tramp == p.tramp.load(Ordering::SeqCst)
-        && store == Store::First(insn::INT3)
-        && !p.armed.swap(true, Ordering::SeqCst)
-    {
-        wait_for(&p.in_handler);
     }
 }
 
@@ -337,22 +287,14 @@ fn parked_call(
     later: impl FnOnce() -> TestResult,
 ) -> Result<(u64, usize), String> {
     let p = &PARKING;
-    for f in [&p.armed, &p.in_handler, &p.release] {
-        f.store(false, Ordering::SeqCst);
-    }
-    p.dest.store(0, Ordering::SeqCst);
-    p.result.store(0, Ordering::SeqCst);
-    p.tramp.store(tramp, Ordering::SeqCst);
-    p.at_steering
-        .store(point == hooks::TrapPoint::Steering, Ordering::SeqCst);
+    p.reset(tramp, point);
     let steered = traps_steered();
     // SAFETY: the hooks do not unwind; they wait with a timeout.
     unsafe {
-        hooks::set_on_trap(Some(park_in_handler));
         if tramp == PARK_SITE.trampoline_addr() {
             hooks::set_after_site_phase(Some(hold_in_phase_1));
         } else {
-            hooks::set_after_store(Some(hold_after_int3));
+            hooks::set_after_store(Some(parking::hold_after_int3));
         }
     }
     check!(smp::post(1, parked_caller), "cpu1 is busy");
