@@ -188,14 +188,22 @@ fn set_effect(
     s: State,
     strategy: Strategy,
 ) -> Result<(), static_call::UpdateError> {
-    let w = strategy.with(&Remap);
+    update_to(key, s, &strategy.with(&Remap))
+}
+
+/// Updates `key` to state `s` through `w`.
+fn update_to(
+    key: &EffectKey,
+    s: State,
+    w: &dyn UpdateWriter,
+) -> Result<(), static_call::UpdateError> {
     match s {
-        Near => key.update_with(near_effect, &w),
-        Near2 => key.update_with(near2_effect, &w),
-        Far => key.update_with(far_code().effect, &w),
-        Far2 => key.update_with(far_code().effect2, &w),
-        Null => key.update_null_with(&w),
-        Ret0 => key.update_ret0_with(&w),
+        Near => key.update_with(near_effect, w),
+        Near2 => key.update_with(near2_effect, w),
+        Far => key.update_with(far_code().effect, w),
+        Far2 => key.update_with(far_code().effect2, w),
+        Null => key.update_null_with(w),
+        Ret0 => key.update_ret0_with(w),
     }
 }
 
@@ -1447,15 +1455,7 @@ fn seed_002_the_atomic_strategy_is_one_aligned_8_byte_code_store() {
     for &to in &tour[1..] {
         let rec = Recorder::new(usize::MAX);
         let w = Strategy::AtomicStore.with(&rec);
-        match to {
-            Near => EFFECT.update_with(near_effect, &w),
-            Near2 => EFFECT.update_with(near2_effect, &w),
-            Far => EFFECT.update_with(far_code().effect, &w),
-            Far2 => EFFECT.update_with(far_code().effect2, &w),
-            Null => EFFECT.update_null_with(&w),
-            Ret0 => EFFECT.update_ret0_with(&w),
-        }
-        .unwrap();
+        update_to(&EFFECT, to, &w).unwrap();
         let code: Vec<_> = rec.writes().into_iter().filter(|w| w.0 == tramp).collect();
         assert!(code.len() <= 1, "{to:?}: {code:?}");
         assert!(code.iter().all(|&(_, len)| len == 8), "{to:?}: {code:?}");
@@ -1480,15 +1480,7 @@ fn seed_004_only_aligned_stores_to_the_trampoline_window_are_made() {
         let w = strategy.with(&rec);
         set_effect(&EFFECT, tour[0], strategy).unwrap();
         for &to in &tour[1..] {
-            match to {
-                Near => EFFECT.update_with(near_effect, &w),
-                Near2 => EFFECT.update_with(near2_effect, &w),
-                Far => EFFECT.update_with(far_code().effect, &w),
-                Far2 => EFFECT.update_with(far_code().effect2, &w),
-                Null => EFFECT.update_null_with(&w),
-                Ret0 => EFFECT.update_ret0_with(&w),
-            }
-            .unwrap();
+            update_to(&EFFECT, to, &w).unwrap();
         }
         let writes = rec.writes();
         assert!(writes.len() >= tour.len(), "{strategy:?}: {writes:?}");
