@@ -190,12 +190,51 @@ fn emulated() -> Option<String> {
     })
 }
 
+/// A tracefs with uprobe events, and this test's probe on it: removed
+/// (and tracefs unmounted, if the test mounted it) when dropped, so a
+/// failing test leaves nothing behind.
+struct Tracefs {
+    dir: std::path::PathBuf,
+    mounted: bool,
+    probe: Option<String>,
+}
+
+impl Tracefs {
+    fn append(&self, name: &str, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join(name))
+            .and_then(|mut f| writeln!(f, "{line}"))
+    }
+}
+
+impl Drop for Tracefs {
+    fn drop(&mut self) {
+        if let Some(event) = self.probe.take() {
+            let enable = self
+                .dir
+                .join(format!("events/static_call_test/{event}/enable"));
+            let _ = std::fs::write(enable, "0");
+            let _ = self.append("uprobe_events", &format!("-:static_call_test/{event}"));
+        }
+        if self.mounted {
+            // SAFETY: a NUL-terminated path; unmounts what this test mounted.
+            unsafe { libc::umount(c"/sys/kernel/tracing".as_ptr()) };
+        }
+    }
+}
+
 /// The tracefs directory with uprobe events, or why there is none.
-fn tracefs() -> Result<std::path::PathBuf, String> {
+fn tracefs() -> Result<Tracefs, String> {
     for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         let dir = std::path::PathBuf::from(dir);
         if dir.join("uprobe_events").exists() {
-            return Ok(dir);
+            return Ok(Tracefs {
+                dir,
+                mounted: false,
+                probe: None,
+            });
         }
     }
     // Not mounted (a fresh VM or container often has the directory but
@@ -217,9 +256,14 @@ fn tracefs() -> Result<std::path::PathBuf, String> {
             "no tracefs with uprobe_events is mounted, and mounting one failed: {e}"
         ));
     }
-    if dir.join("uprobe_events").exists() {
-        eprintln!("mounted tracefs at {}", dir.display());
-        Ok(dir)
+    let fs = Tracefs {
+        dir,
+        mounted: true,
+        probe: None,
+    };
+    if fs.dir.join("uprobe_events").exists() {
+        eprintln!("mounted tracefs at {}", fs.dir.display());
+        Ok(fs)
     } else {
         Err("tracefs mounted, but this kernel has no uprobe events".into())
     }
@@ -227,14 +271,13 @@ fn tracefs() -> Result<std::path::PathBuf, String> {
 
 #[test]
 fn a_uprobe_on_a_patched_page_keeps_firing() {
-    use std::io::Write;
     let _serial = serial();
     if let Some(why) = emulated() {
         eprintln!("skipped: {why}");
         return;
     }
-    let dir = match tracefs() {
-        Ok(d) => d,
+    let mut fs = match tracefs() {
+        Ok(fs) => fs,
         Err(why) => {
             eprintln!("skipped: {why}");
             return;
@@ -242,19 +285,15 @@ fn a_uprobe_on_a_patched_page_keeps_firing() {
     };
     let (file, offset) = file_offset(profiled_hot_loop as extern "C" fn(u64) -> u64 as usize);
     let event = format!("hot_{}", std::process::id());
-    let append = |name: &str, line: &str| {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join(name))
-            .and_then(|mut f| writeln!(f, "{line}"))
-    };
-    if let Err(e) = append(
+    if let Err(e) = fs.append(
         "uprobe_events",
         &format!("p:static_call_test/{event} {file}:{offset:#x}"),
     ) {
         eprintln!("skipped: registering a uprobe failed: {e}");
         return;
     }
+    fs.probe = Some(event.clone());
+    let dir = fs.dir.clone();
     let enable = dir.join(format!("events/static_call_test/{event}/enable"));
     let hits = || -> u64 {
         let profile = std::fs::read_to_string(dir.join("uprobe_profile")).unwrap_or_default();
@@ -280,8 +319,7 @@ fn a_uprobe_on_a_patched_page_keeps_firing() {
         }
         (before, hits(), updates, calls)
     });
-    let _ = std::fs::write(&enable, "0");
-    let _ = append("uprobe_events", &format!("-:static_call_test/{event}"));
+    drop(fs);
     let (before, after, updates, calls) = match result {
         Ok(r) => r,
         Err(e) => {

@@ -21,7 +21,11 @@
 # x86 instruction), so a call through the site executes one instruction,
 # as a direct call does, instead of a nop and the call (in a tight loop of
 # calls the nop cost a sixth more per call; prefixes cost nothing there).
-# Only the site's own 8 bytes are ever patched; the padding stays.
+# Only the site's own 8 bytes are ever patched; the padding stays. So the
+# int3 protocol's 0xcc lands after the padding: a CPU decodes the padding
+# and the 0xcc as one int3 with ignored prefixes, which traps with %rip
+# just past the 0xcc, at the site + 1, as an int3 without them would; no
+# branch targets the site itself.
 #
 # The record beside it says where the site is and whose it is (offsets from
 # the record's own fields; src/site/table.rs).

@@ -893,8 +893,10 @@ unsafe fn write_pages(
             None => {
                 // Room to extend the copy only if the next patch may use
                 // it (an unused reservation costs an `munmap`).
-                let near =
-                    |q: &super::TextPatch| q.addr < start + len + (GAP_MAX + 1) * page_size();
+                // (A next patch on this copy's own pages needs no room.)
+                let near = |q: &super::TextPatch| {
+                    (start + len..start + len + (GAP_MAX + 1) * page_size()).contains(&q.addr)
+                };
                 let reserve = match patches.peek() {
                     Some(q) if near(q) => RUN_MAX * page_size(),
                     _ => len,

@@ -307,7 +307,20 @@ fn run_build(root: &Path, build: &Build) -> Result<(Measured, Vec<(String, Strin
             build.name
         ));
     }
-    Ok((median_of(runs.iter().map(|r| parse(r)).collect()), shapes))
+    let mut measured = median_of(runs.iter().map(|r| parse(r)).collect());
+    // Each ratio is that of the figures shown (medians over processes),
+    // not a median of each process's ratios.
+    let ns = measured.get(&format!("calls_ns_{}", build.name)).cloned();
+    if let (Some(ns), Some(ratios)) = (ns, measured.get_mut(&format!("ratio_{}", build.name)))
+        && let Some(&direct) = ns.get("direct")
+    {
+        for (row, r) in ratios.iter_mut() {
+            if let Some(&t) = ns.get(row) {
+                *r = t / direct;
+            }
+        }
+    }
+    Ok((measured, shapes))
 }
 
 /// Processes the call rows are measured in ([`run_build`]).
@@ -579,9 +592,9 @@ fn markdown(r: &Report, json: &str) -> String {
          measured loop makes the call its row names, and times one call of a trivial\n\
          `#[inline(never)]` function (`x + 1`) through each row. Every loop makes dependent\n\
          calls (each takes the previous result); rounds visit the rows in rotating order; a\n\
-         row's figure is its median over 101 rounds of 65536 calls, and each ratio divides\n\
-         two medians of the same run. Keys have been updated once before timing, as after a\n\
-         kernel's boot.\n\n",
+         row's figure is its median over 101 rounds of 65536 calls in each of 7 processes,\n\
+         then the median of those, and each ratio divides the two figures shown. Keys have\n\
+         been updated once before timing, as after a kernel's boot.\n\n",
     );
     let _ = writeln!(md, "Machine: {}.\n", r.machine);
     md.push_str("![ratio to a direct call](chart.svg)\n\n");
@@ -713,21 +726,22 @@ fn markdown(r: &Report, json: &str) -> String {
     md.push_str(
         "\n\
          ## Reading the numbers\n\n\
-         - Each call figure is the median over 7 processes (each at other addresses) of a\n  \
-         process's median; the updates are timed in the first process.\n\
-         - Ratios of 1.2 and 1.0 are one CPU cycle apart at these call costs; a row's ratio can\n  \
-         move by such a step between builds when code layout changes (the three hand-written\n  \
-         `call` + `jmp` rows show how much layout alone does).\n\
-         - A well-predicted indirect call (function pointer, `dyn`) costs about as much as a\n  \
-         direct one in the default build: the compiler emits a plain `call *reg`, whatever\n  \
-         the kernel's own mitigation. Static calls pay off where indirect calls are\n  \
-         retpolined (the hardened build, as Spectre-hardened kernels are built); an inline\n  \
-         call site costs what a direct call costs in both builds, since after an update it is\n  \
-         one.\n\
+         - Each call figure is the median over 7 processes (each at other addresses: ASLR\n  \
+         moves a loop's branches in the predictors) of a process's median; the updates are\n  \
+         timed in the first process.\n\
+         - A direct call here takes about one CPU cycle, so a ratio of 2 is one cycle more; a\n  \
+         row's ratio can move by a few tenths between builds when code layout changes (the\n  \
+         three hand-written `call` + `jmp` rows show how much layout alone does).\n\
+         - A well-predicted indirect call (function pointer, `dyn`) is a plain `call *reg` in\n  \
+         the default build, whatever the kernel's own mitigation, and costs a few times a\n  \
+         direct call; retpolined (the hardened build, as Spectre-hardened kernels are built)\n  \
+         it costs tens of times one. An inline call site costs what a direct call costs in\n  \
+         both builds, since it is one.\n\
          - The inline rows' loops are the direct row's loop instruction for instruction; only\n  \
          the call is longer (the site's `cs` prefixes, up to 15 bytes against 5), which moves\n  \
-         where the loop falls in the CPU's fetch windows. In a loop of one call per cycle that\n  \
-         alone gives ratios from about 0.9 to 1.1 between builds, in either direction.\n\n\
+         where the loop falls in the CPU's fetch windows. In a loop of about one call per\n  \
+         cycle that alone gives ratios from about 0.9 to 1.1 between builds, in either\n  \
+         direction.\n\n\
          ## Reproduce\n\n\
          ```sh\ncargo xtask bench\n```\n\n\
          ## results.json\n\n```json\n",

@@ -1,5 +1,6 @@
-//! How the x86-64 backend patches: the int3 protocol or one atomic store,
-//! chosen per update or per program.
+//! How the x86-64 backend patches: the page swap, the int3 protocol or one
+//! atomic store, chosen per update or per program (by default, from the
+//! writer).
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
