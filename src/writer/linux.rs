@@ -352,15 +352,9 @@ fn open_same(path: &[u8], dev: (u32, u32), inode: u64) -> Result<OpenFile, usize
 
 /// A private read-write mapping of the file that backs `start..start +
 /// len`, at the offset those pages map, checked to be the same file
-/// (device and inode), `reserve` bytes long (at least `len`: a batch may
-/// extend the copy to following pages, [`PageCopy::extend`]); the index of
-/// the reason in [`ANONYMOUS_REASONS`] where there is none.
-fn file_copy(
-    start: usize,
-    len: usize,
-    reserve: usize,
-    lookup: &mut Lookup,
-) -> Result<(usize, Backed), usize> {
+/// (device and inode); the index of the reason in [`ANONYMOUS_REASONS`]
+/// where there is none.
+fn file_copy(start: usize, len: usize, lookup: &mut Lookup) -> Result<(usize, Backed), usize> {
     let Lookup { maps, file } = lookup;
     let Some(maps) = maps.get_or_insert_with(super::maps::Maps::open) else {
         return Err(0);
@@ -374,7 +368,6 @@ fn file_copy(
             Some(f) if (f.dev, f.inode) == (l.dev, l.inode) => f.fd,
             _ => file.insert(open_same(l.path, l.dev, l.inode)?).fd,
         };
-        let len = len.max(reserve);
         // SAFETY: a private mapping of our descriptor, no address hint.
         let mapped = unsafe {
             libc::mmap(
@@ -390,8 +383,7 @@ fn file_copy(
             return Err(3);
         }
         let backed = Backed {
-            len,
-            checked_end: l.end.min(start + len),
+            checked_end: l.end.min(start + RUN_MAX * page_size()),
             dev: l.dev,
             inode: l.inode,
             offset,
@@ -404,8 +396,6 @@ fn file_copy(
 /// What a file-backed copy maps.
 #[derive(Clone, Copy)]
 struct Backed {
-    /// The length of the copy's mapping.
-    len: usize,
     /// Where the text known to map the file on from the copy's start, at
     /// the copy's offsets and with its protection, ends.
     checked_end: usize,
@@ -432,7 +422,7 @@ impl Backed {
                 same.then_some(l.end)
             });
             match next {
-                Some(e) => self.checked_end = e.min(start + self.len),
+                Some(e) => self.checked_end = e.min(start + RUN_MAX * page_size()),
                 None => return false,
             }
         }
@@ -484,8 +474,8 @@ struct PageCopy {
     start: usize,
     /// The bytes copied, patched and to be moved over the text.
     len: usize,
-    /// The length of the copy's mapping: more than `len` where a batch may
-    /// extend the copy to following pages of the same file.
+    /// The length of the copy's mapping: more than `len` once a batch has
+    /// grown it to extend the copy to following pages of the same file.
     reserved: usize,
     /// What the copy maps, if a file: how far it may be extended.
     backed: Option<Backed>,
@@ -499,8 +489,7 @@ struct PageCopy {
 impl PageCopy {
     /// Copies the text pages `start..start + len` (after checking they are
     /// mapped, if an earlier failure left a page unmapped: reading it would
-    /// fault), and a pristine copy too if `pristine`. The copy may be
-    /// extended up to `reserve` bytes ([`extend`](Self::extend)).
+    /// fault), and a pristine copy too if `pristine`.
     ///
     /// # Safety
     ///
@@ -508,7 +497,6 @@ impl PageCopy {
     unsafe fn new(
         start: usize,
         len: usize,
-        reserve: usize,
         lookup: &mut Lookup,
         pristine: bool,
     ) -> Result<Self, Error> {
@@ -517,12 +505,12 @@ impl PageCopy {
             return Err(left_unmapped(start));
         }
         let rx = libc::PROT_READ | libc::PROT_EXEC | kept_protection(start);
-        let file = file_copy(start, len, reserve, lookup);
+        let file = file_copy(start, len, lookup);
         let (copy, backed) = match file {
             Ok((at, backed)) => (at, Some(backed)),
             Err(_) => (anonymous(len)?, None),
         };
-        let reserved = backed.map_or(len, |b| b.len);
+        let reserved = len;
         let pristine = match pristine.then(|| anonymous(len)).transpose() {
             Ok(at) => at,
             Err(e) => {
@@ -565,10 +553,12 @@ impl PageCopy {
     }
 
     /// Extends the copy to the text up to `end` (a page boundary), copying
-    /// the pages between; `false` (nothing done) where the copy's mapping
-    /// does not reach that far, the text there is not the same file's at
-    /// the copy's offsets, or more than [`GAP_MAX`] pages that need no
-    /// patch would be copied.
+    /// the pages between; `false` (nothing done) where the copy would span
+    /// more than [`RUN_MAX`] pages, the text there is not the same file's
+    /// at the copy's offsets, more than [`GAP_MAX`] pages that need no
+    /// patch would be copied, or the copy's mapping cannot grow. The
+    /// mapping grows (`mremap`, to `RUN_MAX` pages at once) the first time
+    /// a copy is extended: a copy that never is costs nothing more.
     ///
     /// # Safety
     ///
@@ -581,12 +571,30 @@ impl PageCopy {
         let (Some(backed), Some(Some(maps))) = (&mut self.backed, &lookup.maps) else {
             return false;
         };
-        if end > self.start + self.reserved
+        let most = RUN_MAX * page_size();
+        if end > self.start + most
             || end - from > (GAP_MAX + 1) * page_size()
             || !backed.check_up_to(end, self.start, maps)
             || LEFT_UNMAPPED.load(Ordering::Relaxed) && mapped(from, end - from) != Some(true)
         {
             return false;
+        }
+        if end > self.start + self.reserved {
+            // SAFETY: grows (and may move) our own mapping; a private file
+            // mapping grows over the file's following pages, and what was
+            // written so far moves with it.
+            let grown = unsafe {
+                libc::mremap(
+                    self.copy as *mut _,
+                    self.reserved,
+                    most,
+                    libc::MREMAP_MAYMOVE,
+                )
+            };
+            if grown == libc::MAP_FAILED {
+                return false;
+            }
+            (self.copy, self.reserved) = (grown as usize, most);
         }
         // SAFETY: mapped text (as in `new`): pages of the same file as the
         // copy's first ones, at the same offsets and protection, checked
@@ -835,7 +843,7 @@ unsafe impl TextWriter for Remap {
         let (start, len) = page_span(addr, bytes.len());
         // SAFETY: the caller's contract: `addr..addr + bytes.len()` is
         // text it may patch, inside `start..start + len`.
-        let copy = unsafe { PageCopy::new(start, len, len, &mut Lookup::default(), true) }?;
+        let copy = unsafe { PageCopy::new(start, len, &mut Lookup::default(), true) }?;
         // SAFETY: inside the copy.
         unsafe { copy.store(addr, bytes) };
         // SAFETY: the copy is of the caller's text pages.
@@ -873,8 +881,7 @@ unsafe fn write_pages(
     lookup: &mut Lookup,
 ) -> Result<(), Error> {
     let mut open: Option<PageCopy> = None;
-    let mut patches = patches.peekable();
-    while let Some(p) = patches.next() {
+    for p in patches {
         let (start, len) = page_span(p.addr, p.bytes().len());
         // The patches come in address order: one that lies in or shortly
         // after the open copy extends it, others start a copy.
@@ -890,20 +897,8 @@ unsafe fn write_pages(
         }
         let copy = match open.take() {
             Some(c) => c,
-            None => {
-                // Room to extend the copy only if the next patch may use
-                // it (an unused reservation costs an `munmap`).
-                // (A next patch on this copy's own pages needs no room.)
-                let near = |q: &super::TextPatch| {
-                    (start + len..start + len + (GAP_MAX + 1) * page_size()).contains(&q.addr)
-                };
-                let reserve = match patches.peek() {
-                    Some(q) if near(q) => RUN_MAX * page_size(),
-                    _ => len,
-                };
-                // SAFETY: the caller's contract, as for `write`.
-                unsafe { PageCopy::new(start, len, reserve, lookup, false) }?
-            }
+            // SAFETY: the caller's contract, as for `write`.
+            None => unsafe { PageCopy::new(start, len, lookup, false) }?,
         };
         // SAFETY: inside the copy.
         unsafe { copy.store(p.addr, p.bytes()) };
