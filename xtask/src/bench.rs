@@ -2,7 +2,8 @@
 //! alternatives, in the builds users make.
 //!
 //! Builds `benches/` (a crate depending on this one, as a user's would)
-//! twice, with default flags and with `-Zretpoline`, checks by disassembly
+//! twice, with default flags and with `-Zretpoline` (loops aligned in both,
+//! see [`BUILDS`]), checks by disassembly
 //! that every measured loop makes the call its row claims, runs it, and
 //! writes `target/bench/results.json`, `benches/BENCHMARKS.md` and the
 //! chart `benches/chart.svg` the README shows.
@@ -24,16 +25,20 @@ struct Build {
     rustflags: &'static str,
 }
 
+/// Both builds align loops to 64 bytes (`-align-loops=64`, an LLVM
+/// option that changes nothing but where loops start): every row's loop
+/// then sits alike in the CPU's fetch windows, so a ratio measures the
+/// call and not where the linker happened to put the loop.
 const BUILDS: &[Build] = &[
     Build {
         name: "default",
-        what: "x86_64-unknown-linux-gnu, release, default flags (PIE)",
-        rustflags: "",
+        what: "x86_64-unknown-linux-gnu, release, default flags (PIE; loops aligned)",
+        rustflags: "-Cllvm-args=-align-loops=64",
     },
     Build {
         name: "hardened",
-        what: "the same with `-Zretpoline` (how Spectre-hardened kernels build)",
-        rustflags: "-Zretpoline -Cunsafe-allow-abi-mismatch=retpoline",
+        what: "the same with `-Zretpoline` (how Spectre-hardened kernels build; loops aligned)",
+        rustflags: "-Zretpoline -Cunsafe-allow-abi-mismatch=retpoline -Cllvm-args=-align-loops=64",
     },
 ];
 
@@ -231,7 +236,7 @@ fn run_build(root: &Path, build: &Build) -> Result<(Measured, Vec<(String, Strin
         .args(["build", "--release", "--target", "x86_64-unknown-linux-gnu"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", build.rustflags);
-    if !build.rustflags.is_empty() {
+    if build.rustflags.contains("-Z") {
         cargo.env("RUSTC_BOOTSTRAP", "1");
     }
     cmd::run(&mut cargo)?;
@@ -731,7 +736,9 @@ fn markdown(r: &Report, json: &str) -> String {
          timed in the first process.\n\
          - A direct call here takes about one CPU cycle, so a ratio of 2 is one cycle more; a\n  \
          row's ratio can move by a few tenths between builds when code layout changes (the\n  \
-         three hand-written `call` + `jmp` rows show how much layout alone does).\n\
+         three hand-written `call` + `jmp` rows show how much layout alone does). Both builds\n  \
+         align loops to 64 bytes (`-Cllvm-args=-align-loops=64`, which moves nothing but\n  \
+         where loops start), so that every row's loop sits alike in the fetch windows.\n\
          - A well-predicted indirect call (function pointer, `dyn`) is a plain `call *reg` in\n  \
          the default build, whatever the kernel's own mitigation, and costs a few times a\n  \
          direct call; retpolined (the hardened build, as Spectre-hardened kernels are built)\n  \
@@ -739,9 +746,9 @@ fn markdown(r: &Report, json: &str) -> String {
          both builds, since it is one.\n\
          - The inline rows' loops are the direct row's loop instruction for instruction; only\n  \
          the call is longer (the site's `cs` prefixes, up to 15 bytes against 5), which moves\n  \
-         where the loop falls in the CPU's fetch windows. In a loop of about one call per\n  \
-         cycle that alone gives ratios from about 0.9 to 1.1 between builds, in either\n  \
-         direction.\n\n\
+         where the loop falls in the CPU's fetch windows. Without the loop alignment, in a\n  \
+         loop of about one call per cycle, that alone gave ratios from about 0.9 to 1.1\n  \
+         between builds, in either direction.\n\n\
          ## Reproduce\n\n\
          ```sh\ncargo xtask bench\n```\n\n\
          ## results.json\n\n```json\n",
