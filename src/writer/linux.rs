@@ -812,7 +812,8 @@ pub mod __test_hooks {
 /// come in address order, and those within a few pages of each other in
 /// the same file (at the file's consecutive offsets, with the same
 /// protection) share one copy: one `mmap`, `mprotect` and `mremap` for the
-/// run, one mapping lookup for it (the `PROCMAP_QUERY` ioctl of Linux
+/// run (and one `mremap` growing the copy when the run first extends), one
+/// mapping lookup for it (the `PROCMAP_QUERY` ioctl of Linux
 /// 6.11, else a read of the file's text) and one more for each mapping
 /// boundary inside it. Pages of a run that need no patch are replaced by
 /// identical copies; like the patched ones they lose what a new mapping
