@@ -71,19 +71,6 @@ fn far2_effect(out: *mut u64, v: u64) {
     unsafe { effect(out, v + FAR2) }
 }
 
-fn park_a(x: u32) -> u64 {
-    u64::from(x) + 10
-}
-fn park_b(x: u32) -> u64 {
-    u64::from(x) + 20
-}
-fn park_c(x: u32) -> u64 {
-    u64::from(x) + 30
-}
-fn unicorn(x: u32) -> u64 {
-    u64::from(x) + 666
-}
-
 static_call::static_call! {
     static VALUE: fn(u32) -> u64 = near_value;
     static EFFECT: fn(*mut u64, u64) = near_effect;
@@ -776,7 +763,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 
 #[path = "common/parking.rs"]
 mod parking;
-use parking::PARKING;
+use parking::{PARKING, park_a, park_b, park_c, unicorn};
 
 /// Arms [`PARKING`] for a call through `tramp` parked at `point`, the next
 /// int3 update of `tramp` held until it has trapped.

@@ -12,6 +12,21 @@ use static_call::arch::x86_64::{insn, protocol::Store};
 
 use super::wait_for;
 
+/// The targets the parked key and another key move between: the parked
+/// call's result says which one it reached.
+pub fn park_a(x: u32) -> u64 {
+    u64::from(x) + 10
+}
+pub fn park_b(x: u32) -> u64 {
+    u64::from(x) + 20
+}
+pub fn park_c(x: u32) -> u64 {
+    u64::from(x) + 30
+}
+pub fn unicorn(x: u32) -> u64 {
+    u64::from(x) + 666
+}
+
 /// One call parked inside the trap handler while updates run. The tests
 /// that use it run one at a time, so one instance serves them all.
 pub struct Parking {

@@ -27,10 +27,6 @@ pub static MMU_ON: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; M
 /// Per CPU, as it came up: its SCTLR_ELx.
 pub static SCTLR: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
-/// Work posted to each CPU: a `fn(usize)` as an address, 0 when idle. The
-/// secondary runs it with its CPU number, then stores 0 again.
-static WORK: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
-
 /// Which SMCCC conduit reaches PSCI. QEMU's virt board implements PSCI itself
 /// and takes it by HVC when the guest runs at EL1, but by SMC when it
 /// emulates EL2 (`virtualization=on`), since an HVC at EL2 would trap to
@@ -106,7 +102,7 @@ fn secondary_main(cpu: usize) -> ! {
         // and is taken when the mask is lifted. A sleeping vCPU leaves the
         // host's cores to the others.
         let work = cpu::with_irqs_masked(|| {
-            let work = WORK[cpu].load(Ordering::Acquire);
+            let work = mailbox::pending(cpu);
             if work == 0 {
                 aarch64_cpu::asm::wfi();
             }
@@ -115,31 +111,15 @@ fn secondary_main(cpu: usize) -> ! {
         if work == 0 {
             continue;
         }
-        // SAFETY: only `post` stores non-zero values here, and it stores the
-        // address of a `fn(usize)`.
-        let f: fn(usize) = unsafe { core::mem::transmute::<usize, fn(usize)>(work) };
-        f(cpu);
-        WORK[cpu].store(0, Ordering::Release);
+        mailbox::run(cpu, work);
     }
 }
 
-/// Hands `f` to secondary `cpu`; returns false if it is still busy with
-/// earlier work.
-pub fn post(cpu: usize, f: fn(usize)) -> bool {
-    assert!((1..MAX_CPUS).contains(&cpu), "no secondary cpu{cpu}");
-    let posted = WORK[cpu]
-        .compare_exchange(0, f as usize, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok();
-    if posted {
-        crate::gic::wake(cpu);
-    }
-    posted
-}
+use crate::gic::wake;
 
-/// Whether secondary `cpu` has finished its posted work.
-pub fn idle(cpu: usize) -> bool {
-    WORK[cpu].load(Ordering::Acquire) == 0
-}
+#[path = "../../kernel-common/mailbox.rs"]
+mod mailbox;
+pub use mailbox::{idle, post};
 
 /// Waits up to `timeout_ms` for [`ONLINE`] to reach `cpus`.
 pub fn wait_online(cpus: usize, timeout_ms: u64) -> bool {

@@ -17,9 +17,6 @@ static mut STACKS: [Stack; MAX_CPUS - 1] = [const { Stack([0; STACK_SIZE]) }; MA
 /// CPUs that have come online (the boot CPU included).
 pub static ONLINE: AtomicUsize = AtomicUsize::new(1);
 
-/// Per CPU: the `fn(cpu)` it is to run, or 0 when idle.
-static WORK: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
-
 /// Starts CPUs `1..cpus`, each on its own stack, on the page tables `cr3`.
 /// Returns how many came online.
 pub fn start_secondaries(cpus: usize, cr3: u64) -> usize {
@@ -58,7 +55,7 @@ pub fn start_secondaries(cpus: usize, cr3: u64) -> usize {
 pub fn secondary_loop(cpu: usize) -> ! {
     loop {
         x86_64::instructions::interrupts::disable();
-        let work = WORK[cpu].load(Ordering::Acquire);
+        let work = mailbox::pending(cpu);
         if work == 0 {
             // STI's one-instruction shadow: a wake IPI cannot slip in
             // between the check and HLT.
@@ -66,29 +63,18 @@ pub fn secondary_loop(cpu: usize) -> ! {
             continue;
         }
         x86_64::instructions::interrupts::enable();
-        // SAFETY: only `post` stores here, from a `fn(usize)`.
-        let f = unsafe { core::mem::transmute::<usize, fn(usize)>(work) };
-        f(cpu);
-        WORK[cpu].store(0, Ordering::Release);
+        mailbox::run(cpu, work);
     }
 }
 
-/// Gives idle CPU `cpu` the function `f` to run; `false` if it is busy.
-pub fn post(cpu: usize, f: fn(usize)) -> bool {
-    assert!((1..MAX_CPUS).contains(&cpu), "no secondary cpu{cpu}");
-    let posted = WORK[cpu]
-        .compare_exchange(0, f as usize, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok();
-    if posted {
-        apic::send_fixed(cpu, WAKE_VECTOR);
-    }
-    posted
+/// Ends `cpu`'s `hlt` in its idle loop.
+fn wake(cpu: usize) {
+    apic::send_fixed(cpu, WAKE_VECTOR);
 }
 
-/// Whether `cpu` has finished its work.
-pub fn idle(cpu: usize) -> bool {
-    WORK[cpu].load(Ordering::Acquire) == 0
-}
+#[path = "../../kernel-common/mailbox.rs"]
+mod mailbox;
+pub use mailbox::{idle, post};
 
 #[path = "../../kernel-common/run_on.rs"]
 mod run_on;

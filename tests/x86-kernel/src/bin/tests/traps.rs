@@ -208,18 +208,6 @@ pub(crate) fn nmi_calling_a_key_inside_the_bp_handler() -> TestResult {
 // ---------------------------------------------------------------------
 // A CPU parked inside the handler across later updates.
 
-fn park_a(x: u32) -> u64 {
-    u64::from(x) + 10
-}
-fn park_b(x: u32) -> u64 {
-    u64::from(x) + 20
-}
-fn park_c(x: u32) -> u64 {
-    u64::from(x) + 30
-}
-fn unicorn(x: u32) -> u64 {
-    u64::from(x) + 666
-}
 fn park_effect(out: *mut u64, v: u64) {
     // SAFETY: callers pass a pointer to a live cell.
     unsafe { out.write_volatile(v + 10) }
@@ -244,7 +232,7 @@ static_call::static_call! {
 
 #[path = "../../../../common/parking.rs"]
 mod parking;
-use parking::PARKING;
+use parking::{PARKING, park_a, park_b, park_c, unicorn};
 
 fn wait_for(flag: &AtomicBool) {
     if !cpu::spin_until(10_000, || flag.load(Ordering::SeqCst)) {
