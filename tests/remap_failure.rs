@@ -1,6 +1,7 @@
 //! `Remap` when its `mremap` fails: refused before the kernel touched the
-//! page (the text is as it was), or after the kernel unmapped it (the
-//! pristine copy goes back in its place; if that fails too the error is
+//! page (the text is as it was), or after the kernel unmapped it (a single
+//! write's pristine copy, or a batch's patched copy, goes back in its
+//! place; if that fails too the error is
 //! `RestoreFailed`, and nothing reads the unmapped page afterwards, neither
 //! the writer nor the x86-64 backend's rollback).
 //!
